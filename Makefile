@@ -1,0 +1,29 @@
+# The two commands: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+VENV := .venv
+# A cue already on PATH wins; otherwise the one setup installed under .tools/bin.
+export PATH := $(PATH):$(CURDIR)/.tools/bin
+
+.PHONY: setup test demo lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/ruff format --check reconciler tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: setup
+	@bash scripts/demo.sh
+
+lint: setup
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
