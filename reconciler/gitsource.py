@@ -1,0 +1,214 @@
+"""The state repository: fetch it, resolve a ref to a commit, read its tree without a checkout.
+
+A local path is opened in place. A URL (file://, git://, https://, ssh) is kept as a bare
+mirror under the cache directory and fetched, never re-cloned, so an unchanged remote
+costs one round trip. Remote operations are bounded by libgit2's connect and I/O timeouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pygit2
+
+from reconciler.errors import GitSourceError, GitUnreachable, redact_url
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_MS = 10_000
+IO_TIMEOUT_MS = 30_000
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)")
+_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+
+def default_cache_dir() -> Path:
+    """``$RECONCILER_CACHE_DIR``, else ``$XDG_CACHE_HOME/reconciler``, else ``~/.cache/reconciler``."""
+    explicit = os.environ.get("RECONCILER_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "reconciler"
+
+
+def is_url(location: str) -> bool:
+    return "://" in location or bool(_SCP_LIKE.match(location))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One commit's tree (or a sub-directory of it), readable without a checkout."""
+
+    repo: pygit2.Repository
+    location: str
+    ref: str
+    commit: str
+    tree_id: str
+    path: str
+    tree: pygit2.Tree
+
+    def read(self, relpath: str) -> bytes:
+        """The bytes of a file relative to ``path``; GitSourceError when it is not a file."""
+        try:
+            obj = self.tree[relpath]
+        except KeyError:
+            raise GitSourceError(
+                f"{self.display(relpath)}: no such file at commit {self.commit[:12]}",
+                "add the file or fix the path that names it",
+            ) from None
+        if not isinstance(obj, pygit2.Blob):
+            raise GitSourceError(f"{self.display(relpath)}: is not a file")
+        return bytes(obj.data)
+
+    def exists(self, relpath: str) -> bool:
+        try:
+            return isinstance(self.tree[relpath], pygit2.Blob)
+        except KeyError:
+            return False
+
+    def files(self, directory: str = "") -> Iterator[tuple[str, int]]:
+        """(relative path, size) of the files directly in ``directory`` ('' = the top)."""
+        if directory:
+            try:
+                sub = self.tree[directory]
+            except KeyError:
+                return
+            if not isinstance(sub, pygit2.Tree):
+                return
+            prefix = directory.rstrip("/") + "/"
+        else:
+            sub, prefix = self.tree, ""
+        for entry in sub:
+            if isinstance(entry, pygit2.Blob):
+                yield prefix + (entry.name or ""), entry.size
+
+    def display(self, relpath: str) -> str:
+        """How a file is named in messages: relative to the repository root."""
+        return f"{self.path.strip('/')}/{relpath}" if self.path.strip("/") else relpath
+
+
+class GitSource:
+    """A state repository at a local path or a URL (mirrored under ``cache_dir``)."""
+
+    def __init__(self, location: str, cache_dir: Path | None = None) -> None:
+        self.location = location
+        self.display = redact_url(location) if is_url(location) else location
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            self._repo = self._open()
+        return self._repo
+
+    def fetch(self) -> None:
+        """Bring the mirror up to date; a local path needs no fetch."""
+        if not is_url(self.location):
+            return
+        repo = self.repo
+        remote = repo.remotes["origin"]
+        pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+        pygit2.settings.server_timeout = IO_TIMEOUT_MS
+        try:
+            remote.fetch(_REFSPECS, callbacks=_Credentials(self.location), prune=True)
+        except (pygit2.GitError, OSError) as exc:
+            raise GitUnreachable(
+                f"cannot fetch {self.display}: {_clean(str(exc), self.location)}",
+                "check the URL, the network and the credentials (ssh agent, or a token)",
+            ) from None
+        log.debug("fetched %s", self.display)
+
+    def snapshot(self, ref: str = "main", path: str = "") -> Snapshot:
+        """Resolve ``ref`` to a commit and return its tree at ``path``."""
+        repo = self.repo
+        commit = self.resolve(ref)
+        tree: Any = commit.tree
+        clean = path.strip("/")
+        if clean:
+            try:
+                tree = commit.tree[clean]
+            except KeyError:
+                raise GitSourceError(
+                    f"{self.display}: no directory {clean!r} at {ref} ({str(commit.id)[:12]})",
+                    "check --path: it names a directory inside the repository",
+                ) from None
+            if not isinstance(tree, pygit2.Tree):
+                raise GitSourceError(f"{self.display}: {clean!r} at {ref} is not a directory")
+        return Snapshot(repo, self.display, ref, str(commit.id), str(tree.id), clean, tree)
+
+    def resolve(self, ref: str) -> pygit2.Commit:
+        repo = self.repo
+        candidates = [ref] if ref.startswith("refs/") else []
+        candidates += [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/remotes/origin/{ref}"]
+        for name in candidates:
+            reference = repo.references.get(name)
+            if reference is not None:
+                return _peel(reference.peel(pygit2.Commit))
+        try:
+            return _peel(repo.revparse_single(ref).peel(pygit2.Commit))
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            heads = sorted(r.removeprefix("refs/heads/") for r in repo.references if r.startswith("refs/heads/"))
+            known = ", ".join(heads[:10]) or "none"
+            raise GitSourceError(
+                f"{self.display}: ref {ref!r} not found",
+                f"pass --ref with a branch, tag or commit (branches: {known})",
+            ) from None
+
+    def _open(self) -> pygit2.Repository:
+        if not is_url(self.location):
+            path = Path(self.location)
+            if not path.exists():
+                raise GitSourceError(
+                    f"{self.location}: no such directory",
+                    "pass --repo with the path or URL of the state repository",
+                )
+            try:
+                return pygit2.Repository(str(path))
+            except pygit2.GitError:
+                raise GitSourceError(
+                    f"{self.location}: not a git repository",
+                    "pass --repo with the path or URL of the state repository",
+                ) from None
+        key = hashlib.sha256(self.location.encode()).hexdigest()[:24]
+        mirror = self.cache_dir / "git" / f"{key}.git"
+        if (mirror / "HEAD").exists():
+            return pygit2.Repository(str(mirror))
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        repo = pygit2.init_repository(str(mirror), bare=True)
+        repo.remotes.create("origin", self.location)
+        return repo
+
+
+def _peel(obj: Any) -> pygit2.Commit:
+    if not isinstance(obj, pygit2.Commit):
+        raise KeyError("not a commit")
+    return obj
+
+
+def _clean(message: str, url: str) -> str:
+    """libgit2 may quote the URL it failed on: never let userinfo or a query through."""
+    return message.replace(url, redact_url(url)).strip()
+
+
+class _Credentials(pygit2.RemoteCallbacks):  # type: ignore[misc]
+    """Userinfo from an https URL, else the ssh agent: never from the state repository."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> Any:
+        parts = urlsplit(self._url)
+        if allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT and parts.username:
+            return pygit2.UserPass(unquote(parts.username), unquote(parts.password or ""))
+        if allowed_types & pygit2.enums.CredentialType.SSH_KEY:
+            return pygit2.KeypairFromAgent(username_from_url or "git")
+        return None

@@ -1,0 +1,189 @@
+"""Frozen value types shared by every step of the pipeline.
+
+Parsed once at the boundary (desired.py), never mutated afterwards. Defaults live
+here, in one place: an environment's tag template, hazards, suspend and prune.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+DEFAULT_TAG_TEMPLATE = "{env}-{item}"
+TEMPLATE_FIELDS = ("env", "item", "release")
+
+
+def frozen_map(items: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """A read-only copy, so frozen dataclasses stay frozen all the way down."""
+    return MappingProxyType(dict(items or {}))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A Sigstore keyless signer: an OIDC issuer and an exact or anchored subject."""
+
+    issuer: str
+    subject: str | None = None
+    subject_regexp: str | None = None
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A cosign public key: where it was named (file path or 'inline') and its PEM."""
+
+    source: str
+    pem: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How signatures must be verified. Empty (no keys, identities or opt-out) = refused."""
+
+    keys: tuple[PublicKey, ...] = ()
+    identities: tuple[Identity, ...] = ()
+    trusted_root: str | None = None
+    trusted_root_json: str | None = None
+    insecure_skip_signatures: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.keys or self.identities or self.insecure_skip_signatures)
+
+    def describe(self) -> str:
+        if self.insecure_skip_signatures:
+            return "UNVERIFIED (insecureSkipSignatures)"
+        parts = []
+        if self.keys:
+            parts.append(f"{len(self.keys)} key{'s' if len(self.keys) != 1 else ''}")
+        if self.identities:
+            n = len(self.identities)
+            parts.append(f"{n} identit{'ies' if n != 1 else 'y'}")
+        return " + ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    plain_http: bool = False
+    ca_file: str | None = None
+    concurrency: int | None = None
+    requests_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    registries: Mapping[str, RegistrySettings] = field(default_factory=lambda: MappingProxyType({}))
+    verify: Policy | None = None
+    allowed_signers: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """Where an item's ware lives: a repository (None = the catalog's source) and a digest."""
+
+    digest: str
+    repository: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ItemRef:
+        repo, sep, digest = text.rpartition("@")
+        return cls(digest=digest, repository=repo if sep else None)
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.digest}" if self.repository else self.digest
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    items: Mapping[str, ItemRef]
+    metadata: Mapping[str, str] = field(default_factory=frozen_map)
+    hazards: Mapping[str, str] = field(default_factory=frozen_map)
+
+    @property
+    def hazardous(self) -> bool:
+        return bool(self.hazards)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A project and a single authoring party: the unit of signing."""
+
+    name: str
+    source: str
+    releases: tuple[Release, ...]
+    signers: Policy | None = None
+    file: str = ""
+
+    def release(self, name: str) -> Release | None:
+        return next((r for r in self.releases if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class DesiredTag:
+    """One tag an environment wants: ``repository:tag`` must point at ``digest``."""
+
+    environment: str
+    item: str
+    repository: str
+    tag: str
+    digest: str
+    source_repository: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    catalog: str
+    release: str
+    items: tuple[str, ...] | None = None
+    target_repository: str | None = None
+    tag_template: str = DEFAULT_TAG_TEMPLATE
+    requires: tuple[str, ...] = ()
+    verify: Policy | None = None
+    allow_hazards: bool = False
+    suspend: bool = False
+    prune: bool = False
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The validated content of one commit of the state repository."""
+
+    commit: str
+    tree: str
+    settings: Settings
+    catalogs: Mapping[str, Catalog]
+    environments: Mapping[str, Environment]
+    tags: Mapping[str, tuple[DesiredTag, ...]]
+    policies: Mapping[str, Policy]
+
+    def release_of(self, env: str) -> Release:
+        e = self.environments[env]
+        release = self.catalogs[e.catalog].release(e.release)
+        assert release is not None  # guaranteed by the cross-checks
+        return release
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_tag(template: str, env: str, item: str, release: str) -> str:
+    """Expand ``{env}``, ``{item}`` and ``{release}``; any other placeholder is a ValueError."""
+    values = {"env": env, "item": item, "release": release}
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ValueError(f"unknown placeholder {{{name}}}")
+        return values[name]
+
+    return _PLACEHOLDER.sub(one, template)
