@@ -228,7 +228,10 @@ def print_state(state: DesiredState, envs: Sequence[str], out: TextIO, header: s
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     for row in [headers, *rows]:
-        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip(), file=out)
+        print(
+            "  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip(),
+            file=out,
+        )
 
 
 def _dump(value: Any, out: TextIO) -> None:

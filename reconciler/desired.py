@@ -34,6 +34,7 @@ from reconciler.errors import InvalidState, Problem, Stalled, ToolMissing
 from reconciler.gitsource import Snapshot
 from reconciler.model import (
     DEFAULT_TAG_TEMPLATE,
+    NAME_RE,
     TAG_RE,
     Catalog,
     DesiredState,
@@ -58,6 +59,7 @@ SETTINGS_STEM = "reconciler"
 CATALOGS, ENVIRONMENTS = "catalogs", "environments"
 _SCHEMA_NAME = "__reconciler_schema__/reconciler.cue"
 _PACKAGE_RE = re.compile(r"^\s*package\s+([A-Za-z_#][\w]*)", re.MULTILINE)
+_DISJUNCTION = re.compile(r"^\d+ errors in empty disjunction")
 _CUE_POS = re.compile(r"^\s+(\./)?(?P<file>[^:\s]+\.cue):(?P<line>\d+):(?P<col>\d+)\s*$")
 
 
@@ -107,7 +109,8 @@ def _read_state_files(snap: Snapshot) -> _Files:
                 Problem(
                     name,
                     "",
-                    f"file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit for a state file",
+                    f"file is {size:,} bytes, "
+                    f"over the {MAX_FILE_BYTES:,}-byte limit for a state file",
                     "split it into several catalog or environment files",
                 )
             )
@@ -206,7 +209,7 @@ def _evaluate_cue(snap: Snapshot, files: Mapping[str, str]) -> dict[str, Any]:
             raise Stalled(f"cue did not finish within {CUE_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace")
-        raise InvalidState(_cue_problems(snap, stderr))
+        raise InvalidState(_cue_problems(snap, stderr, tmp))
     try:
         result: dict[str, Any] = json.loads(proc.stdout)
     except ValueError:
@@ -214,7 +217,7 @@ def _evaluate_cue(snap: Snapshot, files: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
-def _cue_problems(snap: Snapshot, stderr: str) -> list[Problem]:
+def _cue_problems(snap: Snapshot, stderr: str, workdir: str) -> list[Problem]:
     """Turn cue's error report into Problems, keeping its file:line of the user's file."""
     problems: list[Problem] = []
     message: str | None = None
@@ -234,12 +237,12 @@ def _cue_problems(snap: Snapshot, stderr: str) -> list[Problem]:
                 shown or "(cue)",
                 field_path,
                 text.rstrip(":"),
-                "fix the value cue reports; see the schema in schemas/reconciler.cue",
+                _cue_hint(text),
                 line=line or None,
             )
         )
 
-    for raw in stderr.splitlines():
+    for raw in stderr.replace(workdir, snap.location).splitlines():
         pos = _CUE_POS.match(raw)
         if pos:
             positions.append((pos.group("file"), int(pos.group("line"))))
@@ -247,7 +250,22 @@ def _cue_problems(snap: Snapshot, stderr: str) -> list[Problem]:
             flush()
             message, positions = raw.strip(), []
     flush()
-    return problems or [Problem("(cue)", "", stderr.strip() or "cue failed without a message")]
+    # A failed disjunction reports a summary plus one error per branch: keep the first
+    # branch's error per field, which names the value, the file and the line.
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for p in problems:
+        if _DISJUNCTION.search(p.message) or ((p.file, p.field) in seen and p.field):
+            continue
+        seen.add((p.file, p.field))
+        kept.append(p)
+    return kept or [Problem("(cue)", "", stderr.strip() or "cue failed without a message")]
+
+
+def _cue_hint(message: str) -> str:
+    if message.startswith("found packages"):
+        return "use one package name in every .cue file, e.g. `package reconciler`"
+    return "fix the value cue reports; the schema is schemas/reconciler.cue"
 
 
 # --------------------------------------------------------------------------- json
@@ -427,6 +445,8 @@ def _schema_problems(doc: dict[str, Any], sources: _Sources) -> list[Problem]:
     problems = []
     for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":  # point at the unknown field itself
+            path += tuple(sorted(_extra_fields(error))[:1])
         file, line = sources.locate(path)
         field_path = _field_path(path)
         problems.append(Problem(file, field_path, _describe(error), _hint(error), line=line))
@@ -445,32 +465,25 @@ def _field_path(path: Iterable[Any]) -> str:
     return out
 
 
+def _extra_fields(error: jsonschema.ValidationError) -> set[str]:
+    schema: Any = error.schema
+    instance: Any = error.instance
+    return set(instance) - set(schema.get("properties", {}))
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
-    refs = [str(p) for p in error.schema_path]
-    defs = [d for d in _EXPECTED if any(r.endswith(d) for r in _ref_trail(error))]
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        extra = sorted(_extra_fields(error))
         return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
-    if error.validator in ("pattern", "anyOf", "oneOf", "minLength") and defs:
-        return f"{_short(error.instance)} is not {_EXPECTED[defs[0]]}"
     if error.validator == "type":
         return f"expected {error.validator_value}, found {_short(error.instance)}"
-    del refs
+    _, schema = _schema_texts()
+    named = next((n for n, d in schema["$defs"].items() if d == error.schema), None)
+    if named in _EXPECTED:
+        return f"{_short(error.instance)} is not {_EXPECTED[named]}"
     return error.message if len(error.message) < 200 else error.message[:200] + "..."
-
-
-def _ref_trail(error: jsonschema.ValidationError) -> list[str]:
-    trail: list[str] = []
-    e: jsonschema.ValidationError | None = error
-    while e is not None:
-        ref = e.schema.get("$ref") if isinstance(e.schema, dict) else None
-        if ref:
-            trail.append(str(ref))
-        trail.extend(str(p) for p in e.absolute_schema_path)
-        e = e.parent  # type: ignore[assignment]
-    return trail
 
 
 def _hint(error: jsonschema.ValidationError) -> str:
@@ -500,12 +513,8 @@ class _Checker:
 
     def build(self) -> DesiredState:
         settings = self._settings(self.doc.get("settings") or {})
-        catalogs = {
-            name: self._catalog(name, raw) for name, raw in self.doc[CATALOGS].items()
-        }
-        envs = {
-            name: self._environment(name, raw) for name, raw in self.doc[ENVIRONMENTS].items()
-        }
+        catalogs = {name: self._catalog(name, raw) for name, raw in self.doc[CATALOGS].items()}
+        envs = {name: self._environment(name, raw) for name, raw in self.doc[ENVIRONMENTS].items()}
         tags: dict[str, tuple[DesiredTag, ...]] = {}
         policies: dict[str, Policy] = {}
         for env in envs.values():
@@ -673,7 +682,9 @@ class _Checker:
             target_repository=target.get("repository"),
             tag_template=target.get("tag", DEFAULT_TAG_TEMPLATE),
             requires=tuple(raw.get("requires") or ()),
-            verify=self._policy((ENVIRONMENTS, name, "verify"), verify) if verify else None,
+            verify=self._policy((ENVIRONMENTS, name, "verify"), verify)
+            if verify is not None
+            else None,
             allow_hazards=bool(raw.get("allowHazards", False)),
             suspend=bool(raw.get("suspend", False)),
             prune=bool(raw.get("prune", False)),
@@ -682,6 +693,13 @@ class _Checker:
 
     def _tags(self, env: Environment, catalogs: Mapping[str, Catalog]) -> tuple[DesiredTag, ...]:
         path = (ENVIRONMENTS, env.name)
+        if not NAME_RE.match(env.name):
+            self.problem(
+                path,
+                f"environment name {env.name!r} is not a name of letters, digits, '.', '_' or '-'",
+                "rename the environment (for a JSON file: the file or its 'name')",
+            )
+            return ()
         catalog = catalogs.get(env.catalog)
         if catalog is None:
             known = ", ".join(sorted(catalogs)) or "none"
@@ -701,7 +719,7 @@ class _Checker:
             )
             return ()
         names = env.items if env.items is not None else tuple(release.items)
-        tags = []
+        tags: list[DesiredTag] = []
         for i, item in enumerate(names):
             ref = release.items.get(item)
             if ref is None:

@@ -30,7 +30,7 @@ _REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
 
 def default_cache_dir() -> Path:
-    """``$RECONCILER_CACHE_DIR``, else ``$XDG_CACHE_HOME/reconciler``, else ``~/.cache/reconciler``."""
+    """``$RECONCILER_CACHE_DIR``, else ``$XDG_CACHE_HOME/reconciler`` or ``~/.cache/reconciler``."""
     explicit = os.environ.get("RECONCILER_CACHE_DIR")
     if explicit:
         return Path(explicit)
@@ -118,7 +118,11 @@ class GitSource:
         pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
         pygit2.settings.server_timeout = IO_TIMEOUT_MS
         try:
-            remote.fetch(_REFSPECS, callbacks=_Credentials(self.location), prune=True)
+            remote.fetch(
+                _REFSPECS,
+                callbacks=_Credentials(self.location),
+                prune=pygit2.enums.FetchPrune.PRUNE,
+            )
         except (pygit2.GitError, OSError) as exc:
             raise GitUnreachable(
                 f"cannot fetch {self.display}: {_clean(str(exc), self.location)}",
@@ -155,7 +159,11 @@ class GitSource:
         try:
             return _peel(repo.revparse_single(ref).peel(pygit2.Commit))
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
-            heads = sorted(r.removeprefix("refs/heads/") for r in repo.references if r.startswith("refs/heads/"))
+            heads = sorted(
+                r.removeprefix("refs/heads/")
+                for r in repo.references
+                if r.startswith("refs/heads/")
+            )
             known = ", ".join(heads[:10]) or "none"
             raise GitSourceError(
                 f"{self.display}: ref {ref!r} not found",
@@ -198,7 +206,7 @@ def _clean(message: str, url: str) -> str:
     return message.replace(url, redact_url(url)).strip()
 
 
-class _Credentials(pygit2.RemoteCallbacks):  # type: ignore[misc]
+class _Credentials(pygit2.RemoteCallbacks):
     """Userinfo from an https URL, else the ssh agent: never from the state repository."""
 
     def __init__(self, url: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 DEFAULT_TAG_TEMPLATE = "{env}-{item}"
 TEMPLATE_FIELDS = ("env", "item", "release")

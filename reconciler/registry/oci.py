@@ -56,7 +56,9 @@ def check_digest(digest: str) -> str:
 def check_tag(tag: str) -> str:
     if _TAG.match(tag):
         return tag
-    raise InvalidReference(f"invalid tag {tag[:140]!r}", "tags match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+    raise InvalidReference(
+        f"invalid tag {tag[:140]!r}", "tags match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    )
 
 
 def verify_digest(data: bytes, digest: str, what: str) -> None:
@@ -207,9 +209,7 @@ def media_type_of(data: bytes) -> str:
         return OCI_INDEX
     if "config" in doc or "layers" in doc:
         return OCI_MANIFEST
-    raise InvalidManifest(
-        "manifest has no mediaType and is neither an index nor an image manifest"
-    )
+    raise InvalidManifest("manifest has no mediaType and is neither an index nor an image manifest")
 
 
 def build_index(descriptors: list[Descriptor]) -> bytes:

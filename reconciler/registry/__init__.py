@@ -1,0 +1,140 @@
+"""Registries: the OCI distribution API and OCI image layouts, behind one Protocol.
+
+``open_registry("host:port", settings)`` or ``open_registry("oci:/root")`` gives a
+:class:`Registry`; :class:`Registries` caches one per host so the per-host
+concurrency and rate limits hold across a whole reconcile pass. Manifests are
+bytes end to end (:class:`Manifest`); digests are ``sha256:<hex>`` and verified
+on every read. Every error is a :class:`RegistryError` that is also either
+``Stalled`` or ``Transient``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from reconciler.registry.auth import Credential, DockerCredentials
+from reconciler.registry.base import Registry
+from reconciler.registry.config import HostConfig, RegistrySettings, RetryPolicy
+from reconciler.registry.copy import CopyResult, copy_artifact
+from reconciler.registry.errors import (
+    AuthenticationFailed,
+    DigestMismatch,
+    InvalidManifest,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
+    TLSFailure,
+    Unsupported,
+)
+from reconciler.registry.http import HttpRegistry
+from reconciler.registry.layout import LayoutRegistry
+from reconciler.registry.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    referrers_tag,
+    sha256_digest,
+)
+from reconciler.registry.reference import LAYOUT_PREFIX, Reference, parse_reference
+from reconciler.registry.transport import RequestStats
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "AuthenticationFailed",
+    "CopyResult",
+    "Credential",
+    "Descriptor",
+    "DigestMismatch",
+    "DockerCredentials",
+    "HostConfig",
+    "HttpRegistry",
+    "InvalidManifest",
+    "InvalidReference",
+    "LayoutRegistry",
+    "Manifest",
+    "NotFound",
+    "Reference",
+    "Registries",
+    "Registry",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistrySettings",
+    "RegistryUnavailable",
+    "RequestStats",
+    "RetryPolicy",
+    "TLSFailure",
+    "Unsupported",
+    "copy_artifact",
+    "open_registry",
+    "parse_reference",
+    "referrers_tag",
+    "sha256_digest",
+]
+
+
+def open_registry(
+    location: str | Reference,
+    settings: RegistrySettings | None = None,
+    *,
+    credentials: DockerCredentials | None = None,
+    stats: RequestStats | None = None,
+) -> Registry:
+    """A registry for ``host[:port]``, a full reference, ``oci:`` or ``oci:/root``.
+
+    A string ``oci:/root`` opens a layout store whose relative repositories live
+    under ``root``; a parsed layout :class:`Reference` (``oci:/dir:tag``) opens a
+    store for absolute directories, with ``reference.repository`` as the repo.
+    """
+    settings = settings or RegistrySettings()
+    host = _store_of(location)
+    if host.startswith(LAYOUT_PREFIX):
+        return LayoutRegistry(host[len(LAYOUT_PREFIX) :] or None, stats=stats)
+    return HttpRegistry(
+        host,
+        settings.for_host(host),
+        credentials or DockerCredentials(settings.docker_config),
+        stats,
+    )
+
+
+class Registries:
+    """One registry client per host, sharing credentials and a request counter."""
+
+    def __init__(self, settings: RegistrySettings | None = None) -> None:
+        self.settings = settings or RegistrySettings()
+        self.stats = RequestStats()
+        self._credentials = DockerCredentials(self.settings.docker_config)
+        self._open: dict[str, Registry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, location: str | Reference) -> Registry:
+        key = _store_of(location)
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = open_registry(
+                    location, self.settings, credentials=self._credentials, stats=self.stats
+                )
+            return self._open[key]
+
+    def close(self) -> None:
+        with self._lock:
+            for registry in self._open.values():
+                registry.close()
+            self._open.clear()
+
+
+def _store_of(location: str | Reference) -> str:
+    """``host[:port]``, ``oci:`` (absolute layout dirs) or ``oci:/root``."""
+    if isinstance(location, Reference):
+        return location.registry
+    if location.startswith(LAYOUT_PREFIX):
+        return location
+    return parse_reference(location).registry if "/" in location else location

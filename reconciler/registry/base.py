@@ -1,0 +1,70 @@
+"""The ``Registry`` protocol both stores implement (HTTP distribution API, OCI layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from reconciler.registry.oci import Descriptor, Manifest
+from reconciler.registry.transport import RequestStats
+
+
+class Registry(Protocol):
+    """Where artifacts live. Every method raises only :class:`RegistryError` subclasses.
+
+    ``repo`` is a repository name (HTTP) or a layout directory (OCI layout);
+    ``ref`` is a tag or a ``sha256:`` digest. Manifests are bytes, verified
+    against their digest on every read.
+    """
+
+    @property
+    def name(self) -> str:
+        """``host[:port]`` or ``oci:[root]``; equal names share blobs (mount)."""
+        ...
+
+    @property
+    def stats(self) -> RequestStats: ...
+
+    @property
+    def has_referrers_api(self) -> bool | None:
+        """True/False once known; None before the first referrers call."""
+        ...
+
+    def resolve(self, repo: str, tag: str) -> str | None:
+        """The digest the tag points at; None when the tag or repository is absent."""
+        ...
+
+    def manifest_exists(self, repo: str, digest: str) -> bool: ...
+
+    def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """Exact bytes and media type; raises NotFound or DigestMismatch."""
+        ...
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str | None = None) -> str:
+        """Store the exact bytes at a tag or digest; returns the digest."""
+        ...
+
+    def delete_tag(self, repo: str, tag: str) -> None:
+        """Remove one tag only; raises Unsupported where no tag-delete API exists."""
+        ...
+
+    def list_tags(self, repo: str) -> list[str]: ...
+
+    def blob_exists(self, repo: str, digest: str) -> bool: ...
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Make a blob of ``from_repo`` (same registry) available in ``repo``."""
+        ...
+
+    def open_blob(self, repo: str, digest: str) -> AbstractContextManager[Iterator[bytes]]: ...
+
+    def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+        """Store a blob from a stream; raises DigestMismatch if it does not hash."""
+        ...
+
+    def referrers(self, repo: str, digest: str) -> list[Descriptor]:
+        """Manifests whose ``subject`` is ``digest`` (API, else the tag schema)."""
+        ...
+
+    def close(self) -> None: ...
