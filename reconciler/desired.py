@@ -636,7 +636,7 @@ class _Checker:
     def _catalog(self, name: str, raw: dict[str, Any]) -> Catalog:
         releases = []
         seen: dict[str, int] = {}
-        for i, rel in enumerate(raw["releases"]):
+        for i, rel in enumerate(raw.get("releases", [])):
             if rel["name"] in seen:
                 self.problem(
                     (CATALOGS, name, "releases", i, "name"),
@@ -648,7 +648,7 @@ class _Checker:
                 Release(
                     name=rel["name"],
                     items=MappingProxyType(
-                        {item: ItemRef.parse(ref) for item, ref in rel["items"].items()}
+                        {item: ItemRef.parse(ref) for item, ref in rel.get("items", {}).items()}
                     ),
                     metadata=frozen_map(rel.get("metadata")),
                     hazards=frozen_map(rel.get("hazards")),

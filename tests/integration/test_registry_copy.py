@@ -1,0 +1,196 @@
+"""Whole-artifact copies across repositories, registries and OCI layouts, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.registry import (
+    DockerCredentials,
+    HostConfig,
+    HttpRegistry,
+    LayoutRegistry,
+    copy_artifact,
+    referrers_tag,
+)
+from tests.support.registry_servers import (
+    PASSWORD,
+    USER,
+    Built,
+    RegistryServer,
+    basic_auth_entry,
+    build_index,
+    build_referrer,
+    build_signature,
+    push,
+    referrers_index,
+    skopeo,
+)
+
+pytestmark = pytest.mark.integration
+
+TESTREPO = Path(__file__).parents[1] / "fixtures" / "regclient-testrepo"
+
+
+def fresh(prefix: str = "t") -> str:
+    return f"{prefix}/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def plain(plain_registry: RegistryServer) -> Iterator[HttpRegistry]:
+    client = HttpRegistry(plain_registry.host, HostConfig(plain_http=True))
+    yield client
+    client.close()
+
+
+def raw(server: RegistryServer, repo: str, ref: str) -> bytes:
+    sep = "@" if ref.startswith("sha256:") else ":"
+    done = skopeo("inspect", "--raw", f"docker://{server.host}/{repo}{sep}{ref}", server=server)
+    return done.stdout.encode()
+
+
+def signed_release(client: HttpRegistry, repo: str) -> tuple[Built, Built, Built]:
+    """An index of two platforms, a cosign .sig tag, and a referrer (tag schema)."""
+    index = build_index(f"rel-{uuid.uuid4().hex[:6]}")
+    signature = build_signature(index, f"example.com/{repo}")
+    referrer = build_referrer(index)
+    push(client, repo, index, tag="v1")
+    push(client, repo, signature, tag=referrers_tag(index.digest) + ".sig")
+    push(client, repo, referrer)
+    push(client, repo, referrers_index(referrer), tag=referrers_tag(index.digest))
+    return index, signature, referrer
+
+
+def assert_release_copied(
+    server: RegistryServer, repo: str, index: Built, signature: Built, referrer: Built
+) -> None:
+    assert raw(server, repo, "v1") == index.data
+    for child in index.children:
+        assert raw(server, repo, child.digest) == child.data
+    assert raw(server, repo, referrers_tag(index.digest) + ".sig") == signature.data
+    assert raw(server, repo, referrer.digest) == referrer.data
+    listed = json.loads(raw(server, repo, referrers_tag(index.digest)))
+    assert [m["digest"] for m in listed["manifests"]] == [referrer.digest]
+
+
+def test_copy_across_repositories_mounts_blobs_and_brings_signatures_and_referrers(
+    plain: HttpRegistry, plain_registry: RegistryServer
+) -> None:
+    source, target = fresh(), fresh()
+    index, signature, referrer = signed_release(plain, source)
+    result = copy_artifact(plain, source, index.digest, plain, target, tag="v1")
+    assert result.blobs_copied == 0 and result.blobs_mounted > 0
+    assert result.tags[-1] == "v1"
+    assert_release_copied(plain_registry, target, index, signature, referrer)
+    # The source's referrers index travels verbatim.
+    tag = referrers_tag(index.digest)
+    assert plain.resolve(target, tag) == plain.resolve(source, tag)
+
+
+def test_copy_across_two_registries_streams_blobs(
+    plain: HttpRegistry,
+    tls_registry: RegistryServer,
+    docker_config: Callable[[dict[str, object]], Path],
+) -> None:
+    docker_config({"auths": {tls_registry.host: basic_auth_entry(USER, PASSWORD)}})
+    other = HttpRegistry(tls_registry.host, HostConfig(ca_file=tls_registry.ca_file))
+    source, target = fresh(), fresh()
+    index, signature, referrer = signed_release(plain, source)
+    result = copy_artifact(plain, source, index.digest, other, target, tag="v1")
+    assert result.blobs_copied > 0 and result.blobs_mounted == 0
+    assert_release_copied(tls_registry, target, index, signature, referrer)
+    again = copy_artifact(plain, source, index.digest, other, target, tag="v1")
+    assert (again.manifests_put, again.blobs_copied, again.tags) == (0, 0, [])
+
+
+def test_copy_into_a_token_registry(
+    plain: HttpRegistry,
+    token_registry: RegistryServer,
+    docker_config: Callable[[dict[str, object]], Path],
+) -> None:
+    docker_config({"auths": {token_registry.host: basic_auth_entry(USER, PASSWORD)}})
+    other = HttpRegistry(token_registry.host, HostConfig(plain_http=True), DockerCredentials())
+    source, target = fresh(), fresh()
+    index, signature, referrer = signed_release(plain, source)
+    copy_artifact(plain, source, index.digest, other, target, tag="v1")
+    assert other.resolve(target, "v1") == index.digest
+    assert other.get_manifest(target, referrers_tag(index.digest) + ".sig").data == signature.data
+    assert [d.digest for d in other.referrers(target, index.digest)] == [referrer.digest]
+
+
+def test_a_second_copy_writes_nothing(plain: HttpRegistry) -> None:
+    source, target = fresh(), fresh()
+    index, _, _ = signed_release(plain, source)
+    copy_artifact(plain, source, index.digest, plain, target, tag="v1")
+    writes = plain.stats.writes()
+    again = copy_artifact(plain, source, index.digest, plain, target, tag="v1")
+    assert plain.stats.writes() == writes
+    assert again.manifests_put == 0 and again.tags == []
+
+
+def test_regclient_testrepo_layout_to_registry_matches_skopeo_byte_for_byte(
+    plain: HttpRegistry, plain_registry: RegistryServer, tmp_path: Path
+) -> None:
+    layout_dir = tmp_path / "testrepo"
+    shutil.copytree(TESTREPO, layout_dir)
+    layout = LayoutRegistry()
+    repo = fresh("regclient")
+    tags = layout.list_tags(str(layout_dir))
+    assert "loop" in tags and "v1" in tags
+    for tag in tags:
+        digest = layout.resolve(str(layout_dir), tag)
+        assert digest is not None
+        copy_artifact(layout, str(layout_dir), digest, plain, repo, tag=tag)
+    copied = set(plain.list_tags(repo))
+    # Referrers found only through untagged layout entries get a tag-schema index.
+    assert copied >= set(tags)
+    assert all(t.startswith("sha256-") for t in copied - set(tags))
+    for tag in ("v1", "v3", "loop", "child", "a-docker", "ai"):
+        expected = layout.get_manifest(str(layout_dir), tag).data
+        assert raw(plain_registry, repo, tag) == expected
+
+
+def test_skopeo_reads_our_layouts_and_we_read_skopeos(
+    plain: HttpRegistry, plain_registry: RegistryServer, tmp_path: Path
+) -> None:
+    source = fresh()
+    index, signature, referrer = signed_release(plain, source)
+    # Ours -> skopeo: copy registry -> our layout, then skopeo layout -> registry.
+    ours = tmp_path / "ours"
+    layout = LayoutRegistry()
+    copy_artifact(plain, source, index.digest, layout, str(ours), tag="v1")
+    assert (ours / "oci-layout").exists()
+    inspected = skopeo("inspect", "--raw", f"oci:{ours}:v1")
+    assert inspected.stdout.encode() == index.data
+    back = fresh()
+    skopeo(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        f"oci:{ours}:v1",
+        f"docker://{plain_registry.host}/{back}:v1",
+    )
+    assert raw(plain_registry, back, "v1") == index.data
+    # Skopeo -> ours: skopeo writes a layout, our store reads it byte for byte.
+    theirs = tmp_path / "theirs"
+    skopeo(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        f"docker://{plain_registry.host}/{source}:v1",
+        f"oci:{theirs}:v1",
+    )
+    assert layout.resolve(str(theirs), "v1") == index.digest
+    assert layout.get_manifest(str(theirs), "v1").data == index.data
+    for child in index.children:
+        assert layout.get_manifest(str(theirs), child.digest).data == child.data
+    # Our layout keeps the signature and the referrers index as tags.
+    assert layout.resolve(str(ours), referrers_tag(index.digest) + ".sig") == signature.digest
+    assert [d.digest for d in layout.referrers(str(ours), index.digest)] == [referrer.digest]

@@ -1,0 +1,157 @@
+"""schemas/reconciler.cue and schemas/reconciler.schema.json say the same thing.
+
+Each document below is judged by the real cue CLI (unified with the CUE schema) and by
+JSON Schema; the verdicts must match, and must be the one written next to the case.
+One known difference is left out on purpose: an unknown TOP-LEVEL field, which cue
+0.4 does not close (JSON Schema refuses it, and the loader runs both).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from reconciler.desired import schema_dir
+
+D = "sha256:" + "c" * 64
+CAT: dict[str, Any] = {"name": "example.org/a", "source": "r.example:5000/a/b", "releases": []}
+ENV: dict[str, Any] = {"catalog": "example.org/a", "release": "v1"}
+
+
+def cat(**kw: Any) -> dict[str, Any]:
+    return {"catalogs": {"example.org/a": {**CAT, **kw}}}
+
+
+def env(**kw: Any) -> dict[str, Any]:
+    return {"environments": {"dev": {**ENV, **kw}}}
+
+
+CASES: dict[str, tuple[bool, dict[str, Any]]] = {
+    "empty": (True, {}),
+    "catalog-minimal": (True, cat()),
+    "catalog-full": (
+        True,
+        cat(
+            releases=[
+                {
+                    "name": "v1",
+                    "items": {"a": D, "b": "r.example/x/y@" + D},
+                    "metadata": {"k": "v"},
+                    "hazards": None,
+                },
+                {"name": "v0", "items": {}, "hazards": {"CVE-1": "bad"}},
+            ],
+            signers={
+                "keys": ["keys/a.pub"],
+                "identities": [{"issuer": "https://i", "subject": "s"}],
+            },
+        ),
+    ),
+    "catalog-oci-layout-source": (True, cat(source="oci:/srv/layouts/app")),
+    "environment-full": (
+        True,
+        env(
+            items=["a"],
+            target={"repository": "r.example/x/prod", "tag": "{env}-{item}"},
+            requires=["qa"],
+            verify={"insecureSkipSignatures": True, "trustedRoot": "t.json"},
+            allowHazards=True,
+            suspend=False,
+            prune=True,
+            name="dev",
+        ),
+    ),
+    "settings-full": (
+        True,
+        {
+            "settings": {
+                "registries": {
+                    "127.0.0.1:5000": {
+                        "plainHTTP": True,
+                        "caFile": "ca.pem",
+                        "concurrency": 4,
+                        "requestsPerSecond": 2.5,
+                    }
+                },
+                "verify": {"keys": ["-----BEGIN PUBLIC KEY-----"]},
+                "git": {"allowedSigners": "a"},
+            }
+        },
+    ),
+    "digest-short": (False, cat(releases=[{"name": "v1", "items": {"a": "sha256:abc"}}])),
+    "digest-upper": (False, cat(releases=[{"name": "v1", "items": {"a": "sha256:" + "C" * 64}}])),
+    "digest-repo-upper": (
+        False,
+        cat(releases=[{"name": "v1", "items": {"a": "r.example/X@" + D}}]),
+    ),
+    "source-bad": (False, cat(source="not a repo")),
+    "source-missing": (
+        False,
+        {"catalogs": {"example.org/a": {"name": "example.org/a", "releases": []}}},
+    ),
+    "release-without-items": (True, cat(releases=[{"name": "v1"}])),
+    "catalog-without-releases": (
+        True,
+        {"catalogs": {"example.org/a": {"name": "example.org/a", "source": "oci:/x"}}},
+    ),
+    "release-empty-name": (False, cat(releases=[{"name": "", "items": {}}])),
+    "release-unknown-field": (False, cat(releases=[{"name": "v1", "items": {}, "notes": "x"}])),
+    "hazards-string": (False, cat(releases=[{"name": "v1", "items": {}, "hazards": "yes"}])),
+    "metadata-number": (False, cat(releases=[{"name": "v1", "items": {}, "metadata": {"k": 1}}])),
+    "catalog-unknown-field": (False, cat(owner="me")),
+    "environment-without-release": (False, {"environments": {"dev": {"catalog": "x"}}}),
+    "environment-unknown-field": (False, env(relase="v2")),
+    "environment-bad-requires": (False, env(requires=["not a name"])),
+    "environment-allowhazards-string": (False, env(allowHazards="yes")),
+    "environment-empty-tag": (False, env(target={"tag": ""})),
+    "environment-target-unknown": (False, env(target={"digest": D})),
+    "policy-unknown-field": (False, env(verify={"key": ["a"]})),
+    "identity-without-issuer": (False, env(verify={"identities": [{"subject": "s"}]})),
+    "registry-concurrency-zero": (False, {"settings": {"registries": {"h": {"concurrency": 0}}}}),
+    "registry-rps-zero": (False, {"settings": {"registries": {"h": {"requestsPerSecond": 0}}}}),
+    "registry-unknown-field": (False, {"settings": {"registries": {"h": {"insecure": True}}}}),
+    "settings-unknown-field": (False, {"settings": {"verfy": {}}}),
+}
+
+
+def cue_verdict(cue: str, doc: dict[str, Any], workdir: Path) -> bool:
+    (workdir / "case.json").write_text(json.dumps(doc))
+    (workdir / "schema.cue").write_text((schema_dir() / "reconciler.cue").read_text())
+    proc = subprocess.run(
+        [cue, "export", "schema.cue", "case.json"],
+        cwd=workdir,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    return proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def cue_verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
+    def one(name: str) -> tuple[str, bool]:
+        return name, cue_verdict(cue_bin, CASES[name][1], tmp_path_factory.mktemp(name))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, CASES))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cue_and_json_schema_agree(name: str, cue_verdicts: dict[str, bool]) -> None:
+    expected, doc = CASES[name]
+    schema = json.loads((schema_dir() / "reconciler.schema.json").read_text())
+    json_ok = jsonschema.Draft202012Validator(schema).is_valid(doc)
+    assert json_ok is expected, f"JSON Schema says {json_ok}"
+    assert cue_verdicts[name] is expected, f"cue says {cue_verdicts[name]}"
+
+
+def test_json_schema_is_valid_draft_2020_12() -> None:
+    schema = json.loads((schema_dir() / "reconciler.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
