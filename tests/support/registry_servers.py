@@ -442,6 +442,8 @@ class FaultProxy:
         self.upstream = upstream
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -508,6 +510,16 @@ class FaultProxy:
             self.log.append((method, path, outcome))
 
     def _handle(self, request: http.server.BaseHTTPRequestHandler, method: str) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._serve(request, method)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _serve(self, request: http.server.BaseHTTPRequestHandler, method: str) -> None:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
         fault = self._pick(method, request.path)
