@@ -19,7 +19,8 @@ from reconciler import __version__
 from reconciler.desired import Loader
 from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.gitsource import GitSource, default_cache_dir
-from reconciler.model import DesiredState
+from reconciler.model import Action, DesiredState
+from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler
 
 log = logging.getLogger("reconciler")
 
@@ -56,6 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(validate, suppress=True)
     validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser(
+        "plan", help="show the changes each environment needs and what blocks them"
+    )
+    _common(plan, suppress=True)
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 in sync, 2 changes pending, 1 error",
+    )
+    plan.set_defaults(func=cmd_plan)
+
+    apply = sub.add_parser("apply", help="verify and apply: move the tags, write apply records")
+    _common(apply, suppress=True)
+    apply.add_argument("--dry-run", action="store_true", help="plan and verify; write nothing")
+    apply.set_defaults(func=cmd_apply)
+
+    status = sub.add_parser("status", help="desired vs actual, drift and the last apply record")
+    _common(status, suppress=True)
+    status.set_defaults(func=cmd_status)
     return parser
 
 
@@ -98,12 +119,171 @@ def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
         print(f"error: {exc}", file=sys.stderr)
 
 
-def load_state(args: argparse.Namespace) -> DesiredState:
+def make_reconciler(args: argparse.Namespace) -> Reconciler:
     cache_dir = args.cache_dir or default_cache_dir()
     source = GitSource(args.repo, cache_dir=cache_dir)
-    source.fetch()
-    snapshot = source.snapshot(args.ref, args.path)
-    return Loader(cache_dir).load(snapshot)
+    return Reconciler(source, Loader(cache_dir), ref=args.ref, path=args.path)
+
+
+def load_state(args: argparse.Namespace) -> DesiredState:
+    return make_reconciler(args).load()
+
+
+# --------------------------------------------------------------------------- plan/apply/status
+
+
+def _run(args: argparse.Namespace, mode: Mode) -> PassResult:
+    reconciler = make_reconciler(args)
+    try:
+        return reconciler.run(mode, args.env)
+    finally:
+        reconciler.close()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    result = _run(args, Mode.PLAN)
+    _report(args, result, "plan")
+    if not result.ok:
+        return 1
+    return 2 if args.detailed_exitcode and not result.in_sync else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    result = _run(args, Mode.PLAN if args.dry_run else Mode.APPLY)
+    _report(args, result, "dry run" if args.dry_run else "apply")
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _run(args, Mode.STATUS)
+    _report(args, result, "status")
+    if not result.ok:
+        return 1
+    return 0 if result.in_sync else 2
+
+
+def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:
+    if args.json:
+        _dump(pass_json(result), sys.stdout)
+        return
+    state = result.state
+    print(f"{what}: commit {state.commit[:12]}  tree {state.tree[:12]}")
+    for o in result.outcomes:
+        print_outcome(o, state, sys.stdout)
+    counts: dict[str, int] = {}
+    for o in result.outcomes:
+        counts[o.status.value] = counts.get(o.status.value, 0) + 1
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+_SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
+
+
+def print_outcome(o: EnvOutcome, state: DesiredState, out: TextIO) -> None:
+    env = state.environments[o.environment]
+    policy = state.policies[o.environment]
+    verify = " UNVERIFIED" if policy.insecure_skip_signatures else ""
+    print(f"\n{o.environment}  {env.catalog} {env.release}  {o.status.value}{verify}", file=out)
+    if o.record is not None:
+        rb = o.record
+        print(
+            f"  record   {rb.digest[:19]}  {rb.release} at {rb.commit[:12]}  {rb.time}",
+            file=out,
+        )
+    plan = o.plan
+    if plan is not None:
+        rows = []
+        for c in plan.changes:
+            rows.append(
+                [
+                    f"{_SIGN[c.action]} {c.action.value}",
+                    f"{c.repository}:{c.tag}",
+                    (c.from_digest or "-")[:19],
+                    "->",
+                    (c.to_digest or "(deleted)")[:19],
+                    c.drift.value,
+                ]
+            )
+        if rows:
+            table(["CHANGE", "TAG", "FROM", "", "TO", "DRIFT"], rows, out)
+        elif plan.record_due and not plan.suspended:
+            print("  tags in place; a new apply record is due", file=out)
+        for note in plan.notes:
+            print(f"  note: {note}", file=out)
+    if o.applied is not None:
+        a = o.applied
+        print(
+            f"  applied: {len(a.moved)} moved, {len(a.deleted)} pruned, {len(a.copied)} copied",
+            file=out,
+        )
+    if o.error is not None:
+        print(f"  {o.status.value}: {o.error.message}", file=out)
+        if o.error.hint:
+            print(f"  hint: {o.error.hint}", file=out)
+
+
+def pass_json(result: PassResult) -> dict[str, Any]:
+    """The documented ``--json`` shape of plan, apply and status."""
+    state = result.state
+    envs = []
+    for o in result.outcomes:
+        env = state.environments[o.environment]
+        plan = o.plan
+        envs.append(
+            {
+                "name": o.environment,
+                "catalog": env.catalog,
+                "release": env.release,
+                "status": o.status.value,
+                "unverified": state.policies[o.environment].insecure_skip_signatures,
+                "changes": [
+                    {
+                        "action": c.action.value,
+                        "repository": c.repository,
+                        "tag": c.tag,
+                        "item": c.item,
+                        "from": c.from_digest,
+                        "to": c.to_digest,
+                        "drift": c.drift.value,
+                    }
+                    for c in (plan.changes if plan else ())
+                ],
+                "recordDue": bool(plan and plan.record_due),
+                "notes": list(plan.notes) if plan else [],
+                "verified": o.verified,
+                "applied": None
+                if o.applied is None
+                else {
+                    "moved": o.applied.moved,
+                    "deleted": o.applied.deleted,
+                    "copied": o.applied.copied,
+                },
+                "record": None
+                if o.record is None
+                else {
+                    "digest": o.record.digest,
+                    "commit": o.record.commit,
+                    "release": o.record.release,
+                    "time": o.record.time,
+                    "reconciler": o.record.reconciler,
+                },
+                "error": None
+                if o.error is None
+                else {
+                    "message": o.error.message,
+                    "hint": o.error.hint,
+                    "rule": getattr(o.error, "rule", None),
+                    "transient": o.transient,
+                },
+            }
+        )
+    return {
+        "commit": state.commit,
+        "tree": state.tree,
+        "ok": result.ok,
+        "inSync": result.in_sync,
+        "environments": envs,
+    }
 
 
 # --------------------------------------------------------------------------- validate

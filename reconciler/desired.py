@@ -35,6 +35,7 @@ from reconciler.gitsource import Snapshot
 from reconciler.model import (
     DEFAULT_TAG_TEMPLATE,
     NAME_RE,
+    RECORD_TAG_PREFIX,
     TAG_RE,
     Catalog,
     DesiredState,
@@ -745,6 +746,13 @@ class _Checker:
                     "which is not a valid OCI tag",
                     "a tag is 1-128 characters of [A-Za-z0-9_.-] and starts with a letter, "
                     "digit or '_'",
+                )
+                continue
+            if tag.startswith(RECORD_TAG_PREFIX):
+                self.problem(
+                    (*path, "target", "tag"),
+                    f"{tag!r} is reserved: tags starting {RECORD_TAG_PREFIX!r} hold apply records",
+                    "choose another tag template",
                 )
                 continue
             source = ref.repository or catalog.source

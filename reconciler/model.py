@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -167,6 +168,11 @@ class DesiredState:
     tags: Mapping[str, tuple[DesiredTag, ...]]
     policies: Mapping[str, Policy]
 
+    def target_of(self, env: str) -> str:
+        """The repository an environment's tags and apply records live in."""
+        e = self.environments[env]
+        return e.target_repository or self.catalogs[e.catalog].source
+
     def release_of(self, env: str) -> Release:
         e = self.environments[env]
         release = self.catalogs[e.catalog].release(e.release)
@@ -188,3 +194,147 @@ def expand_tag(template: str, env: str, item: str, release: str) -> str:
         return values[name]
 
     return _PLACEHOLDER.sub(one, template)
+
+
+# --------------------------------------------------------------------------- actual state
+
+RECORD_TAG_PREFIX = "reconciler-record."
+RECORD_MEDIA_TYPE = "application/vnd.reconciler.record.v1+json"
+
+
+def record_tag(env: str) -> str:
+    """The tag of an environment's newest apply record, in its target repository."""
+    return f"{RECORD_TAG_PREFIX}{env}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """An apply record: what one environment was converged to, and how it was verified.
+
+    Records form a hash chain (``previous`` is the digest of the record before), so a
+    rewritten history is detectable. ``owned`` is the inventory of tags the reconciler
+    wrote and has not deleted: the only tags it will ever prune.
+    """
+
+    environment: str
+    commit: str
+    tree: str
+    catalog: str
+    release: str
+    repository: str
+    tags: Mapping[str, str]  # tag -> digest, as desired and confirmed
+    owned: Mapping[str, str]  # tag -> digest last written, including no-longer-desired tags
+    verified: Mapping[str, str]  # digest -> how it was verified
+    time: str
+    reconciler: str
+    previous: str | None = None
+    digest: str = ""  # this record's own manifest digest (set when read back)
+    note: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "schema": 1,
+            "environment": self.environment,
+            "commit": self.commit,
+            "tree": self.tree,
+            "catalog": self.catalog,
+            "release": self.release,
+            "repository": self.repository,
+            "tags": dict(sorted(self.tags.items())),
+            "owned": dict(sorted(self.owned.items())),
+            "verified": dict(sorted(self.verified.items())),
+            "time": self.time,
+            "reconciler": self.reconciler,
+            "previous": self.previous,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object], digest: str) -> Record:
+        def text(key: str) -> str:
+            value = doc.get(key)
+            if not isinstance(value, str):
+                raise ValueError(f"record field {key!r} is missing or not a string")
+            return value
+
+        def mapping(key: str) -> Mapping[str, str]:
+            value = doc.get(key) or {}
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ValueError(f"record field {key!r} is not a string map")
+            return frozen_map(value)
+
+        previous = doc.get("previous")
+        if previous is not None and not (isinstance(previous, str) and DIGEST_RE.match(previous)):
+            raise ValueError("record field 'previous' is not a digest")
+        return cls(
+            environment=text("environment"),
+            commit=text("commit"),
+            tree=text("tree"),
+            catalog=text("catalog"),
+            release=text("release"),
+            repository=text("repository"),
+            tags=mapping("tags"),
+            owned=mapping("owned"),
+            verified=mapping("verified"),
+            time=text("time"),
+            reconciler=text("reconciler"),
+            previous=previous,
+            digest=digest,
+            note=str(doc.get("note") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one environment's target repository holds now: ``tag -> digest`` (None = absent)."""
+
+    environment: str
+    tags: Mapping[str, str | None]
+    record: Record | None
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Drift(StrEnum):
+    MISSING = "missing"  # the tag does not exist
+    STALE = "stale"  # it points at another digest of a catalog
+    FOREIGN = "foreign"  # it points at a digest in no catalog: a tamper signal
+    HAZARDOUS = "hazardous"  # it points at a digest of a release with hazards
+    UNOWNED = "unowned"  # prune: an owned tag no longer desired
+
+
+@dataclass(frozen=True)
+class Change:
+    """Move ``repository:tag`` from ``from_digest`` to ``to_digest`` (None: absent/delete)."""
+
+    action: Action
+    repository: str
+    tag: str
+    from_digest: str | None
+    to_digest: str | None
+    drift: Drift
+    item: str | None = None
+    source_repository: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    """The changes one environment needs; empty ``changes`` and no ``record_due`` = in sync."""
+
+    environment: str
+    catalog: str
+    release: str
+    changes: tuple[Change, ...]
+    record_due: bool  # a new apply record is needed (changes, or a new release/catalog)
+    notes: tuple[str, ...] = ()
+    suspended: bool = False
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes and not self.record_due

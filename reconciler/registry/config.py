@@ -54,6 +54,22 @@ _JSON_KEYS = {
     "connectTimeout": "connect_timeout",
     "readTimeout": "read_timeout",
 }
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "plainHTTP": bool,
+    "caFile": str,
+    "concurrency": int,
+    "requestsPerSecond": (int, float),
+    "connectTimeout": (int, float),
+    "readTimeout": (int, float),
+}
+_TYPE_NAMES = {
+    "plainHTTP": "true or false",
+    "caFile": "a file path",
+    "concurrency": "an integer",
+    "requestsPerSecond": "a number",
+    "connectTimeout": "seconds",
+    "readTimeout": "seconds",
+}
 _RETRY_KEYS = {f.name: f.name for f in fields(RetryPolicy)} | {"retryAfterCap": "retry_after_cap"}
 
 
@@ -92,8 +108,15 @@ def _host_from_json(raw: Mapping[str, Any], where: str) -> HostConfig:
             unknown = set(value) - set(_RETRY_KEYS)
             if unknown:
                 raise Stalled(f"{where}.retry: unknown keys {sorted(unknown)}")
+            if not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+            ):
+                raise Stalled(f"{where}.retry: values must be numbers")
             kwargs["retry"] = RetryPolicy(**{_RETRY_KEYS[k]: v for k, v in value.items()})
         elif key in _JSON_KEYS:
+            expected = _TYPES[key]
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+                raise Stalled(f"{where}.{key}: expected {_TYPE_NAMES[key]}, got {value!r}")
             kwargs[_JSON_KEYS[key]] = value
         else:
             raise Stalled(

@@ -103,7 +103,7 @@ def _helper(bin_dir: Path, name: str, secret: str) -> None:
     script.write_text(
         "#!/bin/sh\n"
         'read host\n[ "$1" = get ] || exit 2\n'
-        f"echo \"$host\" >> {bin_dir}/asked\n"
+        f'echo "$host" >> {bin_dir}/asked\n'
         f"echo '{answer}'\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)

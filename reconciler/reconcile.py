@@ -1,0 +1,311 @@
+"""One reconcile pass: for each environment, observe -> plan -> verify -> apply -> record.
+
+Environments are isolated: an error in one is caught, classified and reported, and
+the others still converge. They run in promotion order (an environment after those it
+``requires``) so that one pass can carry a release through a chain. Each pass is
+level-based: it re-reads git and the registry and depends on nothing remembered.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import pygit2
+
+from reconciler import __version__, records
+from reconciler.apply import ApplyResult, apply_changes
+from reconciler.desired import Loader
+from reconciler.errors import ReconcilerError, Stalled, Transient
+from reconciler.gitsource import GitSource
+from reconciler.model import DesiredState, EnvPlan, Observed, Record
+from reconciler.plan import CatalogIndex, owned_after, plan_environment
+from reconciler.registry import HostConfig, Registries, Registry, RegistrySettings, parse_reference
+from reconciler.verify import Refused, check_hazards, check_history, check_integrity, check_order
+
+log = logging.getLogger(__name__)
+
+UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
+
+
+class Mode(StrEnum):
+    STATUS = "status"  # observe and plan: desired vs actual, no verification
+    PLAN = "plan"  # observe, plan and verify; write nothing
+    APPLY = "apply"
+
+
+class Status(StrEnum):
+    IN_SYNC = "in-sync"
+    PENDING = "pending"  # changes verified, not applied (plan, dry run)
+    APPLIED = "applied"
+    REFUSED = "refused"  # verification said no: a person must act
+    FAILED = "failed"  # an error; transient ones retry
+    SUSPENDED = "suspended"
+
+
+@dataclass
+class EnvOutcome:
+    environment: str
+    status: Status
+    plan: EnvPlan | None = None
+    error: ReconcilerError | None = None
+    record: Record | None = None
+    verified: dict[str, str] = field(default_factory=dict)
+    applied: ApplyResult | None = None
+
+    @property
+    def transient(self) -> bool:
+        return isinstance(self.error, Transient)
+
+
+@dataclass
+class PassResult:
+    state: DesiredState
+    outcomes: list[EnvOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status not in (Status.REFUSED, Status.FAILED) for o in self.outcomes)
+
+    @property
+    def in_sync(self) -> bool:
+        return all(o.status in (Status.IN_SYNC, Status.SUSPENDED) for o in self.outcomes)
+
+
+def registry_settings(state: DesiredState) -> RegistrySettings:
+    """The registry layer's settings from the state repository's ``settings.registries``."""
+    hosts = {
+        host: HostConfig(
+            plain_http=r.plain_http,
+            ca_file=r.ca_file,
+            concurrency=r.concurrency or HostConfig.concurrency,
+            requests_per_second=r.requests_per_second,
+        )
+        for host, r in state.settings.registries.items()
+    }
+    return RegistrySettings(hosts=hosts)
+
+
+def reconciler_identity() -> str:
+    return f"reconciler/{__version__}@{socket.gethostname()}"
+
+
+class Reconciler:
+    """Runs passes against one state repository; holds the caches between passes."""
+
+    def __init__(
+        self,
+        source: GitSource,
+        loader: Loader,
+        ref: str = "main",
+        path: str = "",
+        registries: Registries | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.source, self.loader, self.ref, self.path = source, loader, ref, path
+        self._registries = registries
+        self.identity = identity or reconciler_identity()
+
+    def load(self) -> DesiredState:
+        self.source.fetch()
+        return self.loader.load(self.source.snapshot(self.ref, self.path))
+
+    def registries(self, state: DesiredState) -> Registries:
+        if self._registries is None:
+            self._registries = Registries(registry_settings(state))
+        return self._registries
+
+    def run(
+        self, mode: Mode, envs: Sequence[str] | None = None, state: DesiredState | None = None
+    ) -> PassResult:
+        state = state or self.load()
+        names = promotion_order(state, envs)
+        run = _Pass(self, state, mode)
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="observe") as pool:
+            run.pool = pool
+            outcomes = [run.environment(name) for name in names]
+        return PassResult(state, outcomes)
+
+    def close(self) -> None:
+        if self._registries is not None:
+            self._registries.close()
+
+
+def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> list[str]:
+    """Environments after the ones they require (the graph is acyclic: validated)."""
+    done: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        for required in state.environments[name].requires:
+            visit(required)
+        done.append(name)
+
+    for name in sorted(state.environments):
+        visit(name)
+    if only:
+        unknown = sorted(set(only) - set(state.environments))
+        if unknown:
+            raise Stalled(
+                f"unknown environment{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                f"--env takes one of: {', '.join(sorted(state.environments))}",
+            )
+        return [n for n in done if n in only]
+    return done
+
+
+class _Pass:
+    """The work of one pass; caches what several environments share."""
+
+    pool: ThreadPoolExecutor
+
+    def __init__(self, owner: Reconciler, state: DesiredState, mode: Mode) -> None:
+        self.owner, self.state, self.mode = owner, state, mode
+        self.registries = owner.registries(state)
+        self.index = CatalogIndex.of(state)
+        self.integrity_ok: dict[tuple[str, str], int] = {}
+        self.heads: dict[str, Record | None] = {}
+
+    def registry_of(self, repository: str) -> tuple[Registry, str]:
+        ref = parse_reference(repository)
+        return self.registries.get(ref), ref.repository
+
+    def environment(self, name: str) -> EnvOutcome:
+        outcome = EnvOutcome(name, Status.FAILED)
+        try:
+            self._environment(name, outcome)
+        except Refused as exc:
+            outcome.status, outcome.error = Status.REFUSED, exc
+            log.warning("%s: %s", name, exc.message)
+        except ReconcilerError as exc:
+            outcome.status, outcome.error = Status.FAILED, exc
+            log.warning("%s: %s", name, exc.message)
+        except Exception as exc:  # a bug must not stop the other environments
+            log.exception("%s: internal error", name)
+            outcome.status = Status.FAILED
+            outcome.error = ReconcilerError(f"internal error: {exc.__class__.__name__}: {exc}")
+        return outcome
+
+    def _environment(self, name: str, outcome: EnvOutcome) -> None:
+        observed = self.observe(name)
+        outcome.record = observed.record
+        plan = plan_environment(self.state, name, observed, self.index)
+        outcome.plan = plan
+        if plan.suspended:
+            outcome.status = Status.SUSPENDED
+            return
+        if plan.in_sync:
+            outcome.status = Status.IN_SYNC
+            return
+        if self.mode is Mode.STATUS:
+            outcome.status = Status.PENDING
+            return
+        outcome.verified = self.verify(name, observed.record)
+        if self.mode is Mode.PLAN:
+            outcome.status = Status.PENDING
+            return
+        registry, _ = self.registry_of(self.state.target_of(name))
+        concurrency = self.registries.settings.for_host(registry.name).concurrency
+        applied = apply_changes(plan.changes, self.registry_of, concurrency)
+        outcome.applied = applied
+        outcome.record = self.record(name, observed, applied, outcome.verified)
+        self.heads[name] = outcome.record
+        outcome.status = Status.APPLIED
+        if applied.unsupported:
+            raise Stalled(
+                "cannot prune: " + "; ".join(applied.unsupported),
+                "this registry has no tag-delete API; set prune: false or delete the tags by hand",
+            )
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, name: str) -> Observed:
+        repository = self.state.target_of(name)
+        registry, repo = self.registry_of(repository)
+        record = records.read_head(registry, repo, name)
+        self.heads[name] = record
+        tags = {t.tag for t in self.state.tags[name]}
+        if record is not None and self.state.environments[name].prune:
+            tags |= set(record.owned)
+        ordered = sorted(tags)
+        digests = list(self.pool.map(lambda tag: registry.resolve(repo, tag), ordered))
+        return Observed(name, dict(zip(ordered, digests, strict=True)), record)
+
+    def head_of(self, name: str) -> Record | None:
+        if name not in self.heads:
+            registry, repo = self.registry_of(self.state.target_of(name))
+            self.heads[name] = records.read_head(registry, repo, name)
+        return self.heads[name]
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, name: str, last: Record | None) -> dict[str, str]:
+        """Every rule for every digest the environment would point at; raises Refused."""
+        env = self.state.environments[name]
+        check_history(name, self.state.commit, last, self._descends)
+        check_hazards(self.state, name)
+        check_order(self.state, name, {r: self.head_of(r) for r in env.requires})
+        verified: dict[str, str] = {}
+        policy = self.state.policies[name]
+        for tag in self.state.tags[name]:
+            key = (tag.source_repository, tag.digest)
+            if key not in self.integrity_ok:
+                registry, repo = self.registry_of(tag.source_repository)
+                self.integrity_ok[key] = check_integrity(
+                    registry, repo, tag.digest, tag.source_repository
+                )
+            if not policy.insecure_skip_signatures:
+                raise Refused(
+                    "signatures",
+                    f"{name} requires signatures ({policy.describe()}), and this version "
+                    "cannot verify them yet",
+                    "set verify.insecureSkipSignatures: true to apply UNVERIFIED",
+                )
+            checked = self.integrity_ok[key]
+            verified[tag.digest] = f"integrity ({checked} manifests); {UNVERIFIED}"
+        if policy.insecure_skip_signatures:
+            log.warning("%s: applying UNVERIFIED digests (insecureSkipSignatures)", name)
+        return verified
+
+    def _descends(self, new: str, old: str) -> bool:
+        repo = self.owner.source.repo
+        try:
+            return bool(repo.descendant_of(pygit2.Oid(hex=new), pygit2.Oid(hex=old)))
+        except (pygit2.GitError, KeyError, ValueError):
+            return False
+
+    # ------------------------------------------------------------------ record
+
+    def record(
+        self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
+    ) -> Record:
+        env = self.state.environments[name]
+        repository = self.state.target_of(name)
+        registry, repo = self.registry_of(repository)
+        desired = {t.tag: t.digest for t in self.state.tags[name]}
+        previous = observed.record
+        gone = {t for t, d in observed.tags.items() if d is None and t not in desired}
+        record = Record(
+            environment=name,
+            commit=self.state.commit,
+            tree=self.state.tree,
+            catalog=env.catalog,
+            release=env.release,
+            repository=repository,
+            tags=desired,
+            owned=owned_after(
+                previous.owned if previous else {}, desired, set(applied.deleted), gone
+            ),
+            verified=verified,
+            time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            reconciler=self.owner.identity,
+            previous=previous.digest if previous else None,
+        )
+        digest = records.write(registry, repo, record, previous.digest if previous else None)
+        return replace(record, digest=digest)

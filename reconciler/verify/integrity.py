@@ -1,0 +1,32 @@
+"""Integrity: the manifest exists in the source and its bytes hash to the digest."""
+
+from __future__ import annotations
+
+from reconciler.registry import Registry, RegistryError
+from reconciler.verify.errors import Refused
+
+
+def check_integrity(registry: Registry, repository: str, digest: str, where: str) -> int:
+    """Fetch the manifest (and, for an index, every child) and check each hash.
+
+    Returns how many manifests were checked. The registry client verifies the sha256 of
+    every manifest it reads; any failure here is a refusal, never a skipped check.
+    """
+    seen: set[str] = set()
+    pending = [digest]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            children = registry.get_manifest(repository, current).children()
+        except RegistryError as exc:
+            what = "" if current == digest else f" (a child of {digest[:19]})"
+            raise Refused(
+                "integrity",
+                f"{where}@{current}{what} cannot be verified: {exc.message}",
+                "push the artifact to the catalog's source, or fix the digest in the catalog",
+            ) from exc
+        pending.extend(child.digest for child in children)
+    return len(seen)

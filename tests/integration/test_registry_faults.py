@@ -1,0 +1,239 @@
+"""Faults between the client and a real registry: bounded, classified, no partial tags."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from reconciler.errors import Stalled, Transient
+from reconciler.registry import (
+    DigestMismatch,
+    HostConfig,
+    HttpRegistry,
+    RegistryUnavailable,
+    RetryPolicy,
+    copy_artifact,
+)
+from tests.support.registry_servers import (
+    Fault,
+    FaultProxy,
+    RegistryFactory,
+    RegistryServer,
+    build_image,
+    build_index,
+    push,
+)
+
+pytestmark = pytest.mark.integration
+
+ATTEMPTS = 3
+
+
+def fresh(prefix: str = "t") -> str:
+    return f"{prefix}/{uuid.uuid4().hex[:10]}"
+
+
+def config(**overrides: object) -> HostConfig:
+    values: dict[str, object] = {
+        "plain_http": True,
+        "connect_timeout": 1.0,
+        "read_timeout": 0.5,
+        "retry": RetryPolicy(attempts=ATTEMPTS, base=0.01, cap=0.05, retry_after_cap=2.0),
+    }
+    values.update(overrides)
+    return HostConfig(**values)  # type: ignore[arg-type]
+
+
+class Sleeps(list[float]):
+    """Records the client's back-off sleeps instead of sleeping."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def direct(plain_registry: RegistryServer) -> Iterator[HttpRegistry]:
+    client = HttpRegistry(plain_registry.host, config())
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def proxied(fault_proxy: FaultProxy, sleeps: Sleeps) -> Iterator[HttpRegistry]:
+    client = HttpRegistry(fault_proxy.host, config(), sleep=sleeps)
+    yield client
+    client.close()
+
+
+def test_a_500_is_retried_and_then_succeeds(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy, sleeps: Sleeps
+) -> None:
+    repo = fresh()
+    image = build_image("retry")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("status", times=2, method="HEAD", path="/manifests/v1"))
+    assert proxied.resolve(repo, "v1") == image.digest
+    assert fault_proxy.count("HEAD", "/manifests/v1") == 3
+    assert len(sleeps) == 2 and all(0 <= s <= 0.05 for s in sleeps)
+
+
+def test_a_persistent_500_is_a_transient_error_after_bounded_attempts(
+    proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.add(Fault("status", times=-1))
+    with pytest.raises(RegistryUnavailable, match=f"HTTP 500 after {ATTEMPTS} attempts") as e:
+        proxied.resolve(fresh(), "v1")
+    assert isinstance(e.value, Transient)
+    assert fault_proxy.count() == ATTEMPTS
+    assert proxied.stats.total(status="500") == ATTEMPTS
+
+
+def test_a_429_honours_retry_after(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy, sleeps: Sleeps
+) -> None:
+    repo = fresh()
+    image = build_image("429")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("status", status=429, headers={"Retry-After": "1"}))
+    assert proxied.resolve(repo, "v1") == image.digest
+    assert sleeps == [1.0]
+
+
+def test_a_huge_retry_after_is_capped(
+    proxied: HttpRegistry, fault_proxy: FaultProxy, sleeps: Sleeps
+) -> None:
+    fault_proxy.add(Fault("status", status=503, headers={"Retry-After": "3600"}, times=-1))
+    with pytest.raises(RegistryUnavailable, match="HTTP 503"):
+        proxied.list_tags(fresh())
+    assert sleeps == [2.0] * (ATTEMPTS - 1)
+
+
+def test_4xx_is_permanent_and_not_retried(proxied: HttpRegistry, fault_proxy: FaultProxy) -> None:
+    fault_proxy.add(Fault("status", status=400, times=-1))
+    with pytest.raises(Stalled):
+        proxied.resolve(fresh(), "v1")
+    assert fault_proxy.count() == 1
+
+
+def test_a_slow_registry_times_out_within_the_bound(
+    proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.add(Fault("delay", delay=3.0, times=-1))
+    with pytest.raises(RegistryUnavailable, match="timed out") as e:
+        proxied.resolve(fresh(), "v1")
+    assert isinstance(e.value, Transient)
+    assert fault_proxy.count() == ATTEMPTS
+
+
+def test_connection_resets_are_retried_then_reported(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    repo = fresh()
+    image = build_image("reset")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("reset", times=1))
+    assert proxied.resolve(repo, "v1") == image.digest
+    fault_proxy.add(Fault("reset", times=-1))
+    with pytest.raises(RegistryUnavailable, match="after 3 attempts"):
+        proxied.resolve(repo, "v1")
+
+
+def test_a_corrupted_manifest_is_refused_as_a_digest_mismatch(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    repo = fresh()
+    image = build_image("corrupt")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("corrupt", method="GET", path="/manifests/"))
+    with pytest.raises(DigestMismatch) as e:
+        proxied.get_manifest(repo, image.digest)
+    assert isinstance(e.value, Stalled)
+
+
+def test_errors_and_logs_carry_no_query_string(
+    proxied: HttpRegistry, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    image = build_image("query")
+    data = next(iter(image.blobs.values()))
+    fault_proxy.add(Fault("status", times=-1, method="PUT", path="/blobs/uploads/"))
+    with pytest.raises(RegistryUnavailable) as e:
+        proxied.put_blob(fresh(), next(iter(image.blobs)), len(data), [data])
+    for text in (str(e.value), caplog.text):
+        assert "_state" not in text and "digest=" not in text
+    assert "/blobs/uploads/" in str(e.value)
+
+
+def test_a_failing_tag_put_leaves_no_tag(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    source, target = fresh(), fresh()
+    index = build_index("no-partial")
+    push(direct, source, index, tag="v1")
+    fault_proxy.add(Fault("status", times=-1, method="PUT", path="/manifests/v1$"))
+    with pytest.raises(RegistryUnavailable):
+        copy_artifact(direct, source, index.digest, proxied, target, tag="v1")
+    assert direct.resolve(target, "v1") is None
+    assert direct.manifest_exists(target, index.digest)  # the content is there, untagged
+
+
+def test_a_failing_blob_upload_leaves_no_manifest_and_no_tag(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    source, target = fresh(), fresh()
+    index = build_index("no-partial-blob")
+    push(direct, source, index, tag="v1")
+    fault_proxy.add(Fault("status", times=-1, method="POST", path="/blobs/uploads/"))
+    with pytest.raises(RegistryUnavailable):
+        copy_artifact(direct, source, index.digest, proxied, target, tag="v1")
+    assert direct.resolve(target, "v1") is None
+    assert direct.list_tags(target) == []
+    assert not direct.manifest_exists(target, index.digest)
+
+
+def test_registry_stopped_mid_copy_fails_bounded_and_the_next_copy_finishes(
+    registry_factory: RegistryFactory, direct: HttpRegistry, sleeps: Sleeps
+) -> None:
+    server = registry_factory.plain()
+    proxy = FaultProxy(server.host)
+    try:
+        source, target = fresh(), fresh()
+        index = build_index("stopped", ("linux/amd64", "linux/arm64", "linux/s390x"))
+        push(direct, source, index, tag="v1")
+        proxy.add(Fault("hook", method="PUT", path="/blobs/uploads/", action=server.stop))
+        dst = HttpRegistry(proxy.host, config(), sleep=sleeps)
+        with pytest.raises(RegistryUnavailable) as e:
+            copy_artifact(direct, source, index.digest, dst, target, tag="v1")
+        assert isinstance(e.value, Transient)
+        server.start()  # same port, same storage
+        again = HttpRegistry(server.host, config())
+        assert again.resolve(target, "v1") is None
+        result = copy_artifact(direct, source, index.digest, again, target, tag="v1")
+        assert result.tags == ["v1"]
+        assert again.resolve(target, "v1") == index.digest
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_per_host_concurrency_is_limited(
+    direct: HttpRegistry, fault_proxy: FaultProxy, sleeps: Sleeps
+) -> None:
+    repo = fresh()
+    image = build_image("limit")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("delay", delay=0.05, times=-1))
+    limited = HttpRegistry(fault_proxy.host, config(concurrency=2), sleep=sleeps)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: limited.resolve(repo, "v1"), range(16)))
+    assert results == [image.digest] * 16
+    assert fault_proxy.max_in_flight == 2
