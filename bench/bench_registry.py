@@ -30,8 +30,8 @@ from requests.adapters import HTTPAdapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry  # noqa: E402
-from reconciler.registry.oci import MANIFEST_ACCEPT  # noqa: E402
+from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry
+from reconciler.registry.oci import MANIFEST_ACCEPT
 
 
 def start_registry(directory: Path) -> tuple[subprocess.Popen[bytes], str]:

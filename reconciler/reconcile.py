@@ -209,6 +209,9 @@ class _Pass:
         outcome.verified = self.verify(name, observed.record)
         if self.mode is Mode.PLAN:
             outcome.status = Status.PENDING
+            # Environments that require this one see it as applied, as they would
+            # in a real pass, which runs in the same promotion order.
+            self.heads[name] = self.new_record(name, observed, ApplyResult(), outcome.verified)
             return
         registry, _ = self.registry_of(self.state.target_of(name))
         concurrency = self.registries.settings.for_host(registry.name).concurrency
@@ -285,13 +288,21 @@ class _Pass:
     def record(
         self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
     ) -> Record:
+        record = self.new_record(name, observed, applied, verified)
+        registry, repo = self.registry_of(record.repository)
+        previous = observed.record
+        digest = records.write(registry, repo, record, previous.digest if previous else None)
+        return replace(record, digest=digest)
+
+    def new_record(
+        self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
+    ) -> Record:
         env = self.state.environments[name]
         repository = self.state.target_of(name)
-        registry, repo = self.registry_of(repository)
         desired = {t.tag: t.digest for t in self.state.tags[name]}
         previous = observed.record
         gone = {t for t, d in observed.tags.items() if d is None and t not in desired}
-        record = Record(
+        return Record(
             environment=name,
             commit=self.state.commit,
             tree=self.state.tree,
@@ -307,5 +318,3 @@ class _Pass:
             reconciler=self.owner.identity,
             previous=previous.digest if previous else None,
         )
-        digest = records.write(registry, repo, record, previous.digest if previous else None)
-        return replace(record, digest=digest)

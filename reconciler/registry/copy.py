@@ -72,8 +72,8 @@ def copy_artifact(
         dst.put_manifest(dst_repo, tag, root.data, root.media_type)
         job.result.tags.append(tag)
     log.info(
-        "copied %s/%s@%s to %s/%s%s: %d manifests, %d blobs (%d mounted, %d present)",
-        src.name, src_repo, digest, dst.name, dst_repo, f":{tag}" if tag else "",
+        "copied %s@%s to %s%s: %d manifests, %d blobs (%d mounted, %d present)",
+        _where(src, src_repo), digest, _where(dst, dst_repo), f":{tag}" if tag else "",
         job.result.manifests_put, job.result.blobs_copied + job.result.blobs_mounted,
         job.result.blobs_mounted, job.result.blobs_present,
     )  # fmt: skip
@@ -152,8 +152,8 @@ class _Copy:
                 self.src_repo, referrer.digest
             ):
                 log.warning(
-                    "%s/%s: referrer %s of %s is listed but missing; not copied",
-                    self.src.name, self.src_repo, referrer.digest, digest,
+                    "%s: referrer %s of %s is listed but missing; not copied",
+                    _where(self.src, self.src_repo), referrer.digest, digest,
                 )  # fmt: skip
                 continue
             self.graph(referrer.digest)
@@ -203,3 +203,10 @@ class _Copy:
             return
         self.dst.put_manifest(self.dst_repo, tag, build_index(merged))
         self.result.tags.append(tag)
+
+
+def _where(registry: Registry, repo: str) -> str:
+    """``host/repo``, or ``oci:/dir`` for a layout addressed by absolute path."""
+    if registry.name.endswith(":") and repo.startswith("/"):
+        return f"{registry.name}{repo}"
+    return f"{registry.name}/{repo}"

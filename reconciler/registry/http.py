@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from urllib.parse import quote, urljoin
 
 import requests
+import urllib3
 
 from reconciler.registry.auth import Credential, DockerCredentials, scope
 from reconciler.registry.config import HostConfig
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 16
 # Manifests are small; refuse to buffer anything absurd a server might send.
 _MAX_MANIFEST = 4 << 20
+_BUFFER_LIMIT = 1 << 20
 
 
 class HttpRegistry:
@@ -279,8 +281,13 @@ class HttpRegistry:
     @contextmanager
     def open_blob(self, repo: str, digest: str) -> Iterator[Iterator[bytes]]:
         """Stream a blob's bytes; the caller checks the digest as it reads."""
+        # Exact bytes: no transfer compression, and nothing decoded on the way in.
         response = self._t.request(
-            "GET", self._blob_path(repo, digest), scopes=[scope(repo, "pull")], stream=True
+            "GET",
+            self._blob_path(repo, digest),
+            scopes=[scope(repo, "pull")],
+            headers={"Accept-Encoding": "identity"},
+            stream=True,
         )
         if response.status_code != 200:
             raise self._t.fail(response, f"get blob {repo}@{digest}")
@@ -290,8 +297,23 @@ class HttpRegistry:
             response.close()
 
     def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
-        """Monolithic upload (POST, then PUT with Content-Length), digest-checked."""
+        """Monolithic upload (POST, then PUT with Content-Length), digest-checked.
+
+        Blobs up to 1 MiB are buffered and verified before sending, so their upload
+        can be retried; larger ones stream once, hashed on the way out.
+        """
         check_digest(digest)
+        stream = iter(chunks)
+        small: bytes | None = None
+        if size <= _BUFFER_LIMIT:
+            small = b"".join(stream)
+            if len(small) != size:
+                raise DigestMismatch(
+                    f"blob {digest} for {self.name}/{repo}: got {len(small)} bytes, "
+                    f"expected {size}",
+                    "the source served different content than its manifest names",
+                )
+            verify_digest(small, digest, f"blob for {self.name}/{repo}")
         start = self._t.request(
             "POST",
             self._t.url(f"/v2/{_repo(repo)}/blobs/uploads/"),
@@ -303,15 +325,14 @@ class HttpRegistry:
         start.close()
         separator = "&" if "?" in location else "?"
         target = f"{location}{separator}digest={quote(digest)}"
-        reader = _HashingReader(chunks, size)
-        response = self._t.request(
-            "PUT",
-            target,
-            scopes=[scope(repo, "pull", "push")],
-            headers={"Content-Type": "application/octet-stream"},
-            body=reader,
-        )
-        reader.check(digest, f"blob {digest} for {self.name}/{repo}")
+        headers = {"Content-Type": "application/octet-stream"}
+        scopes = [scope(repo, "pull", "push")]
+        if small is not None:
+            response = self._t.request("PUT", target, scopes=scopes, headers=headers, data=small)
+        else:
+            reader = _HashingReader(stream, size)
+            response = self._t.request("PUT", target, scopes=scopes, headers=headers, body=reader)
+            reader.check(digest, f"blob {digest} for {self.name}/{repo}")
         if response.status_code != 201:
             raise self._t.fail(response, f"upload {digest} to {repo}")
         response.close()
@@ -400,8 +421,13 @@ class _HashingReader:
 
 def _chunks(response: requests.Response, host: str) -> Iterator[bytes]:
     try:
-        yield from response.iter_content(_CHUNK)
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        yield from response.raw.stream(_CHUNK, decode_content=False)
+    except (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+        OSError,
+    ):
         raise RegistryUnavailable(
             f"{host}: connection lost while reading a blob",
             "the registry went away mid-transfer; it will be retried",

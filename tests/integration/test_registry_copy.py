@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.registry import (
+    DigestMismatch,
     DockerCredentials,
     HostConfig,
     HttpRegistry,
@@ -24,6 +26,7 @@ from tests.support.registry_servers import (
     Built,
     RegistryServer,
     basic_auth_entry,
+    build_image,
     build_index,
     build_referrer,
     build_signature,
@@ -106,6 +109,24 @@ def test_copy_across_two_registries_streams_blobs(
     assert_release_copied(tls_registry, target, index, signature, referrer)
     again = copy_artifact(plain, source, index.digest, other, target, tag="v1")
     assert (again.manifests_put, again.blobs_copied, again.tags) == (0, 0, [])
+
+
+def test_large_blobs_stream_across_registries_with_a_digest_check(
+    plain: HttpRegistry, second_registry: RegistryServer
+) -> None:
+    other = HttpRegistry(second_registry.host, HostConfig(plain_http=True))
+    source, target = fresh(), fresh()
+    image = build_image("large", layers=2, size=3_000_000)
+    push(plain, source, image, tag="v1")
+    result = copy_artifact(plain, source, image.digest, other, target, tag="v1")
+    assert result.blobs_copied == 3 and result.bytes_copied > 6_000_000
+    for digest in image.blobs:
+        with other.open_blob(target, digest) as chunks:
+            assert hashlib.sha256(b"".join(chunks)).hexdigest() == digest.split(":")[1]
+    assert raw(second_registry, target, "v1") == image.data
+    wrong = bytes(3_000_000)
+    with pytest.raises(DigestMismatch):
+        other.put_blob(fresh(), digest, len(wrong), iter([wrong[:1000], wrong[1000:]]))
 
 
 def test_copy_into_a_token_registry(

@@ -24,7 +24,7 @@ from reconciler.registry import (
     RetryPolicy,
     Unsupported,
 )
-from reconciler.registry.transport import backoff, retry_after
+from reconciler.registry.transport import RateLimiter, backoff, retry_after
 
 Reply = tuple[int, dict[str, str], bytes]
 Route = Callable[[http.server.BaseHTTPRequestHandler], Reply]
@@ -212,3 +212,20 @@ def test_501_is_permanent_and_not_retried(server: FakeServer) -> None:
     with pytest.raises(Unsupported, match="no tag-delete API"):
         client(server.host).delete_tag("r", "v1")
     assert sum(1 for m, _, _ in server.seen if m == "DELETE") == 1
+
+
+def test_the_rate_limiter_spaces_request_starts() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    limiter = RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(4):
+        limiter.acquire()
+    assert slept == [0.25, 0.25, 0.25]
+    now[0] += 10
+    limiter.acquire()  # idle time is not banked into a burst
+    assert len(slept) == 3
