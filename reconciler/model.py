@@ -168,6 +168,16 @@ class DesiredState:
     tags: Mapping[str, tuple[DesiredTag, ...]]
     policies: Mapping[str, Policy]
 
+    def policy_fingerprint(self, env: str) -> str:
+        """Identifies the signature policies an environment's digests must satisfy, so a
+        policy change re-verifies what is applied."""
+        import hashlib
+        import json
+
+        signers = self.catalogs[self.environments[env].catalog].signers
+        text = json.dumps([repr(self.policies.get(env)), repr(signers)])
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
     def target_of(self, env: str) -> str:
         """The repository an environment's tags and apply records live in."""
         e = self.environments[env]
@@ -230,6 +240,7 @@ class Record:
     previous: str | None = None
     digest: str = ""  # this record's own manifest digest (set when read back)
     note: str = ""
+    policy: str = ""  # DesiredState.policy_fingerprint at apply time
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -247,6 +258,7 @@ class Record:
             "reconciler": self.reconciler,
             "previous": self.previous,
             "note": self.note,
+            "policy": self.policy,
         }
 
     @classmethod
@@ -283,6 +295,7 @@ class Record:
             previous=previous,
             digest=digest,
             note=str(doc.get("note") or ""),
+            policy=str(doc.get("policy") or ""),
         )
 
 

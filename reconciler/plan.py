@@ -88,6 +88,7 @@ def plan_environment(
         or record.release != env.release
         or record.catalog != env.catalog
         or dict(record.tags) != desired_map
+        or record.policy != state.policy_fingerprint(name)
     )
     return EnvPlan(name, env.catalog, env.release, tuple(changes), record_due, tuple(notes))
 

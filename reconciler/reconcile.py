@@ -27,6 +27,7 @@ from reconciler.model import DesiredState, EnvPlan, Observed, Record
 from reconciler.plan import CatalogIndex, owned_after, plan_environment
 from reconciler.registry import HostConfig, Registries, Registry, RegistrySettings, parse_reference
 from reconciler.verify import Refused, check_hazards, check_history, check_integrity, check_order
+from reconciler.verify.signatures import Evidence, discover, require
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class _Pass:
         self.index = CatalogIndex.of(state)
         self.integrity_ok: dict[tuple[str, str], int] = {}
         self.heads: dict[str, Record | None] = {}
+        self.found: dict[tuple[str, str], list[Evidence]] = {}
 
     def registry_of(self, repository: str) -> tuple[Registry, str]:
         ref = parse_reference(repository)
@@ -256,6 +258,7 @@ class _Pass:
         check_order(self.state, name, {r: self.head_of(r) for r in env.requires})
         verified: dict[str, str] = {}
         policy = self.state.policies[name]
+        signers = self.state.catalogs[env.catalog].signers
         for tag in self.state.tags[name]:
             key = (tag.source_repository, tag.digest)
             if key not in self.integrity_ok:
@@ -263,18 +266,27 @@ class _Pass:
                 self.integrity_ok[key] = check_integrity(
                     registry, repo, tag.digest, tag.source_repository
                 )
-            if not policy.insecure_skip_signatures:
-                raise Refused(
-                    "signatures",
-                    f"{name} requires signatures ({policy.describe()}), and this version "
-                    "cannot verify them yet",
-                    "set verify.insecureSkipSignatures: true to apply UNVERIFIED",
-                )
-            checked = self.integrity_ok[key]
-            verified[tag.digest] = f"integrity ({checked} manifests); {UNVERIFIED}"
+            receipt = [f"integrity ({self.integrity_ok[key]} manifests)"]
+            if policy.insecure_skip_signatures:
+                receipt.append(UNVERIFIED)
+            else:
+                evidence = self.evidence(tag.source_repository, tag.digest)
+                what = f"{name}/{tag.item}"
+                receipt.append("signed: " + str(require(policy, tag.digest, evidence, what)))
+                if signers is not None:
+                    match = require(signers, tag.digest, evidence, f"{what} (catalog signers)")
+                    receipt.append(f"catalog signer: {match}")
+            verified[tag.digest] = "; ".join(receipt)
         if policy.insecure_skip_signatures:
             log.warning("%s: applying UNVERIFIED digests (insecureSkipSignatures)", name)
         return verified
+
+    def evidence(self, repository: str, digest: str) -> list[Evidence]:
+        key = (repository, digest)
+        if key not in self.found:
+            registry, repo = self.registry_of(repository)
+            self.found[key] = discover(registry, repo, digest)
+        return self.found[key]
 
     def _descends(self, new: str, old: str) -> bool:
         repo = self.owner.source.repo
@@ -317,4 +329,5 @@ class _Pass:
             time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             reconciler=self.owner.identity,
             previous=previous.digest if previous else None,
+            policy=self.state.policy_fingerprint(name),
         )

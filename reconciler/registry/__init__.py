@@ -5,7 +5,8 @@
 concurrency and rate limits hold across a whole reconcile pass. Manifests are
 bytes end to end (:class:`Manifest`); digests are ``sha256:<hex>`` and verified
 on every read. Every error is a :class:`RegistryError` that is also either
-``Stalled`` or ``Transient``.
+``Stalled`` or ``Transient``. Nothing here runs through oras-py; why is written
+down in :mod:`reconciler.registry.http`.
 """
 
 from __future__ import annotations
