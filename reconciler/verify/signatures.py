@@ -140,8 +140,17 @@ def _blob(registry: Registry, repository: str, digest: str) -> bytes:
 # --------------------------------------------------------------------------- policy
 
 
-def require(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str) -> Match:
-    """The first evidence ``policy`` accepts for ``digest``; Refused naming why none did."""
+def require(
+    policy: Policy,
+    digest: str,
+    evidence: Sequence[Evidence],
+    what: str,
+    predicate_types: frozenset[str] | None = PREDICATE_TYPES,
+) -> Match:
+    """The first evidence ``policy`` accepts for ``digest``; Refused naming why none did.
+
+    ``predicate_types`` limits what an in-toto statement may claim (None: anything).
+    """
     if policy.empty:
         raise Refused("signatures", f"{what}: the policy names no key and no identity")
     if not evidence:
@@ -155,7 +164,7 @@ def require(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str
     reasons: list[str] = []
     for item in evidence:
         try:
-            return accept(policy, digest, item)
+            return accept(policy, digest, item, predicate_types)
         except Refused as exc:
             reasons.append(f"{item.where}: {exc.message.removeprefix('refused (signatures): ')}")
     raise Refused(
@@ -166,7 +175,12 @@ def require(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str
     )
 
 
-def accept(policy: Policy, digest: str, item: Evidence) -> Match:
+def accept(
+    policy: Policy,
+    digest: str,
+    item: Evidence,
+    predicate_types: frozenset[str] | None = PREDICATE_TYPES,
+) -> Match:
     if item.payload is not None and item.signature is not None:
         return _simple_signing(policy.keys, digest, item)
     assert item.bundle is not None
@@ -178,8 +192,8 @@ def accept(policy: Policy, digest: str, item: Evidence) -> Match:
         raise Refused("signatures", "the bundle is not a JSON object")
     material = doc.get("verificationMaterial") or {}
     if "publicKey" in material:
-        return _key_bundle(policy.keys, digest, doc, item)
-    return _keyless_bundle(policy, digest, item)
+        return _key_bundle(policy.keys, digest, doc, item, predicate_types)
+    return _keyless_bundle(policy, digest, item, predicate_types)
 
 
 # --------------------------------------------------------------------------- keys
@@ -193,7 +207,11 @@ def key_id(key: PublicKey) -> str:
 
 
 def _verify_with(key: PublicKey, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
-    public = load_pem_public_key(key.pem.encode())
+    try:
+        public = load_pem_public_key(key.pem.encode())
+    except (ValueError, TypeError):
+        log.warning("policy key %s is not a usable PEM public key", key.source)
+        return False
     algorithm: Any = Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -241,7 +259,11 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def _key_bundle(
-    keys: Sequence[PublicKey], digest: str, doc: dict[str, Any], item: Evidence
+    keys: Sequence[PublicKey],
+    digest: str,
+    doc: dict[str, Any],
+    item: Evidence,
+    predicate_types: frozenset[str] | None,
 ) -> Match:
     if not keys:
         raise Refused("signatures", "a key-signed bundle, but the policy names no key")
@@ -267,7 +289,7 @@ def _key_bundle(
         if not any(_verify_with(key, sig, signed, prehashed) for sig in sigs):
             continue
         if payload_type:
-            _check_statement(payload_type, payload, digest, PREDICATE_TYPES)
+            _check_statement(payload_type, payload, digest, predicate_types)
         return Match(f"key {key_id(key)}", item.digest)
     raise Refused("signatures", "no policy key verifies this bundle")
 
@@ -378,7 +400,9 @@ def _sans(cert: Certificate) -> set[str]:
     return values
 
 
-def _keyless_bundle(policy: Policy, digest: str, item: Evidence) -> Match:
+def _keyless_bundle(
+    policy: Policy, digest: str, item: Evidence, predicate_types: frozenset[str] | None
+) -> Match:
     from sigstore.errors import Error as SigstoreError
     from sigstore.hashes import Hashed
     from sigstore.models import Bundle
@@ -399,7 +423,7 @@ def _keyless_bundle(policy: Policy, digest: str, item: Evidence) -> Match:
         try:
             if bundle._dsse_envelope is not None:
                 payload_type, payload = verifier.verify_dsse(bundle, rule)
-                _check_statement(payload_type, payload, digest, PREDICATE_TYPES)
+                _check_statement(payload_type, payload, digest, predicate_types)
             else:
                 hashed = Hashed(
                     algorithm=HashAlgorithm.SHA2_256,

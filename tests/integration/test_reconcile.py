@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
@@ -17,131 +15,25 @@ import pytest
 
 from reconciler import records
 from reconciler.cli import main
-from reconciler.desired import Loader
-from reconciler.gitsource import GitSource
 from reconciler.model import record_tag
-from reconciler.reconcile import Mode, Reconciler, Status
-from reconciler.registry import HostConfig, HttpRegistry, Registries, RegistrySettings
+from reconciler.reconcile import Mode, Status
+from reconciler.registry import HostConfig, Registries, RegistrySettings
 from tests.support.registry_servers import (
     Built,
     Fault,
     FaultProxy,
     RegistryServer,
     build_image,
-    build_index,
     build_signature,
     push,
 )
 from tests.support.staterepo import SIGNATURE, StateRepo
-
-ITEMS = ("web", "worker")
-
-
-def plain(host: str) -> HttpRegistry:
-    return HttpRegistry(host, HostConfig(plain_http=True))
-
-
-@dataclass
-class World:
-    """A source repository with releases v1.0 (hazardous), v1.1, v1.2 and a state repo."""
-
-    host: str
-    source: str  # repository path in the registry, e.g. "t1234/shop"
-    repo: StateRepo
-    digests: dict[str, dict[str, str]]  # release -> item -> digest
-    cache: Path
-
-    @property
-    def registry(self) -> HttpRegistry:
-        return plain(self.host)
-
-    def env(self, name: str, release: str, extra: str = "") -> str:
-        requires = {"staging": '\n\trequires: ["dev"]', "prod": '\n\trequires: ["staging"]'}
-        return (
-            f"package reconciler\n\nenvironments: {name}: {{\n"
-            f'\tcatalog: "example.org/acme/shop"\n\trelease: "{release}"'
-            f"{requires.get(name, '')}{extra}\n}}\n"
-        )
-
-    def promote(self, **releases: str) -> str:
-        return self.repo.commit(
-            {f"environments/{e}.cue": self.env(e, r) for e, r in releases.items()},
-            "promote " + ", ".join(f"{e} to {r}" for e, r in releases.items()),
-        )
-
-    def tags(self, repository: str | None = None, host: str | None = None) -> dict[str, str]:
-        """Every tag of the target repository and its digest, as the registry says."""
-        registry = plain(host or self.host)
-        repo = repository or self.source
-        return {t: registry.resolve(repo, t) or "" for t in sorted(registry.list_tags(repo))}
-
-    def reconciler(self, registries: Registries | None = None) -> Reconciler:
-        return Reconciler(
-            GitSource(str(self.repo.path), self.cache), Loader(self.cache), registries=registries
-        )
-
-    def cli(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-        code = main([*args, "--repo", str(self.repo.path), "--json"])
-        out = capsys.readouterr().out
-        return code, json.loads(out)
-
-
-def build_world(host: str, tmp_path: Path, extra_files: dict[str, str] | None = None) -> World:
-    source = f"t{uuid.uuid4().hex[:10]}/shop"
-    registry = plain(host)
-    digests: dict[str, dict[str, str]] = {}
-    for release in ("v1.0", "v1.1", "v1.2"):
-        digests[release] = {}
-        for item in ITEMS:
-            built: Built = (
-                build_index(f"{source}-{item}-{release}")
-                if item == "web"
-                else build_image(f"{source}-{item}-{release}")
-            )
-            digests[release][item] = push(registry, source, built)
-    releases = []
-    for release, items in digests.items():
-        hazards = ', hazards: {"CVE-2026-1": "broken"}' if release == "v1.0" else ""
-        body = ", ".join(f'{i}: "{d}"' for i, d in items.items())
-        releases.append(f'\t\t{{name: "{release}", items: {{{body}}}{hazards}}},')
-    catalog = (
-        'package reconciler\n\ncatalogs: "example.org/acme/shop": {\n'
-        f'\tsource: "{host}/{source}"\n\treleases: [\n' + "\n".join(releases) + "\n\t]\n}\n"
-    )
-    settings = (
-        "package reconciler\n\nsettings: {\n"
-        f'\tregistries: "{host}": plainHTTP: true\n'
-        "\tverify: insecureSkipSignatures: true\n}\n"
-    )
-    repo = StateRepo(tmp_path / "state")
-    world = World(host, source, repo, digests, tmp_path / "cache")
-    files = {
-        "reconciler.cue": settings,
-        "catalogs/shop.cue": catalog,
-        "environments/dev.cue": world.env("dev", "v1.1"),
-        "environments/staging.cue": world.env("staging", "v1.1"),
-        "environments/prod.cue": world.env("prod", "v1.1"),
-        **(extra_files or {}),
-    }
-    repo.commit(files, "initial state")
-    return world
+from tests.support.world import ITEMS, World, build_world, desired_only, expected_tags, plain
 
 
 @pytest.fixture
 def world(plain_registry: RegistryServer, tmp_path: Path, cue_bin: str) -> World:
     return build_world(plain_registry.host, tmp_path)
-
-
-def expected_tags(world: World, **releases: str) -> dict[str, str]:
-    return {
-        f"{env}-{item}": world.digests[release][item]
-        for env, release in releases.items()
-        for item in ITEMS
-    }
-
-
-def desired_only(tags: dict[str, str]) -> dict[str, str]:
-    return {t: d for t, d in tags.items() if not t.startswith("reconciler-record.")}
 
 
 # --------------------------------------------------------------------------- tests
