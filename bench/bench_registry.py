@@ -28,8 +28,6 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry
 from reconciler.registry.oci import MANIFEST_ACCEPT
 

@@ -33,15 +33,19 @@ class ApplyResult:
 
 
 RegistryOf = Callable[[str], tuple[Registry, str]]
+ManifestOf = Callable[[str, str], Manifest]  # (repository, digest) -> manifest
 
 
 def apply_changes(
-    changes: Sequence[Change], registry_of: RegistryOf, concurrency: int = 8
+    changes: Sequence[Change],
+    registry_of: RegistryOf,
+    manifest_of: ManifestOf,
+    concurrency: int = 8,
 ) -> ApplyResult:
     """Apply ``changes`` of one environment; raises on the first failed move."""
     result = ApplyResult()
     moves = [c for c in changes if c.action is not Action.DELETE]
-    manifests = _bring_into_target(moves, registry_of, result)
+    manifests = _bring_into_target(moves, registry_of, manifest_of, result)
 
     def move(change: Change) -> None:
         registry, repo = registry_of(change.repository)
@@ -83,7 +87,7 @@ def apply_changes(
 
 
 def _bring_into_target(
-    moves: Sequence[Change], registry_of: RegistryOf, result: ApplyResult
+    moves: Sequence[Change], registry_of: RegistryOf, manifest_of: ManifestOf, result: ApplyResult
 ) -> dict[tuple[str, str], Manifest]:
     """Copy each artifact into its target repository when that differs from its source,
     signatures and referrers included, and return the manifests to tag there."""
@@ -98,7 +102,7 @@ def _bring_into_target(
             source, source_repo = registry_of(change.source_repository)
             copy_artifact(source, source_repo, change.to_digest, target, target_repo)
             result.copied.append(change.to_digest)
-        manifests[key] = target.get_manifest(target_repo, change.to_digest)
+        manifests[key] = manifest_of(change.repository, change.to_digest)
     return manifests
 
 

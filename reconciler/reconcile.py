@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
+from typing import Any, TypeVar
 
 import pygit2
 
@@ -23,15 +26,24 @@ from reconciler.apply import ApplyResult, apply_changes
 from reconciler.desired import Loader
 from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.gitsource import GitSource
-from reconciler.model import DesiredState, EnvPlan, Observed, Record
+from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
 from reconciler.plan import CatalogIndex, owned_after, plan_environment
-from reconciler.registry import HostConfig, Registries, Registry, RegistrySettings, parse_reference
+from reconciler.registry import (
+    HostConfig,
+    Manifest,
+    Registries,
+    Registry,
+    RegistrySettings,
+    parse_reference,
+)
 from reconciler.verify import Refused, check_hazards, check_history, check_integrity, check_order
 from reconciler.verify.signatures import Evidence, discover, require
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
+ENV_WORKERS = 8  # environments in flight at once; each host's own limit bounds requests
 
 
 class Mode(StrEnum):
@@ -127,10 +139,17 @@ class Reconciler:
         state = state or self.load()
         names = promotion_order(state, envs)
         run = _Pass(self, state, mode)
-        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="observe") as pool:
+        outcomes: dict[str, EnvOutcome] = {}
+        with (
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="observe") as pool,
+            ThreadPoolExecutor(max_workers=ENV_WORKERS, thread_name_prefix="env") as envs_pool,
+        ):
             run.pool = pool
-            outcomes = [run.environment(name) for name in names]
-        return PassResult(state, outcomes)
+            # Environments of one level require nothing of each other: run them together;
+            # a level starts when the ones it may require have finished.
+            for level in promotion_levels(state, names):
+                outcomes.update(zip(level, envs_pool.map(run.environment, level), strict=True))
+        return PassResult(state, [outcomes[name] for name in names])
 
     def close(self) -> None:
         if self._registries is not None:
@@ -161,6 +180,44 @@ def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> l
     return done
 
 
+def promotion_levels(state: DesiredState, names: Sequence[str]) -> list[list[str]]:
+    """``names`` grouped by depth in the ``requires`` graph, shallowest first."""
+    depth: dict[str, int] = {}
+
+    def of(name: str) -> int:
+        if name not in depth:
+            required = state.environments[name].requires
+            depth[name] = 1 + max((of(r) for r in required), default=-1)
+        return depth[name]
+
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(of(name), []).append(name)
+    return [levels[d] for d in sorted(levels)]
+
+
+class _Once:
+    """Computes each key's value once, even when several environment threads ask at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[object, Future[Any]] = {}
+
+    def get(self, key: object, compute: Callable[[], T]) -> T:
+        with self._lock:
+            future = self._futures.get(key)
+            owner = future is None
+            if future is None:
+                future = self._futures[key] = Future()
+        if owner:
+            try:
+                future.set_result(compute())
+            except BaseException as exc:
+                future.set_exception(exc)
+        result: T = future.result()
+        return result
+
+
 class _Pass:
     """The work of one pass; caches what several environments share."""
 
@@ -170,9 +227,8 @@ class _Pass:
         self.owner, self.state, self.mode = owner, state, mode
         self.registries = owner.registries(state)
         self.index = CatalogIndex.of(state)
-        self.integrity_ok: dict[tuple[str, str], int] = {}
+        self.once = _Once()
         self.heads: dict[str, Record | None] = {}
-        self.found: dict[tuple[str, str], list[Evidence]] = {}
 
     def registry_of(self, repository: str) -> tuple[Registry, str]:
         ref = parse_reference(repository)
@@ -217,7 +273,7 @@ class _Pass:
             return
         registry, _ = self.registry_of(self.state.target_of(name))
         concurrency = self.registries.settings.for_host(registry.name).concurrency
-        applied = apply_changes(plan.changes, self.registry_of, concurrency)
+        applied = apply_changes(plan.changes, self.registry_of, self.manifest, concurrency)
         outcome.applied = applied
         outcome.record = self.record(name, observed, applied, outcome.verified)
         self.heads[name] = outcome.record
@@ -231,16 +287,25 @@ class _Pass:
     # ------------------------------------------------------------------ observe
 
     def observe(self, name: str) -> Observed:
+        """Tag digests and the newest record of one environment.
+
+        One tag listing per repository and pass tells which tags exist, so absent tags
+        cost no request; the compare-and-swap in apply catches anything that appears
+        after the listing.
+        """
         repository = self.state.target_of(name)
         registry, repo = self.registry_of(repository)
-        record = records.read_head(registry, repo, name)
+        present = self.once.get(("tags", repository), lambda: frozenset(registry.list_tags(repo)))
+        record = records.read_head(registry, repo, name) if record_tag(name) in present else None
         self.heads[name] = record
         tags = {t.tag for t in self.state.tags[name]}
         if record is not None and self.state.environments[name].prune:
             tags |= set(record.owned)
-        ordered = sorted(tags)
-        digests = list(self.pool.map(lambda tag: registry.resolve(repo, tag), ordered))
-        return Observed(name, dict(zip(ordered, digests, strict=True)), record)
+        found = sorted(t for t in tags if t in present)
+        digests = self.pool.map(lambda tag: registry.resolve(repo, tag), found)
+        observed: dict[str, str | None] = dict.fromkeys(sorted(tags))
+        observed.update(zip(found, digests, strict=True))
+        return Observed(name, observed, record)
 
     def head_of(self, name: str) -> Record | None:
         if name not in self.heads:
@@ -260,13 +325,12 @@ class _Pass:
         policy = self.state.policies[name]
         signers = self.state.catalogs[env.catalog].signers
         for tag in self.state.tags[name]:
-            key = (tag.source_repository, tag.digest)
-            if key not in self.integrity_ok:
-                registry, repo = self.registry_of(tag.source_repository)
-                self.integrity_ok[key] = check_integrity(
-                    registry, repo, tag.digest, tag.source_repository
-                )
-            receipt = [f"integrity ({self.integrity_ok[key]} manifests)"]
+            source = tag.source_repository
+            checked = self.once.get(
+                ("integrity", source, tag.digest),
+                partial(check_integrity, partial(self.manifest, source), tag.digest, source),
+            )
+            receipt = [f"integrity ({checked} manifests)"]
             if policy.insecure_skip_signatures:
                 receipt.append(UNVERIFIED)
             else:
@@ -281,12 +345,21 @@ class _Pass:
             log.warning("%s: applying UNVERIFIED digests (insecureSkipSignatures)", name)
         return verified
 
-    def evidence(self, repository: str, digest: str) -> list[Evidence]:
-        key = (repository, digest)
-        if key not in self.found:
+    def manifest(self, repository: str, digest: str) -> Manifest:
+        """A manifest by digest, read once per pass (content addressed: it cannot change)."""
+
+        def read() -> Manifest:
             registry, repo = self.registry_of(repository)
-            self.found[key] = discover(registry, repo, digest)
-        return self.found[key]
+            return registry.get_manifest(repo, digest)
+
+        return self.once.get(("manifest", repository, digest), read)
+
+    def evidence(self, repository: str, digest: str) -> list[Evidence]:
+        def find() -> list[Evidence]:
+            registry, repo = self.registry_of(repository)
+            return discover(registry, repo, digest)
+
+        return self.once.get(("evidence", repository, digest), find)
 
     def _descends(self, new: str, old: str) -> bool:
         repo = self.owner.source.repo

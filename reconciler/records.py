@@ -93,16 +93,16 @@ def read_at(registry: Registry, repository: str, env: str, digest: str) -> Recor
 def write(registry: Registry, repository: str, record: Record, expected_head: str | None) -> str:
     """Store ``record`` and move the record tag to it, if the tag is still at ``expected_head``.
 
-    Blobs first, then the manifest by digest, then the tag: an interruption leaves the
-    previous record in place, never a half-written one.
+    Blobs first, then the manifest under the tag (one PUT stores and tags it): an
+    interruption leaves the previous record in place, never a half-written one.
     """
     manifest, body = encode(record)
-    for blob in (EMPTY_CONFIG, body):
-        digest = sha256_digest(blob)
-        if not registry.blob_exists(repository, digest):
-            registry.put_blob(repository, digest, len(blob), [blob])
+    if not registry.blob_exists(repository, sha256_digest(EMPTY_CONFIG)):
+        registry.put_blob(
+            repository, sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), [EMPTY_CONFIG]
+        )
+    registry.put_blob(repository, sha256_digest(body), len(body), [body])  # new every time
     digest = sha256_digest(manifest)
-    registry.put_manifest(repository, digest, manifest, OCI_MANIFEST)
     tag = record_tag(record.environment)
     current = registry.resolve(repository, tag)
     if current != expected_head:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from reconciler.registry import Registry, RegistryError
+from collections.abc import Callable
+
+from reconciler.registry import Manifest, RegistryError
 from reconciler.verify.errors import Refused
 
 
-def check_integrity(registry: Registry, repository: str, digest: str, where: str) -> int:
+def check_integrity(fetch: Callable[[str], Manifest], digest: str, where: str) -> int:
     """Fetch the manifest (and, for an index, every child) and check each hash.
 
-    Returns how many manifests were checked. The registry client verifies the sha256 of
-    every manifest it reads; any failure here is a refusal, never a skipped check.
+    ``fetch`` reads a manifest of the source repository by digest; the registry client
+    verifies the sha256 of every manifest it reads. Returns how many manifests were
+    checked; any failure is a refusal, never a skipped check.
     """
     seen: set[str] = set()
     pending = [digest]
@@ -20,7 +23,7 @@ def check_integrity(registry: Registry, repository: str, digest: str, where: str
             continue
         seen.add(current)
         try:
-            children = registry.get_manifest(repository, current).children()
+            children = fetch(current).children()
         except RegistryError as exc:
             what = "" if current == digest else f" (a child of {digest[:19]})"
             raise Refused(

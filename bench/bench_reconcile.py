@@ -1,0 +1,289 @@
+"""A reconcile pass at scale vs. a raw HTTP floor and a `skopeo copy` loop, in one run.
+
+ENVS environments x ITEMS items (1,000 tags by default) in one catalog, every digest
+signed with a cosign key (legacy .sig), state in a real git repository with CUE settings.
+Measured:
+
+- first converge: load + observe + plan + verify (integrity + signatures) + apply +
+  records, vs. the floor "HEAD all, PUT all" (a bare requests pool, same concurrency)
+  and vs. `skopeo copy --preserve-digests` doing the same tag moves (a sample, scaled);
+- no-op pass: the same again with nothing to do, vs. the floor "HEAD all"; it must
+  make zero `cue` calls and zero writes.
+
+    .venv/bin/python -m bench.bench_reconcile [--envs 50] [--items 20] [--threads 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pygit2
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from requests.adapters import HTTPAdapter
+
+from bench.bench_registry import start_registry
+from reconciler.desired import Loader
+from reconciler.gitsource import GitSource
+from reconciler.reconcile import Mode, Reconciler
+from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry, Registries, RegistrySettings
+from reconciler.registry.oci import MANIFEST_ACCEPT, referrers_tag
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_artifact(client: HttpRegistry, repo: str, name: str) -> tuple[str, bytes]:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "name": name}).encode()
+    layer = hashlib.sha256(name.encode()).digest() * 32
+    for blob in (config, layer):
+        client.put_blob(repo, sha(blob), len(blob), [blob])
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    return client.put_manifest(repo, sha(manifest), manifest, OCI_MANIFEST), manifest
+
+
+def sign(client: HttpRegistry, repo: str, digest: str, key: ec.EllipticCurvePrivateKey) -> None:
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": repo},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+    signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    config = b"{}"
+    for blob in (config, payload):
+        client.put_blob(repo, sha(blob), len(blob), [blob])
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha(config),
+                "size": 2,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": sha(payload),
+                    "size": len(payload),
+                    "annotations": {"dev.cosignproject.cosign/signature": signature},
+                }
+            ],
+        }
+    ).encode()
+    client.put_manifest(repo, referrers_tag(digest) + ".sig", manifest, OCI_MANIFEST)
+
+
+def state_repository(
+    path: Path, host: str, repo: str, envs: int, digests: dict[str, str], pem: str, threads: int
+) -> None:
+    files = {
+        "reconciler.cue": (
+            "package reconciler\n\nsettings: {\n"
+            f'\tregistries: "{host}": {{plainHTTP: true, concurrency: {threads}}}\n'
+            '\tverify: keys: ["keys/cosign.pub"]\n}\n'
+        ),
+        "keys/cosign.pub": pem,
+        "catalogs/app.json": json.dumps(
+            {
+                "name": "example.org/bench",
+                "source": f"{host}/{repo}",
+                "releases": [{"name": "v1", "items": digests}],
+            }
+        ),
+    }
+    for i in range(envs):
+        files[f"environments/e{i:03d}.json"] = json.dumps(
+            {"catalog": "example.org/bench", "release": "v1"}
+        )
+    git = pygit2.init_repository(str(path), initial_head="main")
+    for rel, text in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    git.index.add_all()
+    git.index.write()
+    who = pygit2.Signature("bench", "bench@example.org")
+    git.create_commit("refs/heads/main", who, who, "bench state", git.index.write_tree(), [])
+
+
+def floor(host: str, repo: str, threads: int, tags: list[str], manifest: bytes | None) -> float:
+    """HEAD every tag, and PUT every tag when ``manifest`` is given: the least a pass can do."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=threads, max_retries=0))
+    base = f"http://{host}/v2/{repo}/manifests/"
+
+    def head(tag: str) -> None:
+        session.head(base + tag, headers={"Accept": MANIFEST_ACCEPT}, timeout=(5, 30))
+
+    def put(tag: str) -> None:
+        r = session.put(
+            base + tag, data=manifest, headers={"Content-Type": OCI_MANIFEST}, timeout=(5, 30)
+        )
+        assert r.status_code == 201, r.status_code
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(head, tags))
+        if manifest is not None:
+            list(pool.map(put, tags))
+    return time.perf_counter() - start
+
+
+def skopeo_loop(host: str, repo: str, digest: str, sample: int) -> float:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        sys.exit("skopeo not found; run `make setup`")
+    start = time.perf_counter()
+    for i in range(sample):
+        subprocess.run(
+            [
+                skopeo,
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"docker://{host}/{repo}@{digest}",
+                f"docker://{host}/{repo}:skopeo-{i}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--envs", type=int, default=50)
+    parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--skopeo-sample", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=None, help="append the table here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
+        process, host = start_registry(Path(tmp))
+        try:
+            rows = run(Path(tmp), host, args)
+        finally:
+            process.terminate()
+            process.wait()
+    report(rows, args)
+
+
+def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    repo = "bench/app"
+    client = HttpRegistry(host, HostConfig(plain_http=True, concurrency=args.threads))
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    digests, manifests = {}, {}
+    for i in range(args.items):
+        digest, manifest = push_artifact(client, repo, f"item{i}")
+        sign(client, repo, digest, key)
+        digests[f"i{i:02d}"], manifests[digest] = digest, manifest
+    state_repository(tmp / "state", host, repo, args.envs, digests, pem, args.threads)
+    tags = [f"e{e:03d}-i{i:02d}" for e in range(args.envs) for i in range(args.items)]
+    count = len(tags)
+
+    cache = tmp / "cache"
+    os.environ["RECONCILER_CACHE_DIR"] = str(cache)
+    registries = Registries(
+        RegistrySettings(hosts={host: HostConfig(plain_http=True, concurrency=args.threads)})
+    )
+    loader = Loader(cache)
+    reconciler = Reconciler(GitSource(str(tmp / "state"), cache), loader, registries=registries)
+
+    start = time.perf_counter()
+    first = reconciler.run(Mode.APPLY)
+    converge = time.perf_counter() - start
+    assert first.ok, [o.error for o in first.outcomes if o.error]
+    writes_first = registries.stats.writes()
+
+    cue_before, writes_before = loader.cue_calls, registries.stats.writes()
+    start = time.perf_counter()
+    again = reconciler.run(Mode.APPLY)
+    noop = time.perf_counter() - start
+    assert again.in_sync
+    cue_noop = loader.cue_calls - cue_before
+    writes_noop = registries.stats.writes() - writes_before
+
+    floor_tags = [f"floor-{t}" for t in tags]
+    one_manifest = next(iter(manifests.values()))
+    floor_converge = floor(host, repo, args.threads, floor_tags, one_manifest)
+    floor_noop = floor(host, repo, args.threads, floor_tags, None)
+    sample = min(args.skopeo_sample, count)
+    skopeo = skopeo_loop(host, repo, next(iter(digests.values())), sample) * count / sample
+
+    return [
+        ("tags", float(count), f"{args.envs} environments x {args.items} items"),
+        ("first converge", converge, f"{writes_first} writes"),
+        ("  floor: HEAD + PUT all", floor_converge, ""),
+        ("  converge / floor", converge / floor_converge, "target <= 2.0"),
+        (f"  skopeo copy loop ({sample} sampled, scaled)", skopeo, ""),
+        ("  skopeo / converge", skopeo / converge, "target >= 8"),
+        ("no-op pass", noop, f"{cue_noop} cue calls, {writes_noop} writes"),
+        ("  floor: HEAD all", floor_noop, ""),
+        ("  no-op / floor", noop / floor_noop, "target <= 1.5"),
+    ]
+
+
+def report(rows: list[tuple[str, float, str]], args: argparse.Namespace) -> None:
+    lines = [
+        f"reconcile pass, {platform.machine()} {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, concurrency {args.threads}",
+        "",
+        "| measure | value | note |",
+        "| --- | ---: | --- |",
+    ]
+    for name, value, note in rows:
+        shown = f"{value:.0f}" if name == "tags" else f"{value:.2f}"
+        unit = "x" if "/" in name else ("" if name == "tags" else " s")
+        lines.append(f"| {name.strip()} | {shown}{unit} | {note} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with args.out.open("a") as fh:
+            fh.write(text + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
