@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +22,7 @@ from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.gitsource import GitSource, default_cache_dir
 from reconciler.model import Action, DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler
+from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
 
@@ -77,7 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="desired vs actual, drift and the last apply record")
     _common(status, suppress=True)
     status.set_defaults(func=cmd_status)
+
+    promote = sub.add_parser("promote", help="a branch + commit moving ENV to RELEASE, for a MR")
+    _common(promote, suppress=True)
+    promote.add_argument("environment", metavar="ENV")
+    promote.add_argument("release", metavar="RELEASE")
+    promote.add_argument("--branch", help="default promote/<env>/<release>")
+    promote.add_argument("--message", "-m", help="the commit's subject line")
+    promote.add_argument("--push", action="store_true", help="push the branch to origin")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="a branch + git revert of ENV's last promotion")
+    _common(rollback, suppress=True)
+    rollback.add_argument("environment", metavar="ENV")
+    rollback.add_argument("--to", metavar="COMMIT", help="revert this commit instead")
+    rollback.add_argument("--branch", help="default rollback/<env>/<commit>")
+    rollback.add_argument("--push", action="store_true", help="push the branch to origin")
+    rollback.set_defaults(func=cmd_rollback)
+
+    audit = sub.add_parser("audit", help="timeline: git history joined with apply records")
+    _common(audit, suppress=True)
+    audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
+    audit.set_defaults(func=cmd_audit)
     return parser
+
+
+def _date(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +194,69 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if result.in_sync else 2
 
 
+# --------------------------------------------------------------------------- workflows
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    flows = Workflows(make_reconciler(args))
+    proposal = flows.promote(
+        args.environment,
+        args.release,
+        branch=args.branch,
+        message=args.message,
+        push=args.push,
+    )
+    _print_proposal(args, proposal)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    flows = Workflows(make_reconciler(args))
+    proposal = flows.rollback(args.environment, to=args.to, branch=args.branch, push=args.push)
+    _print_proposal(args, proposal)
+    return 0
+
+
+def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
+    if args.json:
+        _dump(p.to_json(), sys.stdout)
+        return
+    print(f"{p.message.splitlines()[0]}")
+    print(f"  branch   {p.branch}{' (pushed to origin)' if p.pushed else ''}")
+    print(f"  commit   {p.commit[:12]} on {p.base[:12]}")
+    for digest, how in sorted(p.verified.items()):
+        print(f"  verified {digest[:19]}  {how}")
+    if not p.pushed:
+        print(f"  next: git push origin {p.branch}, then open a merge request")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    flows = Workflows(make_reconciler(args))
+    try:
+        entries = flows.audit(args.env, args.since)
+    finally:
+        flows.reconciler.close()
+    if args.json:
+        _dump({"entries": [e.to_json() for e in entries]}, sys.stdout)
+        return 0
+    current = None
+    for e in entries:
+        if e.environment != current:
+            current = e.environment
+            print(f"\n{current}")
+        change = f"{e.release_from or '-'} -> {e.release_to or '-'}"
+        mr = f" {e.merge_request}" if e.merge_request else ""
+        print(f"  {e.time}  {e.commit[:12]}  {e.kind:<9} {change:<16} {e.status}{mr}")
+        print(f"      {e.subject}  ({e.author})")
+        if e.applied_at:
+            # the signature part of each receipt; integrity is implied by "applied"
+            how = "; ".join(sorted({v.split("; ", 1)[-1] for v in e.verified.values()}))
+            print(f"      applied {e.applied_at} by {e.applied_by}: {how}")
+        if e.reason:
+            print(f"      {e.reason}")
+    return 0
+
+
 def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:
     if args.json:
         _dump(pass_json(result), sys.stdout)
@@ -184,6 +279,8 @@ def print_outcome(o: EnvOutcome, state: DesiredState, out: TextIO) -> None:
     policy = state.policies[o.environment]
     verify = " UNVERIFIED" if policy.insecure_skip_signatures else ""
     print(f"\n{o.environment}  {env.catalog} {env.release}  {o.status.value}{verify}", file=out)
+    if o.note:
+        print(f"  {o.note}", file=out)
     if o.record is not None:
         rb = o.record
         print(
@@ -250,6 +347,7 @@ def pass_json(result: PassResult) -> dict[str, Any]:
                 ],
                 "recordDue": bool(plan and plan.record_due),
                 "notes": list(plan.notes) if plan else [],
+                "transition": o.note,
                 "verified": o.verified,
                 "applied": None
                 if o.applied is None

@@ -556,17 +556,21 @@ class _Checker:
             for host, r in (raw.get("registries") or {}).items()
         }
         signers = (raw.get("git") or {}).get("allowedSigners")
+        signers_data = None
         if signers and not self.snap.exists(signers):
             self.problem(
                 ("settings", "git", "allowedSigners"),
                 f"{signers!r} is not a file in the repository",
                 "commit the SSH allowed-signers file or fix the path",
             )
+        elif signers:
+            signers_data = self.snap.read(signers)
         verify = raw.get("verify")
         return Settings(
             registries=MappingProxyType(registries),
             verify=self._policy(("settings", "verify"), verify) if verify is not None else None,
             allowed_signers=signers,
+            allowed_signers_data=signers_data,
         )
 
     def _policy(self, path: tuple[Any, ...], raw: dict[str, Any]) -> Policy:

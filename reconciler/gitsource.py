@@ -195,6 +195,30 @@ class GitSource:
         return repo
 
 
+_REVERTS = re.compile(r"This reverts commit ([0-9a-f]{7,64})")
+
+
+def reverted_commit(message: str) -> str | None:
+    """The commit a revert commit reverts (git's standard message), else None."""
+    found = _REVERTS.search(message)
+    return found.group(1) if found else None
+
+
+def push_ref(remote: pygit2.Remote, ref: str, location: str) -> None:
+    """Push one branch to ``remote``; credentials as for fetch, never printed."""
+    pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+    pygit2.settings.server_timeout = IO_TIMEOUT_MS
+    try:
+        remote.push([f"{ref}:{ref}"], callbacks=_Credentials(remote.url or location))
+    except (pygit2.GitError, OSError) as exc:
+        shown = redact_url(remote.url or location)
+        raise GitUnreachable(
+            f"cannot push {ref} to {shown}: {_clean(str(exc), remote.url or location)}",
+            "check the remote, your credentials and that the branch does not exist there",
+        ) from None
+    log.info("pushed %s to %s", ref, redact_url(remote.url or location))
+
+
 def _peel(obj: Any) -> pygit2.Commit:
     if not isinstance(obj, pygit2.Commit):
         raise KeyError("not a commit")

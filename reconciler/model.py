@@ -79,7 +79,8 @@ class RegistrySettings:
 class Settings:
     registries: Mapping[str, RegistrySettings] = field(default_factory=lambda: MappingProxyType({}))
     verify: Policy | None = None
-    allowed_signers: str | None = None
+    allowed_signers: str | None = None  # path of an SSH allowed-signers file in the repo
+    allowed_signers_data: bytes | None = None  # its content at the commit being applied
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from reconciler import __version__, records
 from reconciler.apply import ApplyResult, apply_changes
 from reconciler.desired import Loader
 from reconciler.errors import ReconcilerError, Stalled, Transient
-from reconciler.gitsource import GitSource
+from reconciler.gitsource import GitSource, reverted_commit
 from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
 from reconciler.plan import CatalogIndex, owned_after, plan_environment
 from reconciler.registry import (
@@ -37,12 +37,14 @@ from reconciler.registry import (
     parse_reference,
 )
 from reconciler.verify import Refused, check_hazards, check_history, check_integrity, check_order
+from reconciler.verify.commits import commits_between, touching, verify_commit
 from reconciler.verify.signatures import Evidence, discover, require
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
+CHAIN_LIMIT = 200  # records read back when looking for an older release of a requirement
 ENV_WORKERS = 8  # environments in flight at once; each host's own limit bounds requests
 
 
@@ -70,6 +72,7 @@ class EnvOutcome:
     record: Record | None = None
     verified: dict[str, str] = field(default_factory=dict)
     applied: ApplyResult | None = None
+    note: str = ""  # the release transition, e.g. a rollback and the commit it reverts
 
     @property
     def transient(self) -> bool:
@@ -180,6 +183,15 @@ def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> l
     return done
 
 
+def _file_at(repo: pygit2.Repository, commit: str, path: str) -> bytes | None:
+    try:
+        obj = repo[pygit2.Oid(hex=commit)]
+        blob = obj.peel(pygit2.Commit).tree[path] if obj is not None else None
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    return bytes(blob.data) if isinstance(blob, pygit2.Blob) else None
+
+
 def promotion_levels(state: DesiredState, names: Sequence[str]) -> list[list[str]]:
     """``names`` grouped by depth in the ``requires`` graph, shallowest first."""
     depth: dict[str, int] = {}
@@ -264,6 +276,7 @@ class _Pass:
         if self.mode is Mode.STATUS:
             outcome.status = Status.PENDING
             return
+        outcome.note = self.transition(name, observed.record)
         outcome.verified = self.verify(name, observed.record)
         if self.mode is Mode.PLAN:
             outcome.status = Status.PENDING
@@ -278,6 +291,8 @@ class _Pass:
         outcome.record = self.record(name, observed, applied, outcome.verified)
         self.heads[name] = outcome.record
         outcome.status = Status.APPLIED
+        if outcome.note:
+            log.info("%s", outcome.note)
         if applied.unsupported:
             raise Stalled(
                 "cannot prune: " + "; ".join(applied.unsupported),
@@ -307,6 +322,19 @@ class _Pass:
         observed.update(zip(found, digests, strict=True))
         return Observed(name, observed, record)
 
+    def applied(self, name: str, catalog: str, release: str) -> Record | None:
+        """A record of ``name`` for this catalog and release: the newest, else its chain."""
+        head = self.head_of(name)
+        if head is None or (head.catalog, head.release) == (catalog, release):
+            return head
+
+        def chain() -> list[Record]:
+            registry, repo = self.registry_of(self.state.target_of(name))
+            return records.read_chain(registry, repo, name, limit=CHAIN_LIMIT)
+
+        history = self.once.get(("chain", name, head.digest), chain)
+        return next((r for r in history if (r.catalog, r.release) == (catalog, release)), None)
+
     def head_of(self, name: str) -> Record | None:
         if name not in self.heads:
             registry, repo = self.registry_of(self.state.target_of(name))
@@ -319,8 +347,9 @@ class _Pass:
         """Every rule for every digest the environment would point at; raises Refused."""
         env = self.state.environments[name]
         check_history(name, self.state.commit, last, self._descends)
+        signed_by = self.signed_commits(name, last)
         check_hazards(self.state, name)
-        check_order(self.state, name, {r: self.head_of(r) for r in env.requires})
+        check_order(self.state, name, self.applied, {r: self.head_of(r) for r in env.requires})
         verified: dict[str, str] = {}
         policy = self.state.policies[name]
         signers = self.state.catalogs[env.catalog].signers
@@ -340,6 +369,8 @@ class _Pass:
                 if signers is not None:
                     match = require(signers, tag.digest, evidence, f"{what} (catalog signers)")
                     receipt.append(f"catalog signer: {match}")
+            if signed_by:
+                receipt.append(f"commits signed by {signed_by}")
             verified[tag.digest] = "; ".join(receipt)
         if policy.insecure_skip_signatures:
             log.warning("%s: applying UNVERIFIED digests (insecureSkipSignatures)", name)
@@ -361,6 +392,86 @@ class _Pass:
 
         return self.once.get(("evidence", repository, digest), find)
 
+    def signed_commits(self, name: str, last: Record | None) -> str:
+        """With ``settings.git.allowedSigners``, the commits since the last applied one that
+        change this environment, its catalog, the settings or the signers file must be
+        SSH-signed by an allowed signer, or nothing of them is applied.
+
+        The signers come from the last applied commit, so a new key cannot vouch for the
+        commit that adds it. An unsigned commit stops the environment until a signed
+        ``git revert`` of it follows (``reconciler rollback`` makes one). The first apply
+        vouches for the newest such commit only.
+        """
+        settings = self.state.settings
+        if settings.allowed_signers_data is None or settings.allowed_signers is None:
+            return ""
+        env = self.state.environments[name]
+        prefix = self.owner.path.strip("/")
+        signers_path = (
+            f"{prefix}/{settings.allowed_signers}" if prefix else settings.allowed_signers
+        )
+        paths = [env.file, self.state.catalogs[env.catalog].file, signers_path]
+        paths += [f"{prefix}/{n}" if prefix else n for n in ("reconciler.cue", "reconciler.json")]
+        repo = self.owner.source.repo
+        data = settings.allowed_signers_data
+        if last is not None:
+            data = _file_at(repo, last.commit, signers_path) or data
+        commits = touching(
+            repo, commits_between(repo, last.commit if last else None, self.state.commit), paths
+        )
+        if last is None:
+            commits = commits[:1]
+        principals: set[str] = set()
+        reverted: set[str] = set()
+        for commit_id in commits:  # newest first: a revert is seen before what it reverts
+            try:
+                principals.add(verify_commit(repo, commit_id, data))
+            except Refused:
+                if any(commit_id.startswith(r) for r in reverted):
+                    log.warning(
+                        "%s: unsigned commit %s is reverted by a signed commit",
+                        name,
+                        commit_id[:12],
+                    )
+                    continue
+                raise
+            commit = repo[pygit2.Oid(hex=commit_id)]
+            if isinstance(commit, pygit2.Commit) and (undone := reverted_commit(commit.message)):
+                reverted.add(undone)
+        return ", ".join(sorted(principals))
+
+    def transition(self, name: str, previous: Record | None) -> str:
+        """How the release changes: a promotion, or a rollback naming the reverted commit."""
+        env = self.state.environments[name]
+        if previous is None:
+            return f"{name} first applied at {env.release}"
+        if (previous.catalog, previous.release) == (env.catalog, env.release):
+            return ""
+        reverted = self.once.get(
+            ("reverted", previous.commit, env.file),
+            partial(self._reverted, previous.commit, env.file),
+        )
+        if reverted:
+            return (
+                f"{name} rolled back from {previous.release} to {env.release}, "
+                f"reverting {reverted[:12]}"
+            )
+        return f"{name} promoted from {previous.release} to {env.release}"
+
+    def _reverted(self, since: str, path: str) -> str | None:
+        """The commit reverted by the newest revert of ``path`` after ``since``, if any."""
+        repo = self.owner.source.repo
+        try:
+            commits = touching(repo, commits_between(repo, since, self.state.commit), [path])
+        except (pygit2.GitError, KeyError, ValueError):
+            return None
+        for commit_id in commits:
+            commit = repo[pygit2.Oid(hex=commit_id)]
+            reverted = reverted_commit(commit.message if isinstance(commit, pygit2.Commit) else "")
+            if reverted:
+                return reverted
+        return None
+
     def _descends(self, new: str, old: str) -> bool:
         repo = self.owner.source.repo
         try:
@@ -374,6 +485,7 @@ class _Pass:
         self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
     ) -> Record:
         record = self.new_record(name, observed, applied, verified)
+        record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
         previous = observed.record
         digest = records.write(registry, repo, record, previous.digest if previous else None)

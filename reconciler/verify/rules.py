@@ -22,24 +22,35 @@ def check_hazards(state: DesiredState, env: str) -> None:
         )
 
 
-def check_order(state: DesiredState, env: str, required: Mapping[str, Record | None]) -> None:
-    """Every environment in ``requires`` must have an apply record of this release."""
+def check_order(
+    state: DesiredState,
+    env: str,
+    applied: Callable[[str, str, str], Record | None],
+    current: Mapping[str, Record | None],
+) -> None:
+    """Every environment in ``requires`` must have an apply record of this release.
+
+    ``applied(env, catalog, release)`` finds such a record anywhere in that environment's
+    record chain, so a rollback to a release that went through the chain earlier is not
+    blocked by the chain having moved on. ``current`` (newest records) words the refusal.
+    """
     environment = state.environments[env]
     for name in environment.requires:
-        record = required.get(name)
+        if applied(name, environment.catalog, environment.release) is not None:
+            continue
+        record = current.get(name)
         if record is None:
             raise Refused(
                 "requires",
                 f"{name} has no apply record yet, so {environment.release} cannot reach {env}",
                 f"apply {environment.release} to {name} first",
             )
-        if record.catalog != environment.catalog or record.release != environment.release:
-            raise Refused(
-                "requires",
-                f"{name} runs {record.release}, not {environment.release} "
-                f"(its last apply record: commit {record.commit[:12]})",
-                f"promote {environment.release} to {name} first",
-            )
+        raise Refused(
+            "requires",
+            f"{name} runs {record.release}, not {environment.release}, and never ran it "
+            f"(its last apply record: commit {record.commit[:12]})",
+            f"promote {environment.release} to {name} first",
+        )
 
 
 def check_history(
