@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -247,14 +248,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
         change = f"{e.release_from or '-'} -> {e.release_to or '-'}"
         mr = f" {e.merge_request}" if e.merge_request else ""
         print(f"  {e.time}  {e.commit[:12]}  {e.kind:<9} {change:<16} {e.status}{mr}")
-        print(f"      {e.subject}  ({e.author})")
+        merged = f", merged by {e.committer}" if e.committer != e.author else ""
+        print(f"      {e.subject}  (asked by {e.author}{merged})")
         if e.applied_at:
-            # the signature part of each receipt; integrity is implied by "applied"
-            how = "; ".join(sorted({v.split("; ", 1)[-1] for v in e.verified.values()}))
+            how = _receipt_summary(e.verified)
             print(f"      applied {e.applied_at} by {e.applied_by}: {how}")
         if e.reason:
             print(f"      {e.reason}")
     return 0
+
+
+def _receipt_summary(verified: dict[str, str]) -> str:
+    """Who signed, once: the receipts without integrity counts and evidence digests."""
+    parts: set[str] = set()
+    for how in verified.values():
+        for part in how.split("; "):
+            if not part.startswith("integrity"):
+                parts.add(re.sub(r" \(sha256:[0-9a-f]+[^)]*\)", "", part))
+    return "; ".join(sorted(parts)) or "integrity only"
 
 
 def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:

@@ -99,12 +99,14 @@ def _release_at(repo: pygit2.Repository, commit: pygit2.Commit, path: str, env: 
 
 
 def _signature(repo: pygit2.Repository) -> pygit2.Signature:
+    """As git does: GIT_AUTHOR_NAME/EMAIL, else user.name/email, else a reconciler identity."""
+    name, email = os.environ.get("GIT_AUTHOR_NAME"), os.environ.get("GIT_AUTHOR_EMAIL")
+    if name and email:
+        return pygit2.Signature(name, email)
     try:
         return repo.default_signature
     except (KeyError, pygit2.GitError):
-        name = os.environ.get("GIT_AUTHOR_NAME", "reconciler")
-        email = os.environ.get("GIT_AUTHOR_EMAIL", "reconciler@localhost")
-        return pygit2.Signature(name, email)
+        return pygit2.Signature(name or "reconciler", email or "reconciler@localhost")
 
 
 def _branch_name(*parts: str) -> str:
@@ -447,31 +449,34 @@ def audit(
         target = parse_reference(state.target_of(name))
         chain = records.read_chain(registries.get(target), target.repository, name)
         mine: list[AuditEntry] = []
+        # The mainline (first-parent) history: with merge requests, each merge is one
+        # change, asked for by the branch's author and approved by whoever merged it.
         walker = repo.walk(head.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME)
+        walker.simplify_first_parent()
         for count, commit in enumerate(walker):
             if count >= AUDIT_LIMIT:
                 break
             if since is not None and commit.commit_time < since.timestamp():
                 break
-            blob = _blob_id(commit, path)
             parents = commit.parents
-            if parents and all(_blob_id(p, path) == blob for p in parents):
-                continue
-            if blob is None and all(_blob_id(p, path) is None for p in parents):
+            blob = _blob_id(commit, path)
+            if blob == (_blob_id(parents[0], path) if parents else None):
                 continue
             before = _release_at(repo, parents[0], path, name) if parents else None
             after = _release_at(repo, commit, path, name)
+            asked = parents[1] if len(parents) > 1 else commit  # a merge: the branch's tip
+            text = f"{asked.message}\n{commit.message}"
             entry = AuditEntry(
                 environment=name,
                 commit=str(commit.id),
-                author=f"{commit.author.name} <{commit.author.email}>",
+                author=f"{asked.author.name} <{asked.author.email}>",
                 committer=f"{commit.committer.name} <{commit.committer.email}>",
                 time=_when(commit),
-                subject=commit.message.splitlines()[0] if commit.message else "",
+                subject=asked.message.splitlines()[0] if asked.message else "",
                 merge_request=merge_request(commit.message),
                 release_from=before,
                 release_to=after,
-                kind=commit_kind(commit.message, before, after),
+                kind=commit_kind(text, before, after),
                 status="pending",
             )
             mine.append(entry)

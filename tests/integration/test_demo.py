@@ -1,0 +1,29 @@
+"""`make demo` runs the whole loop on the embedded default; this runs it and reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.staterepo import ROOT
+
+
+def test_demo_promotes_rolls_back_and_audits(cue_bin: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "Traceback" not in out + proc.stderr
+    for env in ("dev", "staging", "prod"):
+        assert f"{env} promoted from v1.1 to v1.2" in out
+    assert "prod rolled back from v1.2 to v1.1, reverting" in out
+    assert "refused (hazards)" in out
+    assert out.count("  in-sync") >= 3  # status after the promotions
+    audit = out[out.index("$ reconciler audit") :]
+    assert "rollback  v1.2 -> v1.1     applied acme/state!4" in audit
+    assert "merged by Riley Reviewer" in audit and "signed: key sha256:" in audit
