@@ -16,7 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("Registry client vs raw HTTP floor", ["bench.bench_registry"]),
-    ("Reconcile pass: 50 environments x 20 items", ["bench.bench_reconcile"]),
+    ("Desired state: cold vs cached", ["bench.bench_desired"]),
+    ("Reconcile pass: 1,000 tags", ["bench.bench_reconcile", "--envs", "50", "--items", "20"]),
+    ("Reconcile pass: 10,000 tags", ["bench.bench_reconcile", "--envs", "100", "--items", "100"]),
 ]
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -263,6 +264,11 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
         ("no-op pass", noop, f"{cue_noop} cue calls, {writes_noop} writes"),
         ("  floor: HEAD all", floor_noop, ""),
         ("  no-op / floor", noop / floor_noop, "target <= 1.5"),
+        (
+            "peak RSS (MiB)",
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "this process",
+        ),
     ]
 
 
@@ -275,8 +281,9 @@ def report(rows: list[tuple[str, float, str]], args: argparse.Namespace) -> None
         "| --- | ---: | --- |",
     ]
     for name, value, note in rows:
-        shown = f"{value:.0f}" if name == "tags" else f"{value:.2f}"
-        unit = "x" if "/" in name else ("" if name == "tags" else " s")
+        whole = name == "tags" or name.startswith("peak")
+        shown = f"{value:.0f}" if whole else f"{value:.2f}"
+        unit = "x" if "/" in name else ("" if whole else " s")
         lines.append(f"| {name.strip()} | {shown}{unit} | {note} |")
     text = "\n".join(lines)
     print(text)
