@@ -87,9 +87,10 @@ def replace_file(repo: pygit2.Repository, tree: pygit2.Tree, path: str, data: by
     return builder.write()
 
 
-def _release_at(repo: pygit2.Repository, commit: pygit2.Commit, path: str, env: str) -> str | None:
+def _release_in(tree: pygit2.Tree, path: str, env: str) -> str | None:
+    """``env``'s release as written in the file at ``path`` of ``tree``, or None."""
     try:
-        blob = commit.tree[path]
+        blob = tree[path]
     except KeyError:
         return None
     if not isinstance(blob, pygit2.Blob):
@@ -165,12 +166,7 @@ class Workflows:
         push: bool = False,
     ) -> Proposal:
         self._require_push_for_urls(push)
-        state = self.reconciler.load()
-        if env not in state.environments:
-            raise WorkflowRefused(
-                f"unknown environment {env!r}",
-                f"choose one of: {', '.join(sorted(state.environments))}",
-            )
+        state = self._load_with(env)
         current = state.environments[env]
         catalog = state.catalogs[current.catalog]
         if catalog.release(release) is None:
@@ -215,12 +211,7 @@ class Workflows:
         self, env: str, *, to: str | None = None, branch: str | None = None, push: bool = False
     ) -> Proposal:
         self._require_push_for_urls(push)
-        state = self.reconciler.load()
-        if env not in state.environments:
-            raise WorkflowRefused(
-                f"unknown environment {env!r}",
-                f"choose one of: {', '.join(sorted(state.environments))}",
-            )
+        state = self._load_with(env)
         repo = self.source.repo
         head = self.source.resolve(self.reconciler.ref)
         path = state.environments[env].file
@@ -235,7 +226,9 @@ class Workflows:
                 f"resolve it by hand: git revert {str(target.id)[:12]}",
             )
         tree = index.write_tree(repo)
-        after = _release_in_tree(repo, tree, path, env)
+        new_tree = repo[tree]
+        assert isinstance(new_tree, pygit2.Tree)
+        after = _release_in(new_tree, path, env)
         before = state.environments[env].release
         if after is None or after == before:
             raise WorkflowRefused(
@@ -259,10 +252,10 @@ class Workflows:
         for count, commit in enumerate(walker):
             if count >= AUDIT_LIMIT:
                 break
-            now = _release_at(repo, commit, path, env)
+            now = _release_in(commit.tree, path, env)
             if not commit.parents:
                 break
-            if all(_release_at(repo, p, path, env) != now for p in commit.parents):
+            if all(_release_in(p.tree, path, env) != now for p in commit.parents):
                 return commit
         raise WorkflowRefused(
             f"no commit in the last {AUDIT_LIMIT} changed {env}'s release in {path}",
@@ -278,6 +271,15 @@ class Workflows:
         return obj
 
     # ------------------------------------------------------------------ shared
+
+    def _load_with(self, env: str) -> DesiredState:
+        state = self.reconciler.load()
+        if env not in state.environments:
+            raise WorkflowRefused(
+                f"unknown environment {env!r}",
+                f"choose one of: {', '.join(sorted(state.environments))}",
+            )
+        return state
 
     def _require_push_for_urls(self, push: bool) -> None:
         if is_url(self.source.location) and not push:
@@ -348,21 +350,6 @@ class Workflows:
         self, envs: Sequence[str] | None = None, since: datetime | None = None
     ) -> list[AuditEntry]:
         return audit(self, envs, since)
-
-
-def _release_in_tree(
-    repo: pygit2.Repository, tree_id: pygit2.Oid, path: str, env: str
-) -> str | None:
-    tree = repo[tree_id]
-    assert isinstance(tree, pygit2.Tree)
-    try:
-        blob = tree[path]
-    except KeyError:
-        return None
-    if not isinstance(blob, pygit2.Blob):
-        return None
-    span = release_span(blob.data.decode("utf-8", "replace"), env, path.endswith(".json"))
-    return span[2] if span else None
 
 
 # --------------------------------------------------------------------------- audit
@@ -462,8 +449,8 @@ def audit(
             blob = _blob_id(commit, path)
             if blob == (_blob_id(parents[0], path) if parents else None):
                 continue
-            before = _release_at(repo, parents[0], path, name) if parents else None
-            after = _release_at(repo, commit, path, name)
+            before = _release_in(parents[0].tree, path, name) if parents else None
+            after = _release_in(commit.tree, path, name)
             asked = parents[1] if len(parents) > 1 else commit  # a merge: the branch's tip
             text = f"{asked.message}\n{commit.message}"
             entry = AuditEntry(
