@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__
+from reconciler import __version__, daemon
 from reconciler.desired import Loader
 from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.gitsource import GitSource, default_cache_dir
@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(audit, suppress=True)
     audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
     audit.set_defaults(func=cmd_audit)
+
+    run = sub.add_parser("run", help="reconcile continuously: poll, webhook, health, metrics")
+    _common(run, suppress=True)
+    daemon.add_arguments(run)
+    run.set_defaults(func=cmd_run)
     return parser
 
 
@@ -196,6 +201,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- workflows
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    reconciler = make_reconciler(args)
+    try:
+        return daemon.main(args, reconciler)
+    finally:
+        reconciler.close()
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

@@ -490,6 +490,7 @@ class Daemon:
             self.metrics.last_pass.set(time.time())
             if result in ("ok", "failed"):
                 self.metrics.duration.observe(finished - started)
+            log.debug("pass %s in %.2fs", result, finished - started)
 
     def _is_active(self) -> bool:
         if self.active_file is None:
@@ -756,21 +757,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-class _ReportedByDaemon(logging.Filter):
-    """Drops what the daemon reports itself as transitions, so a failing environment
-    does not repeat itself every pass: the pass's per-environment failure warnings and
-    the registry client's per-request retry warnings (kept with ``-v``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING:
-            return True
-        if record.name == "reconciler.reconcile":
-            return record.msg != "%s: %s"
-        if record.name == "reconciler.registry.transport":
-            return "; retry %d/%d in" not in str(record.msg)
-        return True
-
-
 def configure_logging(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
@@ -778,8 +764,6 @@ def configure_logging(args: argparse.Namespace) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     verbose = bool(getattr(args, "verbose", False))
-    if not verbose:
-        handler.addFilter(_ReportedByDaemon())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
     )
@@ -862,25 +846,3 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
 
 def _job_crashed(event: JobExecutionEvent) -> None:
     log.error("a pass crashed: %r", event.exception)
-
-
-def _entry(argv: Sequence[str] | None = None) -> int:
-    """``python -m reconciler.daemon``: the common options plus :func:`add_arguments`,
-    until ``reconciler run`` is wired into the CLI."""
-    from reconciler.cli import _common, make_reconciler  # not at import: cli may import us
-
-    parser = argparse.ArgumentParser(
-        prog="reconciler run", description="Reconcile continuously: poll, webhook, metrics."
-    )
-    _common(parser, suppress=False)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main(args, make_reconciler(args))
-    except ReconcilerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(_entry())

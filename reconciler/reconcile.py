@@ -252,10 +252,10 @@ class _Pass:
             self._environment(name, outcome)
         except Refused as exc:
             outcome.status, outcome.error = Status.REFUSED, exc
-            log.warning("%s: %s", name, exc.message)
+            log.debug("%s: %s", name, exc.message)
         except ReconcilerError as exc:
             outcome.status, outcome.error = Status.FAILED, exc
-            log.warning("%s: %s", name, exc.message)
+            log.debug("%s: %s", name, exc.message)
         except Exception as exc:  # a bug must not stop the other environments
             log.exception("%s: internal error", name)
             outcome.status = Status.FAILED

@@ -267,7 +267,7 @@ class Transport:
                         "the registry is unreachable or too slow; it will be retried",
                     ) from None
                 delay = backoff(policy, failures)
-                log.warning(
+                log.debug(
                     "%s %s: %s; retry %d/%d in %.2fs",
                     method, redact_url(url), reason, failures, policy.attempts - 1, delay,
                 )  # fmt: skip
@@ -293,7 +293,7 @@ class Transport:
                     )
                 hinted = retry_after(response.headers.get("Retry-After"), policy)
                 delay = backoff(policy, failures) if hinted is None else hinted
-                log.warning(
+                log.debug(
                     "%s %s: HTTP %d; retry %d/%d in %.2fs",
                     method, redact_url(url), status, failures, policy.attempts - 1, delay,
                 )  # fmt: skip
