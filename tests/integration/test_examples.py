@@ -175,3 +175,42 @@ def test_hazards_example_sandbox_accepts_prod_refuses(
     assert code == 1 and prod["error"]["rule"] == "hazards"
     assert "CVE-2026-4242" in prod["error"]["message"]
     assert registry.resolve(repo_name, "prod-api") == artifact("hazards", "api", "v1").digest
+
+
+def test_kubernetes_example_runs_the_cli_it_ships_with(tmp_path: Path) -> None:
+    """Not a cluster, but everything a cluster would take on trust: the manifests parse,
+    the container's arguments are ones `reconciler run` accepts, the election script is
+    valid sh, and RBAC, Service and script agree on the Lease and the leader label."""
+    import subprocess
+
+    import yaml
+
+    from reconciler.cli import build_parser
+
+    k8s = EXAMPLES / "kubernetes"
+    kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+    docs = [
+        d
+        for name in kustomization["resources"]
+        for d in yaml.safe_load_all((k8s / name).read_text())
+        if d
+    ]
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    deployment = by_kind["Deployment"][0]
+    assert deployment["spec"]["replicas"] == 2
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    args = build_parser().parse_args(containers["reconciler"]["args"])
+    assert args.command == "run" and str(args.active_file) == "/run/leader/active"
+    assert args.webhook_secret_file and args.log_format == "json"
+
+    script = next(d for d in by_kind["ConfigMap"] if "elect.sh" in d["data"])["data"]["elect.sh"]
+    (tmp_path / "elect.sh").write_text(script)
+    assert subprocess.run(["sh", "-n", str(tmp_path / "elect.sh")], check=False).returncode == 0
+    assert "reconciler.dev/leader=true" in script and "/run/leader/active" in script
+    service = by_kind["Service"][0]
+    assert service["spec"]["selector"]["reconciler.dev/leader"] == "true"
+    role = next(d for d in by_kind["Role"])
+    lease_verbs = {v for r in role["rules"] if "leases" in r["resources"] for v in r["verbs"]}
+    assert {"create", "get", "update"} <= lease_verbs
