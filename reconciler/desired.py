@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -867,7 +866,3 @@ class Loader:
         if problems:
             raise InvalidState(problems)
         return _Checker(snap, doc, sources).build()
-
-
-def cue_available() -> bool:
-    return shutil.which(cue_command()) is not None
