@@ -22,7 +22,7 @@ from reconciler.desired import Loader
 from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.gitsource import GitSource, default_cache_dir
 from reconciler.model import Action, DesiredState
-from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler
+from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
 from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
@@ -423,26 +423,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _selected(state: DesiredState, names: list[str] | None) -> list[str]:
-    if not names:
-        return sorted(state.environments, key=lambda n: _order(state, n))
-    unknown = [n for n in names if n not in state.environments]
-    if unknown:
-        raise ReconcilerError(
-            f"unknown environment{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-            f"--env takes one of: {', '.join(sorted(state.environments))}",
-        )
-    return names
-
-
-def _order(state: DesiredState, name: str) -> tuple[int, str]:
-    """Promotion order: an environment comes after those it requires."""
-    depth, seen, frontier = 0, {name}, list(state.environments[name].requires)
-    while frontier:
-        depth += 1
-        frontier = [r for r in frontier if r not in seen and r in state.environments]
-        seen.update(frontier)
-        frontier = [x for r in frontier for x in state.environments[r].requires]
-    return depth, name
+    """The environments asked for (validated), else all of them in promotion order."""
+    ordered = promotion_order(state, names)
+    return names or ordered
 
 
 def state_json(state: DesiredState, envs: Sequence[str]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ here, in one place: an environment's tag template, hazards, suspend and prune.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,9 +174,6 @@ class DesiredState:
     def policy_fingerprint(self, env: str) -> str:
         """Identifies the signature policies an environment's digests must satisfy, so a
         policy change re-verifies what is applied."""
-        import hashlib
-        import json
-
         signers = self.catalogs[self.environments[env].catalog].signers
         text = json.dumps([repr(self.policies.get(env)), repr(signers)])
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -24,7 +24,7 @@ from reconciler import records
 from reconciler.errors import Stalled
 from reconciler.gitsource import GitSource, Snapshot, is_url, push_ref, reverted_commit
 from reconciler.model import DesiredState, Record
-from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
+from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import parse_reference
 
 log = logging.getLogger(__name__)
@@ -428,9 +428,7 @@ def audit(
     repo = flows.source.repo
     head = flows.source.resolve(reconciler.ref)
     registries = reconciler.registries(state)
-    entries: list[AuditEntry] = []
-    plan = reconciler.run(Mode.PLAN, names, state=state)
-    outcome_of = {o.environment: o for o in plan.outcomes}
+    timelines: dict[str, list[AuditEntry]] = {}
     for name in names:
         path = state.environments[name].file
         target = parse_reference(state.target_of(name))
@@ -467,22 +465,25 @@ def audit(
                 status="pending",
             )
             mine.append(entry)
-        _settle(mine, chain, repo, outcome_of.get(name))
-        entries.extend(mine)
-    return entries
+        _settle(mine, chain, repo)
+        timelines[name] = mine
+    # Only an environment whose newest change is unapplied needs a verification now, to
+    # tell a refused change from a pending one.
+    waiting = [name for name, mine in timelines.items() if mine and mine[0].status == "pending"]
+    if waiting:
+        for outcome in reconciler.run(Mode.PLAN, waiting, state=state).outcomes:
+            if outcome.status in (Status.REFUSED, Status.FAILED) and outcome.error is not None:
+                newest = timelines[outcome.environment][0]
+                newest.status, newest.reason = "refused", outcome.error.message
+    return [entry for name in names for entry in timelines[name]]
 
 
-def _settle(
-    entries: list[AuditEntry],
-    chain: Sequence[Record],
-    repo: pygit2.Repository,
-    outcome: EnvOutcome | None,
-) -> None:
+def _settle(entries: list[AuditEntry], chain: Sequence[Record], repo: pygit2.Repository) -> None:
     """Join commits (newest first) with apply records.
 
     A record applies the newest commit of the timeline that its own commit contains;
-    older commits it contains were superseded before anyone applied them. The newest
-    unapplied commit is refused when the current pass refuses it, else pending.
+    older commits it contains were superseded before anyone applied them; the rest stay
+    pending.
     """
     for record in reversed(chain):  # oldest first: a later record of the same commit re-applies
         entry = next((e for e in entries if _descends(repo, record.commit, e.commit)), None)
@@ -491,14 +492,9 @@ def _settle(
             entry.applied_by, entry.verified = record.reconciler, dict(record.verified)
             entry.record = record.digest
     applied = [e.commit for e in entries if e.status == "applied"]
-    for i, entry in enumerate(entries):
-        if entry.status == "applied":
-            continue
-        if any(_descends(repo, a, entry.commit) for a in applied):
+    for entry in entries:
+        if entry.status != "applied" and any(_descends(repo, a, entry.commit) for a in applied):
             entry.status = "superseded"
-        elif i == 0 and outcome is not None and outcome.status in (Status.REFUSED, Status.FAILED):
-            entry.status = "refused"
-            entry.reason = outcome.error.message if outcome.error else None
 
 
 def _descends(repo: pygit2.Repository, new: str, old: str) -> bool:
