@@ -22,7 +22,7 @@ from pathlib import Path
 import pygit2
 
 from reconciler.desired import Loader
-from reconciler.gitsource import GitSource
+from reconciler.git import GitSource
 
 
 def state(path: Path, envs: int) -> None:

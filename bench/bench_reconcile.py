@@ -38,7 +38,7 @@ from requests.adapters import HTTPAdapter
 
 from bench.bench_registry import start_registry
 from reconciler.desired import Loader
-from reconciler.gitsource import GitSource
+from reconciler.git import GitSource
 from reconciler.reconcile import Mode, Reconciler
 from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry, Registries, RegistrySettings
 from reconciler.registry.oci import MANIFEST_ACCEPT, referrers_tag

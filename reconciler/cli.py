@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from reconciler import __version__, daemon
 from reconciler.desired import Loader
 from reconciler.errors import InvalidState, ReconcilerError
-from reconciler.gitsource import GitSource, default_cache_dir
+from reconciler.git import GitSource, default_cache_dir
 from reconciler.model import Action, DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
 from reconciler.workflows import Proposal, Workflows

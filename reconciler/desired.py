@@ -30,7 +30,7 @@ import jsonschema
 
 from reconciler import __version__
 from reconciler.errors import InvalidState, Problem, Stalled, ToolMissing
-from reconciler.gitsource import Snapshot
+from reconciler.git import Snapshot
 from reconciler.model import (
     DEFAULT_TAG_TEMPLATE,
     NAME_RE,
@@ -542,6 +542,7 @@ class _Checker:
             environments=MappingProxyType(envs),
             tags=MappingProxyType(tags),
             policies=MappingProxyType(policies),
+            inputs=self.snap.inputs(),
         )
 
     def _settings(self, raw: dict[str, Any]) -> Settings:

@@ -170,6 +170,9 @@ class DesiredState:
     environments: Mapping[str, Environment]
     tags: Mapping[str, tuple[DesiredTag, ...]]
     policies: Mapping[str, Policy]
+    # Repository paths of every file the state was built from (read or looked up):
+    # what an unsigned commit must not change when signed commits are required.
+    inputs: frozenset[str] = frozenset()
 
     def policy_fingerprint(self, env: str) -> str:
         """Identifies the signature policies an environment's digests must satisfy, so a

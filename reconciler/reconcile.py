@@ -25,7 +25,7 @@ from reconciler import __version__, records
 from reconciler.apply import ApplyResult, apply_changes
 from reconciler.desired import Loader
 from reconciler.errors import ReconcilerError, Stalled, Transient
-from reconciler.gitsource import GitSource, reverted_commit
+from reconciler.git import GitSource, reverted_commit
 from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
 from reconciler.plan import CatalogIndex, owned_after, plan_environment
 from reconciler.registry import (

@@ -22,7 +22,7 @@ import pygit2
 
 from reconciler import records
 from reconciler.errors import Stalled
-from reconciler.gitsource import GitSource, Snapshot, is_url, push_ref, reverted_commit
+from reconciler.git import GitSource, Snapshot, is_url, push_ref, reverted_commit
 from reconciler.model import DesiredState, Record
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import parse_reference

@@ -13,7 +13,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.desired import Loader
-from reconciler.gitsource import GitSource
+from reconciler.git import GitSource
 from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries
 from tests.support.registry_servers import Built, build_image, build_index, push

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -53,9 +53,14 @@ class Snapshot:
     tree_id: str
     path: str
     tree: pygit2.Tree
+    # Every path read or looked up, relative to ``path``: the files the desired state is
+    # built from, which the commit-signature rule guards (a missing file that was looked
+    # up counts too: adding it later changes the state).
+    consulted: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def read(self, relpath: str) -> bytes:
         """The bytes of a file relative to ``path``; GitSourceError when it is not a file."""
+        self.consulted.add(relpath)
         try:
             obj = self.tree[relpath]
         except KeyError:
@@ -68,6 +73,7 @@ class Snapshot:
         return bytes(obj.data)
 
     def exists(self, relpath: str) -> bool:
+        self.consulted.add(relpath)
         try:
             return isinstance(self.tree[relpath], pygit2.Blob)
         except KeyError:
@@ -88,6 +94,11 @@ class Snapshot:
         for entry in sub:
             if isinstance(entry, pygit2.Blob):
                 yield prefix + (entry.name or ""), entry.size
+
+    def inputs(self) -> frozenset[str]:
+        """The consulted files as paths from the repository root."""
+        prefix = self.path.strip("/")
+        return frozenset(f"{prefix}/{p}" if prefix else p for p in self.consulted)
 
     def display(self, relpath: str) -> str:
         """How a file is named in messages: relative to the repository root."""
