@@ -23,6 +23,7 @@ from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.git import GitSource, default_cache_dir
 from reconciler.model import Action, DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
+from reconciler.verify import disposition
 from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
@@ -337,6 +338,8 @@ def print_outcome(o: EnvOutcome, state: DesiredState, out: TextIO) -> None:
             f"  applied: {len(a.moved)} moved, {len(a.deleted)} pruned, {len(a.copied)} copied",
             file=out,
         )
+    for warning in o.warnings:
+        print(f"  warning: {warning}", file=out)
     if o.error is not None:
         print(f"  {o.status.value}: {o.error.message}", file=out)
         if o.error.hint:
@@ -373,6 +376,8 @@ def pass_json(result: PassResult) -> dict[str, Any]:
                 "notes": list(plan.notes) if plan else [],
                 "transition": o.note,
                 "verified": o.verified,
+                "receipt": o.receipt.to_json() if o.receipt else None,
+                "warnings": list(o.warnings),
                 "applied": None
                 if o.applied is None
                 else {
@@ -396,6 +401,7 @@ def pass_json(result: PassResult) -> dict[str, Any]:
                     "hint": o.error.hint,
                     "rule": getattr(o.error, "rule", None),
                     "transient": o.transient,
+                    "disposition": disposition(o.error).value,
                 },
             }
         )

@@ -72,7 +72,7 @@ from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.model import DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
-from reconciler.verify import Refused
+from reconciler.verify import Disposition, Refused, disposition
 
 log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
 
@@ -621,6 +621,8 @@ class Daemon:
                     name, env.catalog, env.release, state.commit[:12], moved,
                     extra={**extra, "event": "applied"},
                 )  # fmt: skip
+                for warning in o.warnings:
+                    log.warning("%s: %s", name, warning, extra={**extra, "event": "warning"})
             if backoff.succeeded():
                 log.info("%s: recovered", name, extra={**extra, "event": "recovered"})
             m.set_health(name, Health.OK)
@@ -629,12 +631,13 @@ class Daemon:
         m.drift.labels(name).set(len(changes))
         if isinstance(error, Refused):
             m.refusals.labels(name, error.rule).inc()
-        if isinstance(error, Refused) and error.rule == "requires":
-            changed = backoff.waiting(inputs, error.message)
-        elif isinstance(error, Stalled):
-            changed = backoff.stalled(now, inputs, error.message)
-        else:  # Transient, or an unclassified error (a bug): retry, with backoff
-            changed = backoff.transient(now, inputs, error.message)
+        match disposition(error):
+            case Disposition.WAIT:
+                changed = backoff.waiting(inputs, error.message)
+            case Disposition.STALL:
+                changed = backoff.stalled(now, inputs, error.message)
+            case Disposition.RETRY:
+                changed = backoff.transient(now, inputs, error.message)
         m.set_health(name, backoff.health)
         if changed:
             level = logging.INFO if backoff.health is Health.WAITING else logging.WARNING

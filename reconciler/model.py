@@ -121,7 +121,8 @@ class Catalog:
     source: str
     releases: tuple[Release, ...]
     signers: Policy | None = None
-    file: str = ""
+    file: str = ""  # the file that defines ``releases`` (primary)
+    files: tuple[str, ...] = ()  # every file that defines a field of it (CUE positions)
 
     def release(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
@@ -156,7 +157,8 @@ class Environment:
     allow_hazards: bool = False
     suspend: bool = False
     prune: bool = False
-    file: str = ""
+    file: str = ""  # the file that defines ``release``: what promote edits
+    files: tuple[str, ...] = ()  # every file that defines a field of it (CUE positions)
 
 
 @dataclass(frozen=True)
@@ -244,9 +246,11 @@ class Record:
     digest: str = ""  # this record's own manifest digest (set when read back)
     note: str = ""
     policy: str = ""  # DesiredState.policy_fingerprint at apply time
+    # The gate's receipt (verify.gate.Receipt.to_json); None in records before schema 2.
+    receipt: Mapping[str, object] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "schema": 1,
             "environment": self.environment,
             "commit": self.commit,
@@ -263,6 +267,9 @@ class Record:
             "note": self.note,
             "policy": self.policy,
         }
+        if self.receipt is not None:
+            doc["schema"], doc["receipt"] = 2, dict(self.receipt)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object], digest: str) -> Record:
@@ -280,6 +287,9 @@ class Record:
                 raise ValueError(f"record field {key!r} is not a string map")
             return frozen_map(value)
 
+        receipt = doc.get("receipt")
+        if receipt is not None and not isinstance(receipt, dict):
+            raise ValueError("record field 'receipt' is not an object")
         previous = doc.get("previous")
         if previous is not None and not (isinstance(previous, str) and DIGEST_RE.match(previous)):
             raise ValueError("record field 'previous' is not a digest")
@@ -299,6 +309,7 @@ class Record:
             digest=digest,
             note=str(doc.get("note") or ""),
             policy=str(doc.get("policy") or ""),
+            receipt=receipt,
         )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.model import Action, Change, DesiredState, Drift, EnvPlan, Observed
+from reconciler.registry import RegistryError, parse_reference
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,35 @@ class CatalogIndex:
         return Drift.STALE
 
 
+def claimed_tags(state: DesiredState) -> dict[str, str]:
+    """Every desired tag as a canonical reference -> the environment that desires it."""
+    claimed: dict[str, str] = {}
+    for env, tags in sorted(state.tags.items()):
+        for t in tags:
+            claimed.setdefault(canonical_tag(t.repository, t.tag), env)
+    return claimed
+
+
+def canonical_tag(repository: str, tag: str) -> str:
+    """``repository:tag`` as one string per tag, however the repository is spelled."""
+    try:
+        return str(parse_reference(repository).with_tag(tag))
+    except RegistryError:
+        return f"{repository}:{tag}"
+
+
 def plan_environment(
-    state: DesiredState, name: str, observed: Observed, index: CatalogIndex | None = None
+    state: DesiredState,
+    name: str,
+    observed: Observed,
+    index: CatalogIndex | None = None,
+    claimed: Mapping[str, str] | None = None,
 ) -> EnvPlan:
+    """The changes ``name`` needs. ``claimed`` (from :func:`claimed_tags`) keeps prune
+    off every tag some environment desires, whoever owned it before."""
     env = state.environments[name]
     index = index or CatalogIndex.of(state)
+    claimed = claimed if claimed is not None else claimed_tags(state)
     if env.suspend:
         return EnvPlan(name, env.catalog, env.release, (), False, ("suspended",), suspended=True)
     desired = state.tags[name]
@@ -73,6 +98,10 @@ def plan_environment(
         for tag, written in sorted(record.owned.items()):
             current = observed.tags.get(tag)
             if tag in wanted or current is None:
+                continue
+            other = claimed.get(canonical_tag(repository, tag))
+            if other is not None:
+                notes.append(f"owned tag {tag} is now desired by {other}; not pruned")
                 continue
             if current != written:
                 notes.append(

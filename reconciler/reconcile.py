@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -19,15 +19,14 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-import pygit2
-
 from reconciler import __version__, records
 from reconciler.apply import ApplyResult, apply_changes
 from reconciler.desired import Loader
-from reconciler.errors import ReconcilerError, Stalled, Transient
-from reconciler.git import GitSource, reverted_commit
+from reconciler.errors import GitSourceError, ReconcilerError, Stalled, Transient
+from reconciler.git import GitSource
+from reconciler.git.history import History
 from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
-from reconciler.plan import CatalogIndex, owned_after, plan_environment
+from reconciler.plan import CatalogIndex, claimed_tags, owned_after, plan_environment
 from reconciler.registry import (
     HostConfig,
     Manifest,
@@ -36,14 +35,13 @@ from reconciler.registry import (
     RegistrySettings,
     parse_reference,
 )
-from reconciler.verify import Refused, check_hazards, check_history, check_integrity, check_order
-from reconciler.verify.commits import commits_between, touching, verify_commit
-from reconciler.verify.signatures import Evidence, discover, require
+from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
+from reconciler.verify.commits import CommitTrail, trail
+from reconciler.verify.signatures import Evidence, discover
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
 CHAIN_LIMIT = 200  # records read back when looking for an older release of a requirement
 ENV_WORKERS = 8  # environments in flight at once; each host's own limit bounds requests
 
@@ -73,6 +71,8 @@ class EnvOutcome:
     verified: dict[str, str] = field(default_factory=dict)
     applied: ApplyResult | None = None
     note: str = ""  # the release transition, e.g. a rollback and the commit it reverts
+    receipt: Receipt | None = None
+    warnings: list[str] = field(default_factory=list)  # applied, but something was left
 
     @property
     def transient(self) -> bool:
@@ -125,15 +125,31 @@ class Reconciler:
     ) -> None:
         self.source, self.loader, self.ref, self.path = source, loader, ref, path
         self._registries = registries
+        self._owns_registries = registries is None
         self.identity = identity or reconciler_identity()
 
     def load(self) -> DesiredState:
         self.source.fetch()
         return self.loader.load(self.source.snapshot(self.ref, self.path))
 
+    def state_at(self, commit: str) -> DesiredState:
+        """The desired state of an earlier commit (its cue result is cached by tree)."""
+        return self.loader.load(self.source.snapshot(commit, self.path))
+
+    @property
+    def history(self) -> History:
+        return History(self.source.repo)
+
     def registries(self, state: DesiredState) -> Registries:
-        if self._registries is None:
-            self._registries = Registries(registry_settings(state))
+        """Registry clients for ``state``'s settings; rebuilt when the settings change."""
+        wanted = registry_settings(state)
+        if self._registries is not None and (
+            not self._owns_registries or self._registries.settings == wanted
+        ):
+            return self._registries
+        if self._registries is not None:
+            self._registries.close()
+        self._registries = Registries(wanted)
         return self._registries
 
     def run(
@@ -183,15 +199,6 @@ def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> l
     return done
 
 
-def _file_at(repo: pygit2.Repository, commit: str, path: str) -> bytes | None:
-    try:
-        obj = repo[pygit2.Oid(hex=commit)]
-        blob = obj.peel(pygit2.Commit).tree[path] if obj is not None else None
-    except (KeyError, ValueError, pygit2.GitError):
-        return None
-    return bytes(blob.data) if isinstance(blob, pygit2.Blob) else None
-
-
 def promotion_levels(state: DesiredState, names: Sequence[str]) -> list[list[str]]:
     """``names`` grouped by depth in the ``requires`` graph, shallowest first."""
     depth: dict[str, int] = {}
@@ -239,6 +246,7 @@ class _Pass:
         self.owner, self.state, self.mode = owner, state, mode
         self.registries = owner.registries(state)
         self.index = CatalogIndex.of(state)
+        self.claimed = claimed_tags(state)
         self.once = _Once()
         self.heads: dict[str, Record | None] = {}
 
@@ -263,40 +271,44 @@ class _Pass:
         return outcome
 
     def _environment(self, name: str, outcome: EnvOutcome) -> None:
+        """observe -> plan -> gate -> apply -> record."""
         observed = self.observe(name)
         outcome.record = observed.record
-        plan = plan_environment(self.state, name, observed, self.index)
+        plan = plan_environment(self.state, name, observed, self.index, self.claimed)
         outcome.plan = plan
-        if plan.suspended:
-            outcome.status = Status.SUSPENDED
-            return
-        if plan.in_sync:
+        if plan.in_sync and not plan.suspended:
             outcome.status = Status.IN_SYNC
             return
         if self.mode is Mode.STATUS:
-            outcome.status = Status.PENDING
+            outcome.status = Status.SUSPENDED if plan.suspended else Status.PENDING
+            return
+        gate = Gate(self.state, name, observed.record)
+        self.judge_history(gate, observed.record)
+        if plan.suspended:  # honoured only when the change that suspends passed the gate
+            outcome.status = Status.SUSPENDED
             return
         outcome.note = self.transition(name, observed.record)
-        outcome.verified = self.verify(name, observed.record)
+        receipt = self.verify(gate, name)
+        outcome.receipt, outcome.verified = receipt, receipt.verified()
         if self.mode is Mode.PLAN:
             outcome.status = Status.PENDING
             # Environments that require this one see it as applied, as they would
             # in a real pass, which runs in the same promotion order.
-            self.heads[name] = self.new_record(name, observed, ApplyResult(), outcome.verified)
+            self.heads[name] = self.new_record(name, observed, ApplyResult(), receipt)
             return
         registry, _ = self.registry_of(self.state.target_of(name))
         concurrency = self.registries.settings.for_host(registry.name).concurrency
         applied = apply_changes(plan.changes, self.registry_of, self.manifest, concurrency)
         outcome.applied = applied
-        outcome.record = self.record(name, observed, applied, outcome.verified)
+        outcome.record = self.record(name, observed, applied, receipt)
         self.heads[name] = outcome.record
         outcome.status = Status.APPLIED
         if outcome.note:
             log.info("%s", outcome.note)
-        if applied.unsupported:
-            raise Stalled(
-                "cannot prune: " + "; ".join(applied.unsupported),
-                "this registry has no tag-delete API; set prune: false or delete the tags by hand",
+        for tag in applied.unsupported:
+            outcome.warnings.append(
+                f"not pruned: {tag} (this registry has no tag-delete API; set prune: false "
+                "or delete the tag by hand)"
             )
 
     # ------------------------------------------------------------------ observe
@@ -322,18 +334,18 @@ class _Pass:
         observed.update(zip(found, digests, strict=True))
         return Observed(name, observed, record)
 
-    def applied(self, name: str, catalog: str, release: str) -> Record | None:
-        """A record of ``name`` for this catalog and release: the newest, else its chain."""
+    def ran(self, name: str) -> Iterator[Record]:
+        """``name``'s records newest first: the head, then (read only if asked) its chain."""
         head = self.head_of(name)
-        if head is None or (head.catalog, head.release) == (catalog, release):
-            return head
+        if head is None:
+            return
+        yield head
 
         def chain() -> list[Record]:
             registry, repo = self.registry_of(self.state.target_of(name))
             return records.read_chain(registry, repo, name, limit=CHAIN_LIMIT)
 
-        history = self.once.get(("chain", name, head.digest), chain)
-        return next((r for r in history if (r.catalog, r.release) == (catalog, release)), None)
+        yield from self.once.get(("chain", name, head.digest), chain)[1:]
 
     def head_of(self, name: str) -> Record | None:
         if name not in self.heads:
@@ -343,38 +355,68 @@ class _Pass:
 
     # ------------------------------------------------------------------ verify
 
-    def verify(self, name: str, last: Record | None) -> dict[str, str]:
-        """Every rule for every digest the environment would point at; raises Refused."""
-        env = self.state.environments[name]
-        check_history(name, self.state.commit, last, self._descends)
-        signed_by = self.signed_commits(name, last)
-        check_hazards(self.state, name)
-        check_order(self.state, name, self.applied, {r: self.head_of(r) for r in env.requires})
-        verified: dict[str, str] = {}
-        policy = self.state.policies[name]
-        signers = self.state.catalogs[env.catalog].signers
+    def judge_history(self, gate: Gate, last: Record | None) -> None:
+        """Gate steps (1) and (2): where the commit comes from, and who signed the way."""
+        history = self.owner.history
+        gate.history(last is None or history.descends(self.state.commit, last.commit))
+        key = ("trail", last.commit if last else None)
+        gate.commits(self.once.get(key, partial(self.commit_trail, last)))
+
+    def verify(self, gate: Gate, name: str) -> Receipt:
+        """Gate steps (3) to (5) for every digest the environment would point at.
+
+        Raises:
+            Refused: a rule said no (Waiting: a required environment is not there yet).
+        """
+        gate.hazards()
+        gate.requires(self.ran)
+        manifests: dict[str, int] = {}
+        evidence: dict[str, list[Evidence]] = {}
         for tag in self.state.tags[name]:
             source = tag.source_repository
-            checked = self.once.get(
+            manifests[tag.digest] = self.once.get(
                 ("integrity", source, tag.digest),
                 partial(check_integrity, partial(self.manifest, source), tag.digest, source),
             )
-            receipt = [f"integrity ({checked} manifests)"]
-            if policy.insecure_skip_signatures:
-                receipt.append(UNVERIFIED)
-            else:
-                evidence = self.evidence(tag.source_repository, tag.digest)
-                what = f"{name}/{tag.item}"
-                receipt.append("signed: " + str(require(policy, tag.digest, evidence, what)))
-                if signers is not None:
-                    match = require(signers, tag.digest, evidence, f"{what} (catalog signers)")
-                    receipt.append(f"catalog signer: {match}")
-            if signed_by:
-                receipt.append(f"commits signed by {signed_by}")
-            verified[tag.digest] = "; ".join(receipt)
-        if policy.insecure_skip_signatures:
-            log.warning("%s: applying UNVERIFIED digests (insecureSkipSignatures)", name)
-        return verified
+            if gate.needs_evidence():
+                evidence[tag.digest] = self.evidence(source, tag.digest)
+        gate.artifacts(manifests, evidence)
+        if self.state.policies[name].insecure_skip_signatures:
+            log.warning(
+                "%s: applying digests UNVERIFIED by its policy (insecureSkipSignatures)", name
+            )
+        return gate.receipt()
+
+    def commit_trail(self, last: Record | None) -> CommitTrail:
+        """The facts for the commit rule, judged by the policy of the last applied commit.
+
+        That commit's settings name the allowed-signers file (by path) and its tree holds
+        the content in force; loosening or moving the rule is itself a change judged by
+        it. Every file either commit's state is built from is an input.
+        """
+        policy = self.state
+        if last is not None:
+            try:
+                policy = self.owner.state_at(last.commit)
+            except (GitSourceError, ReconcilerError) as exc:
+                raise Refused(
+                    Rule.COMMITS,
+                    f"cannot read the policy in force at {last.commit[:12]}, the last applied "
+                    f"commit: {exc.message.splitlines()[0]}",
+                    "restore that commit in the state repository, or start the environment "
+                    "afresh from a signed commit (see docs/trust.md)",
+                ) from None
+        signers = policy.settings.allowed_signers
+        prefix = self.owner.path.strip("/")
+        path = f"{prefix}/{signers}" if prefix and signers else signers
+        return trail(
+            self.owner.history,
+            last.commit if last else None,
+            self.state.commit,
+            policy.inputs | self.state.inputs,
+            path,
+            policy.settings.allowed_signers_data,
+        )
 
     def manifest(self, repository: str, digest: str) -> Manifest:
         """A manifest by digest, read once per pass (content addressed: it cannot change)."""
@@ -391,54 +433,6 @@ class _Pass:
             return discover(registry, repo, digest)
 
         return self.once.get(("evidence", repository, digest), find)
-
-    def signed_commits(self, name: str, last: Record | None) -> str:
-        """With ``settings.git.allowedSigners``, the commits since the last applied one that
-        change this environment, its catalog, the settings or the signers file must be
-        SSH-signed by an allowed signer, or nothing of them is applied.
-
-        The signers come from the last applied commit, so a new key cannot vouch for the
-        commit that adds it. An unsigned commit stops the environment until a signed
-        ``git revert`` of it follows (``reconciler rollback`` makes one). The first apply
-        vouches for the newest such commit only.
-        """
-        settings = self.state.settings
-        if settings.allowed_signers_data is None or settings.allowed_signers is None:
-            return ""
-        env = self.state.environments[name]
-        prefix = self.owner.path.strip("/")
-        signers_path = (
-            f"{prefix}/{settings.allowed_signers}" if prefix else settings.allowed_signers
-        )
-        paths = [env.file, self.state.catalogs[env.catalog].file, signers_path]
-        paths += [f"{prefix}/{n}" if prefix else n for n in ("reconciler.cue", "reconciler.json")]
-        repo = self.owner.source.repo
-        data = settings.allowed_signers_data
-        if last is not None:
-            data = _file_at(repo, last.commit, signers_path) or data
-        commits = touching(
-            repo, commits_between(repo, last.commit if last else None, self.state.commit), paths
-        )
-        if last is None:
-            commits = commits[:1]
-        principals: set[str] = set()
-        reverted: set[str] = set()
-        for commit_id in commits:  # newest first: a revert is seen before what it reverts
-            try:
-                principals.add(verify_commit(repo, commit_id, data))
-            except Refused:
-                if any(commit_id.startswith(r) for r in reverted):
-                    log.warning(
-                        "%s: unsigned commit %s is reverted by a signed commit",
-                        name,
-                        commit_id[:12],
-                    )
-                    continue
-                raise
-            commit = repo[pygit2.Oid(hex=commit_id)]
-            if isinstance(commit, pygit2.Commit) and (undone := reverted_commit(commit.message)):
-                reverted.add(undone)
-        return ", ".join(sorted(principals))
 
     def transition(self, name: str, previous: Record | None) -> str:
         """How the release changes: a promotion, or a rollback naming the reverted commit."""
@@ -459,32 +453,20 @@ class _Pass:
         return f"{name} promoted from {previous.release} to {env.release}"
 
     def _reverted(self, since: str, path: str) -> str | None:
-        """The commit reverted by the newest revert of ``path`` after ``since``, if any."""
-        repo = self.owner.source.repo
+        """The commit undone (by content) by the newest change of ``path`` after ``since``."""
+        history = self.owner.history
         try:
-            commits = touching(repo, commits_between(repo, since, self.state.commit), [path])
-        except (pygit2.GitError, KeyError, ValueError):
+            changed = history.touching(history.between(since, self.state.commit), [path])
+            return history.reverted(changed[0], [path]) if changed else None
+        except (GitSourceError, ValueError):
             return None
-        for commit_id in commits:
-            commit = repo[pygit2.Oid(hex=commit_id)]
-            reverted = reverted_commit(commit.message if isinstance(commit, pygit2.Commit) else "")
-            if reverted:
-                return reverted
-        return None
-
-    def _descends(self, new: str, old: str) -> bool:
-        repo = self.owner.source.repo
-        try:
-            return bool(repo.descendant_of(pygit2.Oid(hex=new), pygit2.Oid(hex=old)))
-        except (pygit2.GitError, KeyError, ValueError):
-            return False
 
     # ------------------------------------------------------------------ record
 
     def record(
-        self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
+        self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt
     ) -> Record:
-        record = self.new_record(name, observed, applied, verified)
+        record = self.new_record(name, observed, applied, receipt)
         record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
         previous = observed.record
@@ -492,7 +474,7 @@ class _Pass:
         return replace(record, digest=digest)
 
     def new_record(
-        self, name: str, observed: Observed, applied: ApplyResult, verified: dict[str, str]
+        self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt
     ) -> Record:
         env = self.state.environments[name]
         repository = self.state.target_of(name)
@@ -510,9 +492,10 @@ class _Pass:
             owned=owned_after(
                 previous.owned if previous else {}, desired, set(applied.deleted), gone
             ),
-            verified=verified,
+            verified=receipt.verified(),
             time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             reconciler=self.owner.identity,
             previous=previous.digest if previous else None,
             policy=self.state.policy_fingerprint(name),
+            receipt=receipt.to_json(),
         )

@@ -85,7 +85,7 @@ def parse_reference(text: str) -> Reference:
         rest, tag = rest[:colon], check_tag(rest[colon + 1 :])
     first, sep, remainder = rest.partition("/")
     if sep and (("." in first or ":" in first or first == "localhost") and _HOST.match(first)):
-        registry, repository = first, remainder
+        registry, repository = first.lower(), remainder  # host names ignore case
     else:
         registry, repository = DOCKER_HUB, rest
     if registry in ("index.docker.io", "registry-1.docker.io"):

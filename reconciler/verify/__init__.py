@@ -1,14 +1,23 @@
 """Verification: everything a change must pass before any tag moves.
 
-Each check raises :class:`Refused` naming the rule that failed and how to fix it; a
-check never returns False. Checks that need no I/O (hazards, promotion order, history)
-take values; integrity and signatures read the registry through the Registry protocol.
+The :class:`Gate` applies the rules in order (history, commits, hazards, requires,
+artifacts) to values the pass gathered; every refusal is a :class:`Refused` naming its
+:class:`Rule`, and :func:`disposition` says what happens next.
 """
 
 from __future__ import annotations
 
-from reconciler.verify.errors import Refused
+from reconciler.verify.errors import Disposition, Refused, Rule, Waiting, disposition
+from reconciler.verify.gate import Gate, Receipt
 from reconciler.verify.integrity import check_integrity
-from reconciler.verify.rules import check_hazards, check_history, check_order
 
-__all__ = ["Refused", "check_hazards", "check_history", "check_integrity", "check_order"]
+__all__ = [
+    "Disposition",
+    "Gate",
+    "Receipt",
+    "Refused",
+    "Rule",
+    "Waiting",
+    "check_integrity",
+    "disposition",
+]

@@ -1,59 +1,50 @@
-"""Commit signatures: every commit that changes environments is SSH-signed by an allowed signer.
+"""Commit signatures: an SSH signature by an allowed signer, checked as git checks it.
 
-When the settings name ``settings.git.allowedSigners`` (an ``ssh-keygen -Y`` ALLOWED
-SIGNERS file), a change reaches an environment only if every commit that changed the
-environment's files since the last applied commit carries an SSH signature (the
-``gpgsig`` header git writes with ``gpg.format=ssh``) in namespace ``git``, made by a key
-that file allows. Verification is ``ssh-keygen -Y verify``, the same check
+With ``settings.git.allowedSigners`` (an ``ssh-keygen -Y`` ALLOWED SIGNERS file) in
+force, every commit that changes a file the desired state is built from must carry an
+SSH signature (the ``gpgsig`` header git writes with ``gpg.format=ssh``) in namespace
+``git`` by a key that file allows. Verification is ``ssh-keygen -Y verify``, the check
 ``git verify-commit`` runs, so what a person verifies locally is what the reconciler
 verifies.
 
+This module gathers the facts (:func:`trail`: which commits change which inputs, and
+who signed them); the gate (:mod:`reconciler.verify.gate`) judges them. Which
+allowed-signers file is in force is the caller's decision, and it matters: the one of
+the last *applied* commit, by path and content, never the one of the change judged.
+
 Fail closed: an unsigned commit, a GPG or X.509 signature, a bad signature, a key not in
 the file (or not allowed in namespace ``git``), a commit that cannot be read, a missing
-or failing ``ssh-keygen`` all raise :class:`Refused`; nothing returns False.
-
-Where trust comes from is the caller's decision and it matters: read the allowed-signers
-file from the last *applied* commit (not from the commit being checked, or whoever can
-push can also add their key), and include the allowed-signers file and the settings in
-``paths`` so that a change to them must itself be signed by an already-allowed signer.
-
-History is walked with pygit2 (pure, values in and out); only :func:`verify_commit`
-runs a subprocess, in a private temporary directory and with a time limit.
+or failing ``ssh-keygen`` all raise :class:`Refused`; nothing returns False. Only
+:func:`verify_commit` runs a subprocess, in a private temporary directory with a time
+limit.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pygit2
-from pygit2.enums import SortMode
-
-from reconciler.verify.errors import Refused
+from reconciler.errors import GitSourceError
+from reconciler.git.history import Commit, Entry, History, clean_path
+from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)
 
-RULE = "commit-signature"
+RULE = Rule.COMMITS
 NAMESPACE = "git"
-# With no applied commit there is no lower bound: check the newest commits only, so a
-# first pass over a long history stays bounded. Older commits are trusted as the base.
-MAX_HISTORY = 1000
 SSH_KEYGEN_TIMEOUT_S = 30.0
-SHORT_SHA = 10
 
 _SSH_ARMOR = b"-----BEGIN SSH SIGNATURE-----"
 _PGP_ARMOR = b"-----BEGIN PGP SIGNATURE-----"
 _X509_ARMOR = b"-----BEGIN SIGNED MESSAGE-----"
-_SUBJECT_MAX = 72
 
 _RULE_TEXT = (
-    "settings.git.allowedSigners requires every commit that changes environments to carry "
-    "an SSH signature (namespace git) by an allowed signer"
+    "settings.git.allowedSigners requires every commit that changes a file the desired "
+    "state is built from to carry an SSH signature (namespace git) by an allowed signer"
 )
 _SIGN_HINT = (
     "sign commits with an SSH key listed in the allowed-signers file "
@@ -66,65 +57,72 @@ _INSTALL_HINT = (
 )
 
 
-def commits_between(repo: pygit2.Repository, old: str | None, new: str) -> list[str]:
-    """Commits reachable from ``new`` and not from ``old``, newest first.
+@dataclass(frozen=True)
+class CommitFact:
+    """One commit since the last applied one, as the gate needs to judge it."""
 
-    With ``old`` None (nothing applied yet) the walk is capped at the newest
-    :data:`MAX_HISTORY` commits. ``old`` need not be an ancestor of ``new``: after a
-    force-push the range is everything ``new`` has that ``old`` had not.
+    commit: Commit
+    # The input files it changes, each with its entries in the parents (empty: none).
+    changes: Mapping[str, tuple[Entry | None, ...]] = field(default_factory=dict)
+    # Its tree at every input path, to tell whether it undoes an earlier commit.
+    entries: Mapping[str, Entry | None] = field(default_factory=dict)
+    signer: str | None = None  # the principal the policy in force accepts
+    problem: str = ""  # why there is no signer (unsigned, unknown key, ...)
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class CommitTrail:
+    """The commits between the last applied one and the one judged, and the policy in force."""
+
+    signers_path: str | None  # the allowed-signers file in force; None: no rule in force
+    policy_commit: str | None  # the commit the policy comes from (the last applied one)
+    first_apply: bool
+    commits: tuple[CommitFact, ...] = ()  # newest first (topological)
+
+
+def trail(
+    history: History,
+    last: str | None,
+    new: str,
+    inputs: Iterable[str],
+    signers_path: str | None,
+    signers: bytes | None,
+) -> CommitTrail:
+    """The facts for the commit rule: every commit in ``last..new``, what input files each
+    changes, and whose signature ``signers`` (the file in force) accepts on it.
+
+    Raises:
+        Refused: the history cannot be read.
     """
-    tip = _commit(repo, new)
-    walker = repo.walk(tip.id, SortMode.TOPOLOGICAL | SortMode.TIME)
-    if old is not None:
-        walker.hide(_commit(repo, old).id)
-    limit = MAX_HISTORY if old is None else None
+    if signers_path is None or signers is None:
+        return CommitTrail(None, last, last is None)
+    paths = sorted({clean_path(p) for p in inputs})
     try:
-        return [str(c.id) for c in itertools.islice(walker, limit)]
-    except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise Refused(
-            RULE,
-            f"cannot walk the history of {new[:SHORT_SHA]}: {exc}",
-            "the state repository is incomplete or corrupt; re-clone it",
-        ) from None
-
-
-def touching(repo: pygit2.Repository, commits: Sequence[str], paths: Sequence[str]) -> list[str]:
-    """Those of ``commits`` that change any of ``paths`` (files or directories).
-
-    A commit changes a path when the entry there (object id and mode, or absence)
-    differs from the entry in *every* parent. A root commit changes a path that exists in
-    it. A merge whose result at the path equals one parent's changes nothing there: that
-    content came from commits that are judged on their own. ``""`` or ``"."`` is the whole
-    tree.
-    """
-    if not paths:
-        raise ValueError("touching() needs at least one path")
-    clean = [_clean_path(p) for p in paths]
-    found: list[str] = []
-    for commit_id in commits:
-        commit = _commit(repo, commit_id)
-        try:
-            mine = [_entry(commit.tree, p) for p in clean]
-            parents = [[_entry(parent.tree, p) for p in clean] for parent in commit.parents]
-        except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise Refused(
-                RULE,
-                f"cannot read {_describe(commit)} or its parents: {exc}",
-                "the state repository is incomplete or corrupt; re-clone it",
-            ) from None
-        if not parents:
-            changed = any(entry is not None for entry in mine)
-        else:
-            changed = any(
-                all(theirs[i] != entry for theirs in parents) for i, entry in enumerate(mine)
-            )
-        if changed:
-            found.append(commit_id)
-    return found
+        ids = history.between(last, new)
+        facts = []
+        for i, commit_id in enumerate(ids):
+            commit = history.commit(commit_id)
+            changes = history.changes(commit_id, paths)
+            entries = {p: history.entry(commit_id, p) for p in paths}
+            fact = CommitFact(commit, changes, entries)
+            if changes or (last is None and i == 0):
+                try:
+                    fact = CommitFact(
+                        commit, changes, entries, verify_commit(history, commit_id, signers)
+                    )
+                except Refused as exc:
+                    fact = CommitFact(commit, changes, entries, None, exc.reason, exc.hint)
+            facts.append(fact)
+            if last is None:
+                break  # a first apply judges the newest commit only
+    except GitSourceError as exc:
+        raise Refused(RULE, exc.message, exc.hint) from None
+    return CommitTrail(signers_path, last, last is None, tuple(facts))
 
 
 def verify_commit(
-    repo: pygit2.Repository,
+    history: History,
     commit_id: str,
     allowed_signers: bytes,
     ssh_keygen: str = "ssh-keygen",
@@ -136,12 +134,18 @@ def verify_commit(
     commit object without its ``gpgsig`` header) and the file's ``namespaces=`` and
     validity options, at the current time.
     """
-    commit = _commit(repo, commit_id)
-    label = _describe(commit)
     try:
-        signature, payload = commit.gpg_signature
-    except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise Refused(RULE, f"cannot read the signature of {label}: {exc}", _SIGN_HINT) from None
+        label = history.commit(commit_id).label
+        signature, payload = history.signature(commit_id)
+    except GitSourceError as exc:
+        raise Refused(RULE, exc.message, exc.hint) from None
+    if not has_signers(allowed_signers):
+        raise Refused(
+            RULE,
+            "the allowed-signers file in force lists no signers",
+            'add lines like `alice@example.org namespaces="git" ssh-ed25519 AAAA...` in a '
+            "commit signed by an allowed signer",
+        )
     if signature is None or payload is None:
         raise Refused(RULE, f"{label} is not signed; {_RULE_TEXT}", _SIGN_HINT)
     signature = bytes(signature)
@@ -194,78 +198,7 @@ def verify_commit(
     )
 
 
-def check_commits(
-    repo: pygit2.Repository,
-    old: str | None,
-    new: str,
-    paths: Sequence[str],
-    allowed_signers: bytes,
-) -> dict[str, str]:
-    """Verify every commit in ``old..new`` that changes ``paths``: {commit: principal}.
-
-    Stops at the first refusal, newest commit first; the refusal names that commit.
-    An allowed-signers file without a single signer is refused: an empty policy would
-    accept nothing and is surely a mistake.
-    """
-    if not _has_signers(allowed_signers):
-        raise Refused(
-            RULE,
-            "settings.git.allowedSigners names a file that lists no signers",
-            'add lines like `alice@example.org namespaces="git" ssh-ed25519 AAAA...` or '
-            "remove settings.git.allowedSigners",
-        )
-    relevant = touching(repo, commits_between(repo, old, new), paths)
-    signed = {c: verify_commit(repo, c, allowed_signers) for c in relevant}
-    log.debug("verified %d signed commit(s) up to %s", len(signed), new[:SHORT_SHA])
-    return signed
-
-
-def _commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
-    """The commit ``rev`` (full or abbreviated hex) names, or a refusal naming it."""
-    try:
-        obj: Any = repo[rev]
-        if not isinstance(obj, pygit2.Commit):
-            obj = obj.peel(pygit2.Commit)
-    except (KeyError, ValueError, TypeError, pygit2.GitError):
-        raise Refused(
-            RULE,
-            f"commit {rev[:SHORT_SHA]} cannot be read from the state repository",
-            "fetch the state repository again; if the commit was removed by a force-push, "
-            "the next pass starts from the branch as it is now",
-        ) from None
-    if not isinstance(obj, pygit2.Commit):
-        raise Refused(RULE, f"{rev[:SHORT_SHA]} is not a commit")
-    return obj
-
-
-def _describe(commit: pygit2.Commit) -> str:
-    """``commit 1a2b3c4d5e "subject"``, printable whatever the message holds."""
-    raw: bytes = commit.raw_message
-    lines = raw.decode("utf-8", "replace").strip().splitlines()
-    subject = "".join(ch if ch.isprintable() else "?" for ch in (lines[0] if lines else ""))
-    if len(subject) > _SUBJECT_MAX:
-        subject = subject[: _SUBJECT_MAX - 1] + "…"
-    return f'commit {str(commit.id)[:SHORT_SHA]} "{subject}"'
-
-
-def _clean_path(path: str) -> str:
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ValueError(f"path {path!r} leaves the repository")
-    return "/".join(parts)
-
-
-def _entry(tree: pygit2.Tree, path: str) -> tuple[str, int] | None:
-    if not path:
-        return (str(tree.id), 0o040000)
-    try:
-        obj: Any = tree[path]
-    except KeyError:
-        return None
-    return (str(obj.id), int(obj.filemode))
-
-
-def _has_signers(allowed_signers: bytes) -> bool:
+def has_signers(allowed_signers: bytes) -> bool:
     lines = allowed_signers.decode("utf-8", "replace").splitlines()
     return any(line.strip() and not line.lstrip().startswith("#") for line in lines)
 

@@ -1,13 +1,54 @@
-"""The refusal error: a leaf module so every check can raise it without import cycles."""
+"""Refusals, the rules they name, and what a pass does about each kind of error.
+
+A leaf of the verify package, so every check can raise without import cycles.
+"""
 
 from __future__ import annotations
 
-from reconciler.errors import Stalled
+from enum import StrEnum
+
+from reconciler.errors import Stalled, Transient
+
+
+class Rule(StrEnum):
+    """The rules of the gate, in the order it applies them; names appear in output and metrics."""
+
+    HISTORY = "history"  # the commit descends from the last applied one
+    COMMITS = "commit-signature"  # every change since then is signed by the policy in force
+    HAZARDS = "hazards"
+    REQUIRES = "requires"  # the required environments ran exactly these digests
+    INTEGRITY = "integrity"
+    SIGNATURES = "signatures"
 
 
 class Refused(Stalled):
-    """Verification refused a change; ``rule`` names which rule, for humans and metrics."""
+    """Verification refused a change: a person must act (the hint says how)."""
 
-    def __init__(self, rule: str, message: str, hint: str = "") -> None:
+    def __init__(self, rule: Rule | str, message: str, hint: str = "") -> None:
         super().__init__(f"refused ({rule}): {message}", hint)
-        self.rule = rule
+        self.rule = Rule(rule)
+        self.reason = message
+
+
+class Waiting(Refused):
+    """Refused for now, but another environment's progress will satisfy the rule
+    (``requires``): checked again every pass, never backed off."""
+
+
+class Disposition(StrEnum):
+    """What happens next to an environment whose pass raised an error."""
+
+    WAIT = "wait"  # re-check every pass
+    RETRY = "retry"  # back off and retry: the error may go away by itself
+    STALL = "stall"  # a person must act: retry only when the inputs change
+
+
+def disposition(error: BaseException) -> Disposition:
+    """The one switch from an error to what the CLI and the daemon do about it."""
+    if isinstance(error, Waiting):
+        return Disposition.WAIT
+    if isinstance(error, Transient):
+        return Disposition.RETRY
+    if isinstance(error, Stalled):
+        return Disposition.STALL
+    return Disposition.RETRY  # unclassified (a bug): retry with backoff, never spin

@@ -7,9 +7,12 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reconciler.verify import commits
-from reconciler.verify.commits import check_commits, commits_between, touching, verify_commit
+from reconciler.git import history as git_history
+from reconciler.git.history import History
+from reconciler.verify.commits import trail
+from reconciler.verify.commits import verify_commit as verify_with_history
 from reconciler.verify.errors import Refused
+from reconciler.verify.gate import judge_commits
 from tests.support.sshsign import (
     SshKey,
     commit_content,
@@ -51,6 +54,28 @@ def allowed(alice: SshKey) -> bytes:
 @pytest.fixture
 def repo(tmp_path: Path) -> pygit2.Repository:
     return pygit2.init_repository(str(tmp_path / "state.git"), bare=True, initial_head="main")
+
+
+def verify_commit(
+    repo: pygit2.Repository, commit: str, allowed: bytes, ssh_keygen: str = "ssh-keygen"
+) -> str:
+    return verify_with_history(History(repo), commit, allowed, ssh_keygen)
+
+
+def check_commits(
+    repo: pygit2.Repository, old: str | None, new: str, paths: list[str], allowed: bytes
+) -> dict[str, str]:
+    """The commit rule as the gate applies it: {commit: principal} of the signed changes."""
+    judged = judge_commits(trail(History(repo), old, new, paths, "allowed_signers", allowed))
+    return {c: how.removeprefix("signed by ") for c, how in judged if how.startswith("signed by")}
+
+
+def touching(repo: pygit2.Repository, commits: list[str], paths: list[str]) -> list[str]:
+    return History(repo).touching(commits, paths)
+
+
+def commits_between(repo: pygit2.Repository, old: str | None, new: str) -> list[str]:
+    return History(repo).between(old, new)
 
 
 def refusal(excinfo: pytest.ExceptionInfo[Refused], commit: str, subject: str) -> str:
@@ -207,8 +232,9 @@ def test_commit_not_touching_the_paths_is_not_checked_even_if_unsigned(
     base = commit_ssh_signed(repo, alice, {DEV: "release: v1"}, "dev: v1")
     docs = commit_unsigned(repo, {"README.md": "hello"}, "docs")
 
-    assert check_commits(repo, None, docs, ENVS, allowed) == {base: "alice@example.org"}
     assert check_commits(repo, base, docs, ENVS, allowed) == {}
+    with pytest.raises(Refused, match="first apply"):  # a first apply needs the tip signed
+        check_commits(repo, None, docs, ENVS, allowed)
 
 
 def test_only_commits_after_the_applied_one_are_checked(
@@ -218,8 +244,9 @@ def test_only_commits_after_the_applied_one_are_checked(
     tip = commit_ssh_signed(repo, alice, {DEV: "release: v2"}, "dev: v2")
 
     assert check_commits(repo, applied, tip, ENVS, allowed) == {tip: "alice@example.org"}
-    with pytest.raises(Refused):
-        check_commits(repo, None, tip, ENVS, allowed)
+    assert check_commits(repo, None, tip, ENVS, allowed) == {tip: "alice@example.org"}
+    with pytest.raises(Refused, match="first apply"):
+        check_commits(repo, None, applied, ENVS, allowed)
 
 
 def test_newest_offending_commit_is_named(
@@ -307,7 +334,7 @@ def test_commits_between_is_newest_first_hides_old_and_caps_full_history(
     assert commits_between(repo, made[1], made[4]) == newest_first[:3]
     assert commits_between(repo, made[4], made[4]) == []
     assert commits_between(repo, None, made[4]) == newest_first
-    monkeypatch.setattr(commits, "MAX_HISTORY", 3)
+    monkeypatch.setattr(git_history, "MAX_HISTORY", 3)
     assert commits_between(repo, None, made[4]) == newest_first[:3]
 
 
@@ -325,4 +352,4 @@ def test_unknown_applied_commit_is_refused(repo: pygit2.Repository) -> None:
     tip = commit_unsigned(repo, {DEV: "v1"}, "v1")
 
     with pytest.raises(Refused, match="cannot be read"):
-        commits_between(repo, "f" * 40, tip)
+        check_commits(repo, "f" * 40, tip, ENVS, b"alice ssh-ed25519 AAAA\n")

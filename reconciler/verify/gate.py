@@ -1,0 +1,346 @@
+"""The gate: everything one environment's change must pass, in order, before a tag moves.
+
+(1) history: the commit descends from the last applied one (no force-push back in time).
+(2) commits: with signed commits in force, every change since the last applied commit
+    is signed by the policy of that commit, or undone by a later signed commit.
+(3) hazards: the release has none, or the environment accepts them.
+(4) requires: each required environment ran exactly the digests this one would apply.
+(5) artifacts: each manifest hashes to its digest; signatures satisfy the environment's
+    policy and, always, the catalog's own signers.
+
+The gate takes values and does no I/O (the pass gathers the facts); like python-tuf's
+trusted set it guards its own order: a step called out of order is a bug and raises,
+and :meth:`Gate.receipt` exists only after all five passed. Every refusal is a
+:class:`Refused` naming the rule, the commit, file or record, and the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from reconciler.model import DesiredState, Record
+from reconciler.verify.commits import CommitFact, CommitTrail
+from reconciler.verify.errors import Refused, Rule, Waiting
+from reconciler.verify.signatures import Evidence, Match, require
+
+UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
+
+
+class Step(IntEnum):
+    NEW = 0
+    HISTORY = 1
+    COMMITS = 2
+    HAZARDS = 3
+    REQUIRES = 4
+    ARTIFACTS = 5
+
+
+@dataclass(frozen=True)
+class ArtifactReceipt:
+    """How one digest was verified: the manifests hashed and the signatures accepted."""
+
+    item: str
+    digest: str
+    manifests: int
+    signatures: tuple[tuple[str, Match], ...] = ()  # (whose policy, the match)
+    unverified: bool = False  # the environment skipped its own policy (insecureSkipSignatures)
+
+    def describe(self) -> str:
+        parts = [f"integrity ({self.manifests} manifests)"]
+        if self.unverified:
+            parts.append(UNVERIFIED)
+        for role, match in self.signatures:
+            parts.append(f"{'signed' if role == 'environment' else 'catalog signer'}: {match}")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item": self.item,
+            "digest": self.digest,
+            "manifests": self.manifests,
+            "unverified": self.unverified,
+            "signatures": [
+                {
+                    "policy": role,
+                    "signer": m.signer,
+                    "evidence": m.evidence,
+                    "tlogIndex": m.tlog_index,
+                }
+                for role, m in self.signatures
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the gate checked for one environment's change: stored as JSON in the record."""
+
+    environment: str
+    commit: str
+    descends_from: str | None  # the last applied commit (None: first apply)
+    commits: tuple[tuple[str, str], ...] = ()  # (commit, "signed by P" / "undone by C")
+    hazards: Mapping[str, str] = field(default_factory=dict)  # accepted with allowHazards
+    requires: tuple[tuple[str, str], ...] = ()  # (environment, digest of its record)
+    artifacts: tuple[ArtifactReceipt, ...] = ()
+
+    @property
+    def signers(self) -> list[str]:
+        return sorted(
+            {how.removeprefix("signed by ") for _, how in self.commits if "signed" in how}
+        )
+
+    def verified(self) -> dict[str, str]:
+        """digest -> how it was verified, for people (and records' ``verified``)."""
+        suffix = f"; commits signed by {', '.join(self.signers)}" if self.signers else ""
+        return {a.digest: a.describe() + suffix for a in self.artifacts}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "environment": self.environment,
+            "commit": self.commit,
+            "descendsFrom": self.descends_from,
+            "commits": [{"commit": c, "how": how} for c, how in self.commits],
+            "hazards": dict(sorted(self.hazards.items())),
+            "requires": [{"environment": e, "record": d} for e, d in self.requires],
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+
+class Gate:
+    """One environment's verification; raises :class:`Refused` at the first rule that fails."""
+
+    def __init__(self, state: DesiredState, env: str, last: Record | None) -> None:
+        self.state, self.name, self.last = state, env, last
+        self.env = state.environments[env]
+        self._step = Step.NEW
+        self._commits: tuple[tuple[str, str], ...] = ()
+        self._hazards: Mapping[str, str] = {}
+        self._requires: list[tuple[str, str]] = []
+        self._artifacts: tuple[ArtifactReceipt, ...] = ()
+
+    def _enter(self, step: Step) -> None:
+        if self._step != step - 1:
+            raise RuntimeError(f"gate: {step.name.lower()} checked after {self._step.name.lower()}")
+
+    # (1) ----------------------------------------------------------------- history
+
+    def history(self, descends: bool) -> None:
+        """``descends``: the commit is the last applied one or descends from it.
+
+        Raises:
+            Refused: a force-push back in time.
+        """
+        self._enter(Step.HISTORY)
+        if self.last is not None and not descends:
+            raise Refused(
+                Rule.HISTORY,
+                f"commit {self.state.commit[:12]} does not descend from {self.last.commit[:12]}, "
+                f"the last commit applied to {self.name}",
+                "roll back with a new commit (git revert), not by moving the branch back",
+            )
+        self._step = Step.HISTORY
+
+    # (2) ----------------------------------------------------------------- commits
+
+    def commits(self, trail: CommitTrail) -> None:
+        """Judge the commits since the last applied one by the policy in force then.
+
+        Raises:
+            Refused: a commit changing an input is neither signed by an allowed signer
+                nor undone by a later signed commit.
+        """
+        self._enter(Step.COMMITS)
+        self._commits = judge_commits(trail)
+        self._step = Step.COMMITS
+
+    # (3) ----------------------------------------------------------------- hazards
+
+    def hazards(self) -> None:
+        """Raises: Refused: the release has hazards and ``allowHazards`` is not set."""
+        self._enter(Step.HAZARDS)
+        release = self.state.release_of(self.name)
+        if release.hazardous and not self.env.allow_hazards:
+            listed = "; ".join(f"{k}: {v}" for k, v in sorted(release.hazards.items()))
+            raise Refused(
+                Rule.HAZARDS,
+                f"release {release.name} of {self.env.catalog} has hazards ({listed})",
+                f"promote another release, or set allowHazards: true in {self.env.file} "
+                "to accept them knowingly",
+            )
+        self._hazards = dict(release.hazards)
+        self._step = Step.HAZARDS
+
+    # (4) ----------------------------------------------------------------- requires
+
+    def requires(self, ran: Callable[[str], Iterable[Record]]) -> None:
+        """``ran(env)``: that environment's trusted records, newest first (may be lazy).
+
+        Satisfied when a record of the required environment, for this catalog, shows
+        every digest this environment would apply: a rebuilt digest under an old
+        release name has not been through the chain.
+
+        Raises:
+            Waiting: a required environment never ran these digests (yet).
+        """
+        self._enter(Step.REQUIRES)
+        wanted = {t.item: t.digest for t in self.state.tags[self.name]}
+        for name in self.env.requires:
+            newest: Record | None = None
+            for record in ran(name):
+                newest = newest or record
+                if record.catalog == self.env.catalog and set(wanted.values()) <= set(
+                    record.tags.values()
+                ):
+                    self._requires.append((name, record.digest))
+                    break
+            else:
+                raise Waiting(
+                    Rule.REQUIRES, self._unmet(name, newest, wanted), self._wait_hint(name)
+                )
+        self._step = Step.REQUIRES
+
+    def _unmet(self, name: str, newest: Record | None, wanted: Mapping[str, str]) -> str:
+        release = self.env.release
+        if newest is None:
+            return f"{name} has no apply record yet, so {release} cannot reach {self.name}"
+        ran = set(newest.tags.values())
+        missing = ", ".join(f"{i} {d[:19]}" for i, d in sorted(wanted.items()) if d not in ran)
+        return (
+            f"{name} never ran the digests {self.name} would apply ({missing}); "
+            f"its last apply record is {newest.release} at commit {newest.commit[:12]}"
+        )
+
+    def _wait_hint(self, name: str) -> str:
+        return f"apply {self.env.release} to {name} first (same catalog entry, same digests)"
+
+    # (5) ----------------------------------------------------------------- artifacts
+
+    def artifacts(
+        self, manifests: Mapping[str, int], evidence: Mapping[str, Sequence[Evidence]]
+    ) -> None:
+        """``manifests``: digest -> manifests hashed (integrity, checked by the pass);
+        ``evidence``: digest -> the signatures found for it.
+
+        The environment's policy may be skipped only by its own ``insecureSkipSignatures``;
+        the catalog's ``signers`` hold regardless, unless the catalog itself opts out.
+
+        Raises:
+            Refused: a signature policy is not satisfied.
+        """
+        self._enter(Step.ARTIFACTS)
+        policy = self.state.policies[self.name]
+        signers = self.state.catalogs[self.env.catalog].signers
+        receipts = []
+        for tag in self.state.tags[self.name]:
+            what = f"{self.name}/{tag.item}"
+            found = evidence.get(tag.digest, ())
+            matched: list[tuple[str, Match]] = []
+            if not policy.insecure_skip_signatures:
+                matched.append(("environment", require(policy, tag.digest, found, what)))
+            if signers is not None and not signers.insecure_skip_signatures:
+                what = f"{what} (catalog signers)"
+                matched.append(("catalog", require(signers, tag.digest, found, what)))
+            receipts.append(
+                ArtifactReceipt(
+                    tag.item,
+                    tag.digest,
+                    manifests[tag.digest],
+                    tuple(matched),
+                    policy.insecure_skip_signatures,
+                )
+            )
+        self._artifacts = tuple(receipts)
+        self._step = Step.ARTIFACTS
+
+    def needs_evidence(self) -> bool:
+        """Whether any signature policy applies (else the pass need not look for any)."""
+        policy = self.state.policies[self.name]
+        signers = self.state.catalogs[self.env.catalog].signers
+        return not policy.insecure_skip_signatures or (
+            signers is not None and not signers.insecure_skip_signatures
+        )
+
+    # ------------------------------------------------------------------ receipt
+
+    def receipt(self) -> Receipt:
+        if self._step != Step.ARTIFACTS:
+            raise RuntimeError(f"gate: no receipt after only {self._step.name.lower()}")
+        return Receipt(
+            environment=self.name,
+            commit=self.state.commit,
+            descends_from=self.last.commit if self.last else None,
+            commits=self._commits,
+            hazards=self._hazards,
+            requires=tuple(self._requires),
+            artifacts=self._artifacts,
+        )
+
+
+def judge_commits(trail: CommitTrail) -> tuple[tuple[str, str], ...]:
+    """(commit, how it passed) for each commit that changes an input; Refused otherwise.
+
+    An unsigned commit is excused only by a later signed commit that descends from it
+    and whose tree holds, at every path it changed, what its parents held: undone by
+    content, whatever the messages say. The newest offending commit is named.
+    """
+    if trail.signers_path is None:
+        return ()
+    if trail.first_apply:
+        if not trail.commits:
+            raise Refused(Rule.COMMITS, "there is no commit to judge")
+        newest = trail.commits[0]
+        if newest.signer is None:
+            raise Refused(
+                Rule.COMMITS,
+                f"{newest.problem} (a first apply trusts the history up to the newest "
+                "commit only if that commit is signed)",
+                newest.hint,
+            )
+        return ((newest.commit.id, f"signed by {newest.signer}"),)
+    ancestors = _ancestors(trail.commits)
+    judged: list[tuple[str, str]] = []
+    for fact in trail.commits:
+        if not fact.changes:
+            continue
+        if fact.signer is not None:
+            judged.append((fact.commit.id, f"signed by {fact.signer}"))
+            continue
+        undo = next((s for s in trail.commits if _undoes(s, fact, ancestors)), None)
+        if undo is not None:
+            judged.append((fact.commit.id, f"undone by {undo.commit.short}"))
+            continue
+        changed = ", ".join(sorted(fact.changes)[:5]) + (", …" if len(fact.changes) > 5 else "")
+        since = f" as of commit {trail.policy_commit[:12]}" if trail.policy_commit else ""
+        raise Refused(
+            Rule.COMMITS,
+            f"{fact.problem} (it changes {changed}; the policy in force is "
+            f"{trail.signers_path}{since})",
+            (fact.hint + "; or " if fact.hint else "")
+            + "undo it with a signed commit that restores those files (reconciler rollback, "
+            "git revert -S)",
+        )
+    return tuple(judged)
+
+
+def _ancestors(commits: Sequence[CommitFact]) -> dict[str, set[str]]:
+    """Each commit's ancestors among ``commits`` (newest first, so walk them reversed)."""
+    known: dict[str, set[str]] = {}
+    for fact in reversed(commits):
+        mine: set[str] = set()
+        for parent in fact.commit.parents:
+            if parent in known:
+                mine |= {parent} | known[parent]
+        known[fact.commit.id] = mine
+    return known
+
+
+def _undoes(later: CommitFact, earlier: CommitFact, ancestors: Mapping[str, set[str]]) -> bool:
+    return (
+        later.signer is not None
+        and earlier.commit.id in ancestors.get(later.commit.id, set())
+        and all(later.entries.get(p) in before for p, before in earlier.changes.items())
+    )
