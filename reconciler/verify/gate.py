@@ -210,8 +210,8 @@ class Gate:
         ran = set(newest.tags.values())
         missing = ", ".join(f"{i} {d[:19]}" for i, d in sorted(wanted.items()) if d not in ran)
         return (
-            f"{name} never ran the digests {self.name} would apply ({missing}); "
-            f"its last apply record is {newest.release} at commit {newest.commit[:12]}"
+            f"{name} runs {newest.release} and never ran the digests {self.name} would apply "
+            f"({missing}); its last apply record: commit {newest.commit[:12]}"
         )
 
     def _wait_hint(self, name: str) -> str:

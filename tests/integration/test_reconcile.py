@@ -79,7 +79,7 @@ def test_promotion_waits_for_required_environment_while_others_converge(
     assert by_name["staging"]["status"] == "in-sync"
     assert by_name["prod"]["status"] == "refused"
     assert by_name["prod"]["error"]["rule"] == "requires"
-    assert "staging runs v1.1, not v1.2" in by_name["prod"]["error"]["message"]
+    assert "staging runs v1.1 and never ran the digests" in by_name["prod"]["error"]["message"]
     tags = desired_only(world.tags())
     assert tags == expected_tags(world, dev="v1.2", staging="v1.1", prod="v1.1")
     assert records.read_head(world.registry, world.source, "prod") == before_prod

@@ -168,7 +168,10 @@ def test_requires_is_about_digests_not_release_names() -> None:
     with pytest.raises(Waiting) as exc:
         through_requires(gate, {"staging": [record("staging", OLD)]})
     assert exc.value.rule is Rule.REQUIRES
-    assert "staging never ran the digests prod would apply (web sha256:2222" in exc.value.message
+    assert (
+        "staging runs v1.2 and never ran the digests prod would apply (web sha256:2222"
+        in exc.value.message
+    )
     assert disposition(exc.value) is Disposition.WAIT
 
 
