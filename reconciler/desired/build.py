@@ -1,0 +1,434 @@
+"""The pure builder: a schema-valid document -> DesiredState, with every cross-check.
+
+It reads nothing but through the ``StateReader`` it is given (keys, trusted roots, the
+allowed-signers file), so each file lands in the snapshot's ``inputs``; unit tests give
+it an in-memory reader. Which file defines what comes from the ``SourceMap``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from reconciler.desired.files import CATALOGS, ENVIRONMENTS, StateReader
+from reconciler.desired.sources import SourceMap, format_cue_path
+from reconciler.errors import InvalidState, Problem
+from reconciler.model import (
+    DEFAULT_TAG_TEMPLATE,
+    NAME_RE,
+    RECORD_TAG_PREFIX,
+    TAG_RE,
+    Catalog,
+    DesiredState,
+    DesiredTag,
+    Environment,
+    Identity,
+    ItemRef,
+    Policy,
+    PublicKey,
+    RegistrySettings,
+    Release,
+    Settings,
+    expand_tag,
+    frozen_map,
+    record_tag,
+)
+from reconciler.registry.errors import InvalidReference
+from reconciler.registry.reference import LAYOUT_PREFIX, parse_reference
+
+
+class Snapshotish(StateReader, Protocol):
+    """A StateReader that also names its commit and reports what was read."""
+
+    @property
+    def commit(self) -> str: ...
+    @property
+    def tree_id(self) -> str: ...
+    def inputs(self) -> frozenset[str]: ...
+
+
+def canonical_repository(repository: str) -> str:
+    """One spelling per repository, for "no two environments write one tag".
+
+    Hosts are case-insensitive; ``docker.io``, ``index.docker.io``,
+    ``registry-1.docker.io`` and no host at all are Docker Hub, whose one-component names
+    get ``library/``; an OCI layout is its normalised directory.
+    """
+    if repository.startswith(LAYOUT_PREFIX):
+        path = repository[len(LAYOUT_PREFIX) :]
+        return LAYOUT_PREFIX + (posixpath.normpath(path) if path else path)
+    first, sep, rest = repository.partition("/")
+    text = f"{first.lower()}/{rest}" if sep else repository
+    try:
+        ref = parse_reference(text)
+    except InvalidReference:
+        return text
+    return f"{ref.registry.lower()}/{ref.repository}"
+
+
+class Builder:
+    """Cross-checks of a schema-valid document; builds the model while it checks."""
+
+    def __init__(self, snap: Snapshotish, doc: dict[str, Any], sources: SourceMap) -> None:
+        self.snap, self.doc, self.sources = snap, doc, sources
+        self.problems: list[Problem] = []
+
+    def problem(self, path: tuple[Any, ...], message: str, hint: str = "") -> None:
+        file, line = self.sources.where(path)
+        self.problems.append(Problem(file, format_cue_path(path), message, hint, line=line))
+
+    def defined_in(self, part: str, name: str) -> tuple[str, tuple[str, ...]]:
+        """(primary file, every file) defining an object, as shown to the user."""
+        files = tuple(self.snap.display(f) for f in self.sources.files((part, name)))
+        primary = self.sources.primary(part, name)
+        if primary is None:  # fail closed: an object of unknown origin is not applied
+            self.problem(
+                (part, name),
+                "cue reported no position for this object, so which file defines it is unknown",
+                "run `cue eval -E` on the state files to see why; report it if cue is current",
+            )
+        return (self.snap.display(primary) if primary else ""), files
+
+    def build(self) -> DesiredState:
+        settings = self._settings(self.doc.get("settings") or {})
+        catalogs = {name: self._catalog(name, raw) for name, raw in self.doc[CATALOGS].items()}
+        envs = {name: self._environment(name, raw) for name, raw in self.doc[ENVIRONMENTS].items()}
+        tags: dict[str, tuple[DesiredTag, ...]] = {}
+        policies: dict[str, Policy] = {}
+        for env in envs.values():
+            tags[env.name] = self._tags(env, catalogs)
+            policy = env.verify or settings.verify
+            if policy is None or policy.empty:
+                self.problem(
+                    (ENVIRONMENTS, env.name, "verify"),
+                    "no signature policy: signatures are required for every environment",
+                    "add verify.keys or verify.identities (here or in settings.verify), or set "
+                    "verify.insecureSkipSignatures: true as the explicit opt-out "
+                    "(shown as UNVERIFIED)",
+                )
+            else:
+                policies[env.name] = policy
+        self._check_requires(envs)
+        self._check_unique_targets(tags)
+        if self.problems:
+            raise InvalidState(self.problems)
+        return DesiredState(
+            commit=self.snap.commit,
+            tree=self.snap.tree_id,
+            settings=settings,
+            catalogs=MappingProxyType(catalogs),
+            environments=MappingProxyType(envs),
+            tags=MappingProxyType(tags),
+            policies=MappingProxyType(policies),
+            inputs=self.snap.inputs(),
+        )
+
+    def _settings(self, raw: dict[str, Any]) -> Settings:
+        registries = {
+            host: RegistrySettings(
+                plain_http=bool(r.get("plainHTTP", False)),
+                ca_file=r.get("caFile"),
+                concurrency=r.get("concurrency"),
+                requests_per_second=r.get("requestsPerSecond"),
+            )
+            for host, r in (raw.get("registries") or {}).items()
+        }
+        signers = (raw.get("git") or {}).get("allowedSigners")
+        signers_data = None
+        if signers and not self.snap.exists(signers):
+            self.problem(
+                ("settings", "git", "allowedSigners"),
+                f"{signers!r} is not a file in the repository",
+                "commit the SSH allowed-signers file or fix the path",
+            )
+        elif signers:
+            signers_data = self.snap.read(signers)
+        verify = raw.get("verify")
+        return Settings(
+            registries=MappingProxyType(registries),
+            verify=self._policy(("settings", "verify"), verify) if verify is not None else None,
+            allowed_signers=signers,
+            allowed_signers_data=signers_data,
+        )
+
+    def _policy(self, path: tuple[Any, ...], raw: dict[str, Any]) -> Policy:
+        keys = []
+        for i, key in enumerate(raw.get("keys") or []):
+            keys.append(self._key((*path, "keys", i), key))
+        identities = []
+        for i, ident in enumerate(raw.get("identities") or []):
+            subject, regexp = ident.get("subject"), ident.get("subjectRegExp")
+            if (subject is None) == (regexp is None):
+                self.problem(
+                    (*path, "identities", i),
+                    "an identity needs exactly one of 'subject' or 'subjectRegExp'",
+                    "name the signer exactly (subject) or by an anchored regexp (subjectRegExp)",
+                )
+            if regexp is not None:
+                try:
+                    re.compile(regexp)
+                except re.error as exc:
+                    self.problem(
+                        (*path, "identities", i, "subjectRegExp"),
+                        f"not a valid regular expression: {exc}",
+                    )
+            identities.append(Identity(ident["issuer"], subject, regexp))
+        root = raw.get("trustedRoot")
+        root_json = None
+        if root is not None:
+            if self.snap.exists(root):
+                root_json = self.snap.read(root).decode("utf-8", "replace")
+            else:
+                self.problem(
+                    (*path, "trustedRoot"),
+                    f"{root!r} is not a file in the repository",
+                    "commit the trusted_root.json or fix the path",
+                )
+        return Policy(
+            keys=tuple(keys),
+            identities=tuple(identities),
+            trusted_root=root,
+            trusted_root_json=root_json,
+            insecure_skip_signatures=bool(raw.get("insecureSkipSignatures", False)),
+        )
+
+    def _key(self, path: tuple[Any, ...], value: str) -> PublicKey:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        if "-----BEGIN" in value:
+            source, pem = "inline", value
+        elif self.snap.exists(value):
+            source, pem = value, self.snap.read(value).decode("utf-8", "replace")
+        else:
+            self.problem(
+                path,
+                f"{value!r} is neither a file in the repository nor an inline PEM key",
+                "commit the cosign public key (e.g. keys/cosign.pub) or fix the path",
+            )
+            return PublicKey(value, "")
+        try:
+            load_pem_public_key(pem.encode())
+        except (ValueError, TypeError) as exc:
+            self.problem(
+                path,
+                f"{source}: not a PEM public key ({exc.__class__.__name__})",
+                "use the cosign.pub written by `cosign generate-key-pair`",
+            )
+        return PublicKey(source, pem)
+
+    def _catalog(self, name: str, raw: dict[str, Any]) -> Catalog:
+        releases = []
+        seen: dict[str, int] = {}
+        for i, rel in enumerate(raw.get("releases", [])):
+            if rel["name"] in seen:
+                self.problem(
+                    (CATALOGS, name, "releases", i, "name"),
+                    f"release {rel['name']!r} appears twice (also releases[{seen[rel['name']]}])",
+                    "release names are unique within a catalog",
+                )
+            seen.setdefault(rel["name"], i)
+            releases.append(
+                Release(
+                    name=rel["name"],
+                    items=MappingProxyType(
+                        {item: ItemRef.parse(ref) for item, ref in rel.get("items", {}).items()}
+                    ),
+                    metadata=frozen_map(rel.get("metadata")),
+                    hazards=frozen_map(rel.get("hazards")),
+                )
+            )
+        signers = raw.get("signers")
+        file, files = self.defined_in(CATALOGS, name)
+        return Catalog(
+            name=name,
+            source=raw["source"],
+            releases=tuple(releases),
+            signers=self._policy((CATALOGS, name, "signers"), signers) if signers else None,
+            file=file,
+            files=files,
+        )
+
+    def _environment(self, name: str, raw: dict[str, Any]) -> Environment:
+        file, files = self.defined_in(ENVIRONMENTS, name)
+        if file.endswith(".cue") and raw.get("name", name) != name:
+            self.problem(
+                (ENVIRONMENTS, name, "name"),
+                f"name {raw['name']!r} differs from its key {name!r}",
+                "drop 'name' or make it equal to the key",
+            )
+        target = raw.get("target") or {}
+        verify = raw.get("verify")
+        items = raw.get("items")
+        return Environment(
+            name=name,
+            catalog=raw["catalog"],
+            release=raw["release"],
+            items=tuple(items) if items is not None else None,
+            target_repository=target.get("repository"),
+            tag_template=target.get("tag", DEFAULT_TAG_TEMPLATE),
+            requires=tuple(raw.get("requires") or ()),
+            verify=self._policy((ENVIRONMENTS, name, "verify"), verify)
+            if verify is not None
+            else None,
+            allow_hazards=bool(raw.get("allowHazards", False)),
+            suspend=bool(raw.get("suspend", False)),
+            prune=bool(raw.get("prune", False)),
+            file=file,
+            files=files,
+        )
+
+    def _tags(self, env: Environment, catalogs: Mapping[str, Catalog]) -> tuple[DesiredTag, ...]:
+        path = (ENVIRONMENTS, env.name)
+        if not NAME_RE.match(env.name):
+            self.problem(
+                path,
+                f"environment name {env.name!r} is not a name of letters, digits, '.', '_' or '-'",
+                "rename the environment (for a JSON file: the file or its 'name')",
+            )
+            return ()
+        if not TAG_RE.match(record_tag(env.name)):
+            limit = 128 - len(RECORD_TAG_PREFIX)
+            self.problem(
+                path,
+                f"environment name {env.name[:40]!r}… is {len(env.name)} characters: its apply "
+                f"record tag {record_tag(env.name)[:40]!r}… would be over the 128-character "
+                "limit of an OCI tag, so no record could be written",
+                f"use a name of at most {limit} characters (for a JSON file: rename the file "
+                "or set 'name')",
+            )
+            return ()
+        catalog = catalogs.get(env.catalog)
+        if catalog is None:
+            known = ", ".join(sorted(catalogs)) or "none"
+            self.problem(
+                (*path, "catalog"),
+                f"unknown catalog {env.catalog!r}",
+                f"use one of the catalogs defined under catalogs/ ({known})",
+            )
+            return ()
+        release = catalog.release(env.release)
+        if release is None:
+            known = ", ".join(r.name for r in catalog.releases) or "none"
+            self.problem(
+                (*path, "release"),
+                f"catalog {catalog.name!r} has no release {env.release!r}",
+                f"use one of its releases ({known}) or add the release to {catalog.file}",
+            )
+            return ()
+        names = env.items if env.items is not None else tuple(release.items)
+        tags: list[DesiredTag] = []
+        for i, item in enumerate(names):
+            ref = release.items.get(item)
+            if ref is None:
+                self.problem(
+                    (*path, "items", i),
+                    f"release {release.name!r} of {catalog.name!r} has no item {item!r}",
+                    f"use one of its items ({', '.join(release.items) or 'none'})",
+                )
+                continue
+            try:
+                tag = expand_tag(env.tag_template, env.name, item, release.name)
+            except ValueError as exc:
+                self.problem(
+                    (*path, "target", "tag"),
+                    f"{exc} in tag template {env.tag_template!r}",
+                    "use only {env}, {item} and {release}",
+                )
+                return tuple(tags)
+            if not TAG_RE.match(tag):
+                self.problem(
+                    (*path, "target", "tag"),
+                    f"template {env.tag_template!r} expands to {tag!r} for item {item!r}, "
+                    "which is not a valid OCI tag",
+                    "a tag is 1-128 characters of [A-Za-z0-9_.-] and starts with a letter, "
+                    "digit or '_'",
+                )
+                continue
+            if tag.startswith(RECORD_TAG_PREFIX):
+                self.problem(
+                    (*path, "target", "tag"),
+                    f"{tag!r} is reserved: tags starting {RECORD_TAG_PREFIX!r} hold apply records",
+                    "choose another tag template",
+                )
+                continue
+            source = ref.repository or catalog.source
+            tags.append(
+                DesiredTag(
+                    environment=env.name,
+                    item=item,
+                    repository=env.target_repository or catalog.source,
+                    tag=tag,
+                    digest=ref.digest,
+                    source_repository=source,
+                )
+            )
+        return tuple(tags)
+
+    def _check_requires(self, envs: Mapping[str, Environment]) -> None:
+        for env in envs.values():
+            for i, required in enumerate(env.requires):
+                other = envs.get(required)
+                path = (ENVIRONMENTS, env.name, "requires", i)
+                if required == env.name:
+                    self.problem(path, "an environment cannot require itself")
+                elif other is None:
+                    self.problem(
+                        path,
+                        f"unknown environment {required!r}",
+                        f"use one of: {', '.join(sorted(envs))}",
+                    )
+                elif other.catalog != env.catalog:
+                    self.problem(
+                        path,
+                        f"{required!r} runs catalog {other.catalog!r}, not {env.catalog!r}",
+                        "requires names environments of the same catalog",
+                    )
+        reported: set[str] = set()
+        for start in sorted(envs):
+            cycle = _find_cycle(start, envs)
+            if cycle and not reported.intersection(cycle):
+                reported.update(cycle)
+                self.problem(
+                    (ENVIRONMENTS, cycle[0], "requires"),
+                    "promotion order forms a cycle: " + " -> ".join([*cycle, cycle[0]]),
+                    "requires must name environments earlier in the promotion order",
+                )
+
+    def _check_unique_targets(self, tags: Mapping[str, tuple[DesiredTag, ...]]) -> None:
+        owner: dict[str, DesiredTag] = {}
+        for env in sorted(tags):
+            for tag in tags[env]:
+                key = f"{canonical_repository(tag.repository)}:{tag.tag}"
+                first = owner.setdefault(key, tag)
+                if first is not tag:
+                    same = "" if first.reference == tag.reference else f" as {first.reference}"
+                    self.problem(
+                        (ENVIRONMENTS, env, "target", "tag"),
+                        f"writes {tag.reference} (item {tag.item!r}), which environment "
+                        f"{first.environment!r} also writes{same} (item {first.item!r})",
+                        "every environment and item needs its own target tag: "
+                        "include {env} and {item} in target.tag",
+                    )
+
+
+def _find_cycle(start: str, envs: Mapping[str, Environment]) -> list[str] | None:
+    """The first ``requires`` cycle reachable from ``start``, as a list of names."""
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        if name in stack:
+            return stack[stack.index(name) :]
+        env = envs.get(name)
+        if env is None:
+            return None
+        stack.append(name)
+        for nxt in env.requires:
+            if nxt != name and (found := visit(nxt)):
+                return found
+        stack.pop()
+        return None
+
+    return visit(start)

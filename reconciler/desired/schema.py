@@ -1,0 +1,67 @@
+"""JSON Schema on the merged document: one Problem per violation, at the user's file."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from reconciler.desired.cue import schema_texts
+from reconciler.desired.sources import SourceMap, format_cue_path
+from reconciler.errors import Problem
+
+_EXPECTED = {
+    "itemRef": "a digest 'sha256:<64 hex>' or 'host/repo@sha256:<64 hex>'",
+    "repository": "an OCI repository 'host[:port]/path' (lower-case path)",
+    "source": "an OCI repository 'host[:port]/path' or an OCI layout 'oci:/dir'",
+    "name": "a name of letters, digits, '.', '_' or '-'",
+    "nonEmpty": "a non-empty string",
+}
+
+
+def schema_problems(doc: dict[str, Any], sources: SourceMap) -> list[Problem]:
+    _, schema = schema_texts()
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":  # point at the unknown field itself
+            path += tuple(sorted(_extra_fields(error))[:1])
+        file, line = sources.where(path)
+        problems.append(
+            Problem(file, format_cue_path(path), _describe(error), _hint(error), line=line)
+        )
+    return problems
+
+
+def _extra_fields(error: jsonschema.ValidationError) -> set[str]:
+    schema: Any = error.schema
+    instance: Any = error.instance
+    return set(instance) - set(schema.get("properties", {}))
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(_extra_fields(error))
+        return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
+    if error.validator == "required":
+        return error.message.replace("is a required property", "is required")
+    if error.validator == "type":
+        return f"expected {error.validator_value}, found {_short(error.instance)}"
+    _, schema = schema_texts()
+    named = next((n for n, d in schema["$defs"].items() if d == error.schema), None)
+    if named in _EXPECTED:
+        return f"{_short(error.instance)} is not {_EXPECTED[named]}"
+    return error.message if len(error.message) < 200 else error.message[:200] + "..."
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "remove it or fix its spelling; see schemas/reconciler.schema.json"
+    return "see schemas/reconciler.schema.json for the expected shape"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
