@@ -294,7 +294,7 @@ def test_tags_not_owned_are_left_alone_and_owned_ones_pruned(
     assert [r.release for r in records.read_chain(store, str(layout), "dev")] == ["v2", "v1"]
 
 
-def test_prune_on_a_registry_without_tag_delete_says_so(
+def test_prune_on_a_registry_without_tag_delete_applies_with_a_warning(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert world.cli(capsys, "apply")[0] == 0
@@ -302,9 +302,10 @@ def test_prune_on_a_registry_without_tag_delete_says_so(
         {"environments/dev.cue": world.env("dev", "v1.1", '\n\titems: ["web"]\n\tprune: true')}
     )
     code, result = world.cli(capsys, "apply")
-    assert code == 1
     dev = result["environments"][0]
-    assert "cannot prune" in dev["error"]["message"] and "tag-delete" in dev["error"]["hint"]
+    assert code == 0 and dev["status"] == "applied"  # applied what it could: a warning
+    (warning,) = dev["warnings"]
+    assert "not pruned" in warning and "dev-worker" in warning and "tag-delete" in warning
     assert world.tags()["dev-worker"] == world.digests["v1.1"]["worker"]  # not deleted
     head = records.read_head(world.registry, world.source, "dev")
     assert head is not None and "dev-worker" in head.owned  # still owned, retried later

@@ -100,7 +100,7 @@ def test_promote_merge_apply_rollback_merge_apply(
     [
         ("dev", "v9.9", "has no release 'v9.9'"),
         ("dev", "v1.0", "refused (hazards)"),
-        ("prod", "v1.2", "staging runs v1.1, not v1.2"),
+        ("prod", "v1.2", "staging runs v1.1 and never ran"),
         ("qa", "v1.2", "unknown environment 'qa'"),
         ("dev", "v1.1", "dev already runs v1.1"),
     ],
