@@ -164,24 +164,22 @@ class History:
     def reverted(self, revert: str, paths: Sequence[str], limit: int = 200) -> str | None:
         """The commit whose changes to ``paths`` ``revert`` undid, judged by content.
 
-        Walks back from ``revert``'s first parent for the newest commit that changed
-        ``paths`` and whose parent held what ``revert`` holds now; None if ``revert``
-        restores nothing (whatever its message says).
+        Walks the mainline back from ``revert``'s first parent to the newest commit that
+        changed ``paths`` there (a merge counts as the change it brought in) and answers
+        it if its parent held what ``revert`` holds now; None if ``revert`` restores
+        nothing, whatever its message says.
         """
-        mine = self.changes(revert, paths)
-        if not mine:
+        mine = list(self.changes(revert, paths))
+        first = self.commit(revert).parents
+        if not mine or not first:
             return None
         now = {p: self.entry(revert, p) for p in mine}
-        first = self.commit(revert).parents
-        if not first:
-            return None
         for commit in itertools.islice(self.mainline(first[0]), limit):
-            changed = self.changes(commit.id, list(mine))
-            if not changed:
-                continue
-            if all(now[p] in before for p, before in changed.items()):
-                return commit.id
-            return None
+            parent = commit.parents[0] if commit.parents else None
+            before = {p: self.entry(parent, p) if parent else None for p in mine}
+            changed = [p for p in mine if self.entry(commit.id, p) != before[p]]
+            if changed:
+                return commit.id if all(now[p] == before[p] for p in changed) else None
         return None
 
     # ------------------------------------------------------------------ helpers
