@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.desired import Loader
+from reconciler.git import GitSource
+from reconciler.model import DesiredState
 from tests.support.staterepo import ROOT, StateRepo
 
 SEED_CATALOG = (ROOT / "tests/fixtures/seeds/catalog_with_trailing_commas.json").read_text()
@@ -488,6 +491,106 @@ BAD: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         },
         ["environments/dev.cue:2", "not UTF-8: byte 0xe9"],
     ),
+    "cue-missing-required-field": (
+        {"environments/qa.cue": 'package reconciler\n\nenvironments: qa: {\n\tcatalog: "x"\n}\n'},
+        ["environments/qa.cue:4", "environments.qa.release", "required field 'release' is missing"],
+    ),
+    "cue-catalog-missing-source": (
+        {
+            "catalogs/extra.cue": 'package reconciler\ncatalogs: "example.org/x": {\n  releases: []\n}\n'
+        },
+        ["catalogs/extra.cue:3", '"example.org/x".source', "required field 'source' is missing"],
+    ),
+    "cue-not-concrete": (
+        {"environments/qa.cue": env_cue("qa", f"{SHOP}\nrelease: string")},
+        ["environments/qa.cue:5", "environments.qa.release", "not a concrete value"],
+    ),
+    "cue-undefined-reference": (
+        {"environments/qa.cue": env_cue("qa", f"{SHOP}\nrelease: environments.nope.release")},
+        ["environments/qa.cue:5", "environments.qa.release", "undefined field"],
+    ),
+    "cue-nested-unknown-field": (
+        {"environments/qa.cue": env_cue("qa", f'{SHOP}\nrelease: "v1.1"\ntarget: digest: "x"')},
+        ["environments/qa.cue:6", "environments.qa.target.digest", "unknown field 'digest'"],
+    ),
+    "cue-conflict-names-both-files": (
+        {"environments/zz.cue": 'package reconciler\n\nenvironments: prod: release: "v1.2"\n'},
+        [
+            "environments/prod.cue:",
+            "environments.prod.release",
+            "conflicting values",
+            "also environments/zz.cue:3",
+        ],
+    ),
+    "environment-name-too-long-for-record-tag": (
+        {
+            f"environments/{'e' * 111}.json": '{"catalog": "example.org/acme/shop", "release": "v1.1"}'
+        },
+        [
+            f"environments/{'e' * 111}.json",
+            "111 characters",
+            "apply record tag",
+            "at most 110 characters",
+        ],
+    ),
+    "two-environments-one-tag-host-case": (
+        {
+            "environments/qa.cue": env_cue(
+                "qa",
+                f'{SHOP}\nrelease: "v1.1"\ntarget: {{repository: "127.0.0.1:5000/acme/shop", '
+                'tag: "dev-{item}"}',
+            ),
+            "environments/dev.cue": env_cue(
+                "dev", f'{SHOP}\nrelease: "v1.2"\ntarget: repository: "LOCALHOST.example/acme/shop"'
+            ),
+            "environments/staging.cue": env_cue(
+                "staging",
+                f'{SHOP}\nrelease: "v1.1"\nrequires: ["dev"]\n'
+                'target: {repository: "localhost.example/acme/shop", tag: "dev-{item}"}',
+            ),
+        },
+        [
+            "environments/staging.cue",
+            "writes localhost.example/acme/shop:dev-web",
+            "'dev' also writes as LOCALHOST.example/acme/shop:dev-web",
+        ],
+    ),
+    "two-environments-one-tag-docker-hub": (
+        {
+            "environments/dev.cue": env_cue(
+                "dev", f'{SHOP}\nrelease: "v1.2"\ntarget: repository: "docker.io/acme/shop"'
+            ),
+            "environments/staging.cue": env_cue(
+                "staging",
+                f'{SHOP}\nrelease: "v1.1"\nrequires: ["dev"]\n'
+                'target: {repository: "index.docker.io/acme/shop", tag: "dev-{item}"}',
+            ),
+            "environments/prod.cue": env_cue(
+                "prod",
+                f'{SHOP}\nrelease: "v1.1"\nrequires: ["staging"]\n'
+                'target: {repository: "registry-1.docker.io/acme/shop", tag: "dev-{item}"}',
+            ),
+        },
+        ["environments/prod.cue", "environments/staging.cue", "'dev' also writes as docker.io"],
+    ),
+    "two-environments-one-tag-oci-layout": (
+        {
+            "environments/dev.cue": env_cue(
+                "dev", f'{SHOP}\nrelease: "v1.2"\ntarget: repository: "oci:/srv/l"'
+            ),
+            "environments/staging.cue": env_cue(
+                "staging",
+                f'{SHOP}\nrelease: "v1.1"\nrequires: ["dev"]\n'
+                'target: {repository: "oci:/srv/l/.", tag: "dev-{item}"}',
+            ),
+            "environments/prod.cue": env_cue(
+                "prod",
+                f'{SHOP}\nrelease: "v1.1"\nrequires: ["staging"]\n'
+                'target: {repository: "oci:/srv//l/", tag: "dev-{item}"}',
+            ),
+        },
+        ["environments/prod.cue", "environments/staging.cue", "'dev' also writes as oci:/srv/l:"],
+    ),
     "non-utf8-json": (
         {"environments/qa.json": b'{"catalog": "\xff"}'},
         ["environments/qa.json:1", "not UTF-8"],
@@ -534,3 +637,132 @@ def test_missing_cue_executable_is_a_clear_error(
     assert code == 1
     assert "the cue executable '/nonexistent/bin/cue' was not found" in err
     assert "RECONCILER_CUE" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+def load(repo: StateRepo, path: str = "") -> DesiredState:
+    return Loader(repo.path / ".cache").load(GitSource(str(repo.path)).snapshot("main", path))
+
+
+def test_objects_are_attributed_to_the_files_cue_says_define_them(state_repo: StateRepo) -> None:
+    """An environment named `catalog` (and a catalog named `source`) in a new file belongs
+    to that file, not to a file whose text merely mentions the word."""
+    state_repo.commit(
+        {
+            "environments/zz.cue": "package reconciler\n\nenvironments: catalog: {\n\tcatalog: "
+            '"example.org/acme/shop"\n\trelease: "v1.1"\n\ttarget: tag: "stable-{item}"\n}\n',
+            "catalogs/zz.cue": 'package reconciler\n\ncatalogs: source: {\n\tsource: "oci:/x"\n'
+            "\treleases: []\n}\n",
+            "environments/more.cue": "package reconciler\n\nenvironments: dev: prune: true\n",
+        }
+    )
+    state = load(state_repo)
+    rogue = state.environments["catalog"]
+    assert (rogue.file, rogue.files) == ("environments/zz.cue", ("environments/zz.cue",))
+    assert state.catalogs["source"].files == ("catalogs/zz.cue",)
+    assert state.catalogs["example.org/acme/shop"].files == ("catalogs/shop.cue",)
+    dev = state.environments["dev"]
+    assert dev.file == "environments/dev.cue"  # it defines `release`: what promote edits
+    assert dev.files == ("environments/dev.cue", "environments/more.cue")
+    assert state.environments["prod"].files == ("environments/prod.cue",)
+
+
+def test_release_defined_in_another_file_makes_that_file_primary(state_repo: StateRepo) -> None:
+    state_repo.commit(
+        {
+            "environments/qa.cue": "package reconciler\n\nenvironments: qa: {\n\tcatalog: "
+            '"example.org/acme/shop"\n}\n',
+            "environments/qa-release.cue": "package reconciler\n\nenvironments: qa: release: "
+            '"v1.1"\n',
+        }
+    )
+    qa = load(state_repo).environments["qa"]
+    assert qa.file == "environments/qa-release.cue"
+    assert qa.files == ("environments/qa-release.cue", "environments/qa.cue")
+
+
+def test_json_objects_belong_to_their_file(state_repo: StateRepo) -> None:
+    state_repo.commit(
+        {"environments/qa.json": '{"catalog": "example.org/acme/shop", "release": "v1.1"}'}
+    )
+    qa = load(state_repo).environments["qa"]
+    assert (qa.file, qa.files) == ("environments/qa.json", ("environments/qa.json",))
+
+
+# --------------------------------------------------------------------------- modules
+
+MODULE = 'module: "acme.example/state@v0"\nlanguage: version: "v0.17.1"\n'
+LIB = (
+    'package lib\n\nimport "strings"\n\n'
+    '#Shop: "example.org/acme/\\(strings.ToLower("SHOP"))"\n'
+    '#Release: "v1.1"\n'
+)
+
+
+def module_files() -> dict[str, str | bytes | None]:
+    return {
+        "cue.mod/module.cue": MODULE,
+        "lib/lib.cue": LIB,
+        "lib/README": "not cue: never read",
+        "unused/unused.cue": "package unused\n\nx: 1\n",
+        "environments/qa.cue": 'package reconciler\n\nimport "acme.example/state/lib"\n\n'
+        "environments: qa: {\n\tcatalog: lib.#Shop\n\trelease: lib.#Release\n}\n",
+    }
+
+
+def test_a_cue_module_with_imports_validates(
+    state_repo: StateRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_repo.commit(module_files())
+    code, out, err = validate(state_repo, capsys, "--json")
+    assert code == 0, err
+    qa = json.loads(out)["environments"]["qa"]
+    assert (qa["catalog"], qa["release"]) == ("example.org/acme/shop", "v1.1")
+    state = load(state_repo)
+    # Everything the module evaluation read is an input the commit-signature rule guards.
+    assert {"cue.mod/module.cue", "lib/lib.cue", "environments/qa.cue"} <= state.inputs
+    assert "unused/unused.cue" not in state.inputs and "lib/README" not in state.inputs
+    assert state.environments["qa"].file == "environments/qa.cue"
+
+
+def test_a_cue_module_under_a_path_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cue_bin: str
+) -> None:
+    from tests.support.staterepo import example_files
+
+    repo = StateRepo(tmp_path / "mono")
+    files: dict[str, str | bytes | None] = {f"deploy/{k}": v for k, v in example_files().items()}
+    files.update({f"deploy/{k}": v for k, v in module_files().items()})
+    repo.commit(files)
+    code, out, err = validate(repo, capsys, "--path", "deploy", "--json")
+    assert "qa" in json.loads(out)["environments"]
+    assert code == 0, err
+    state = load(repo, "deploy")
+    assert {"deploy/cue.mod/module.cue", "deploy/lib/lib.cue"} <= state.inputs
+
+
+def test_a_module_import_that_does_not_exist_names_the_file(
+    state_repo: StateRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = module_files()
+    files["environments/qa.cue"] = (
+        'package reconciler\n\nimport "acme.example/state/nope"\n\n'
+        'environments: qa: {\n\tcatalog: nope.#Shop\n\trelease: "v1.1"\n}\n'
+    )
+    state_repo.commit(files)
+    code, _, err = validate(state_repo, capsys)
+    assert code == 1
+    assert "environments/qa.cue:3" in err and "acme.example/state/nope" in err, err
+
+
+def test_a_module_error_in_an_imported_package_names_that_file(
+    state_repo: StateRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = module_files()
+    files["lib/lib.cue"] = LIB + '#Release: "v1.2"\n'
+    state_repo.commit(files)
+    code, _, err = validate(state_repo, capsys)
+    assert code == 1
+    assert "lib/lib.cue:" in err and "conflicting values" in err, err
