@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import pygit2
-
 from reconciler import records
-from reconciler.errors import Stalled
-from reconciler.git import GitSource, Snapshot, is_url, push_ref, reverted_commit
+from reconciler.errors import GitSourceError, Stalled
+from reconciler.git import GitSource, is_url, reverted_commit
+from reconciler.git.branches import (
+    BranchRefused,
+    create_branch,
+    edit_file,
+    push_branch,
+    revert,
+    snapshot_of,
+)
+from reconciler.git.history import History
 from reconciler.model import DesiredState, Record
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import parse_reference
@@ -73,41 +79,13 @@ def _in_comment(text: str, at: int) -> bool:
     return "//" in text[line_start:at]
 
 
-def replace_file(repo: pygit2.Repository, tree: pygit2.Tree, path: str, data: bytes) -> pygit2.Oid:
-    """A new tree equal to ``tree`` but for the file at ``path``."""
-    head, _, rest = path.partition("/")
-    builder = repo.TreeBuilder(tree)
-    if not rest:
-        builder.insert(head, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
-        return builder.write()
-    sub = tree[head]
-    if not isinstance(sub, pygit2.Tree):
-        raise WorkflowRefused(f"{path}: {head} is not a directory")
-    builder.insert(head, replace_file(repo, sub, rest, data), pygit2.enums.FileMode.TREE)
-    return builder.write()
-
-
-def _release_in(tree: pygit2.Tree, path: str, env: str) -> str | None:
-    """``env``'s release as written in the file at ``path`` of ``tree``, or None."""
-    try:
-        blob = tree[path]
-    except KeyError:
+def _release_in(history: History, commit: str, path: str, env: str) -> str | None:
+    """``env``'s release as written in the file at ``path`` of ``commit``, or None."""
+    data = history.file_at(commit, path)
+    if data is None:
         return None
-    if not isinstance(blob, pygit2.Blob):
-        return None
-    span = release_span(blob.data.decode("utf-8", "replace"), env, path.endswith(".json"))
+    span = release_span(data.decode("utf-8", "replace"), env, path.endswith(".json"))
     return span[2] if span else None
-
-
-def _signature(repo: pygit2.Repository) -> pygit2.Signature:
-    """As git does: GIT_AUTHOR_NAME/EMAIL, else user.name/email, else a reconciler identity."""
-    name, email = os.environ.get("GIT_AUTHOR_NAME"), os.environ.get("GIT_AUTHOR_EMAIL")
-    if name and email:
-        return pygit2.Signature(name, email)
-    try:
-        return repo.default_signature
-    except (KeyError, pygit2.GitError):
-        return pygit2.Signature(name or "reconciler", email or "reconciler@localhost")
 
 
 def _branch_name(*parts: str) -> str:
@@ -177,12 +155,9 @@ class Workflows:
             )
         if current.release == release:
             raise WorkflowRefused(f"{env} already runs {release} in {current.file}")
-        repo = self.source.repo
-        head = self.source.resolve(self.reconciler.ref)
+        head = str(self.source.resolve(self.reconciler.ref).id)
         path = current.file
-        blob = head.tree[path]
-        assert isinstance(blob, pygit2.Blob)
-        text = blob.data.decode("utf-8")
+        text = (self.history.file_at(head, path) or b"").decode("utf-8")
         span = release_span(text, env, path.endswith(".json"))
         if span is None or span[2] != current.release:
             raise WorkflowRefused(
@@ -191,7 +166,7 @@ class Workflows:
             )
         start, end, _ = span
         edited = text[:start] + json.dumps(release) + text[end:]
-        tree = replace_file(repo, head.tree, path, edited.encode("utf-8"))
+        tree = edit_file(self.source, head, path, edited.encode("utf-8"))
         _, verified = self._precheck(head, tree, env, release)
         subject = message or f"Promote {env} to {release}"
         body = (
@@ -201,7 +176,7 @@ class Workflows:
             f"Promote-From: {current.release}\n"
         )
         name = branch or _branch_name("promote", env, release)
-        proposal = Proposal(env, name, "", str(head.id), current.release, release, body)
+        proposal = Proposal(env, name, "", head, current.release, release, body)
         proposal.verified = verified
         return self._commit(proposal, tree, head, push)
 
@@ -212,63 +187,57 @@ class Workflows:
     ) -> Proposal:
         self._require_push_for_urls(push)
         state = self._load_with(env)
-        repo = self.source.repo
-        head = self.source.resolve(self.reconciler.ref)
+        head = str(self.source.resolve(self.reconciler.ref).id)
         path = state.environments[env].file
         target = self._find_promotion(head, path, env) if to is None else self._commit_of(to)
-        ours = head
-        index = repo.revert_commit(target, ours)
-        if index.conflicts is not None:
-            files = sorted({c.path for entry in index.conflicts for c in entry if c is not None})
-            raise WorkflowRefused(
-                f"reverting {str(target.id)[:12]} conflicts with later changes to "
-                f"{', '.join(files)}",
-                f"resolve it by hand: git revert {str(target.id)[:12]}",
-            )
-        tree = index.write_tree(repo)
-        new_tree = repo[tree]
-        assert isinstance(new_tree, pygit2.Tree)
-        after = _release_in(new_tree, path, env)
+        try:
+            tree = revert(self.source, target, head)
+        except BranchRefused as exc:
+            raise WorkflowRefused(exc.message, exc.hint) from None
+        proposed = snapshot_of(self.source, head, tree, "", self.reconciler.ref)
+        data = proposed.read(path) if proposed.exists(path) else b""
+        span = release_span(data.decode("utf-8", "replace"), env, path.endswith(".json"))
+        after = span[2] if span else None
         before = state.environments[env].release
         if after is None or after == before:
             raise WorkflowRefused(
-                f"reverting {str(target.id)[:12]} does not change {env}'s release",
+                f"reverting {target[:12]} does not change {env}'s release",
                 "pass --to with the commit that promoted the release to roll back",
             )
         _, verified = self._precheck(head, tree, env, after)
         subject = f"Roll back {env} from {before} to {after}"
         body = (
-            f"{subject}\n\nThis reverts commit {target.id}.\n\n"
+            f"{subject}\n\nThis reverts commit {target}.\n\n"
             f"Rollback-Environment: {env}\nRollback-From: {before}\nRollback-To: {after}\n"
         )
-        name = branch or _branch_name("rollback", env, str(target.id)[:12])
-        proposal = Proposal(env, name, "", str(head.id), before, after, body, verified=verified)
+        name = branch or _branch_name("rollback", env, target[:12])
+        proposal = Proposal(env, name, "", head, before, after, body, verified=verified)
         return self._commit(proposal, tree, head, push)
 
-    def _find_promotion(self, head: pygit2.Commit, path: str, env: str) -> pygit2.Commit:
+    def _find_promotion(self, head: str, path: str, env: str) -> str:
         """The newest commit that changed ``env``'s release in ``path``."""
-        repo = self.source.repo
-        walker = repo.walk(head.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME)
-        for count, commit in enumerate(walker):
-            if count >= AUDIT_LIMIT:
-                break
-            now = _release_in(commit.tree, path, env)
+        history = self.history
+        for commit_id in history.between(None, head)[:AUDIT_LIMIT]:
+            commit = history.commit(commit_id)
             if not commit.parents:
                 break
-            if all(_release_in(p.tree, path, env) != now for p in commit.parents):
-                return commit
+            now = _release_in(history, commit_id, path, env)
+            if all(_release_in(history, p, path, env) != now for p in commit.parents):
+                return commit_id
         raise WorkflowRefused(
             f"no commit in the last {AUDIT_LIMIT} changed {env}'s release in {path}",
             "pass --to with the commit to revert",
         )
 
-    def _commit_of(self, rev: str) -> pygit2.Commit:
+    def _commit_of(self, rev: str) -> str:
         try:
-            obj = self.source.repo.revparse_single(rev).peel(pygit2.Commit)
-        except (KeyError, ValueError, pygit2.GitError):
+            return str(self.source.resolve(rev).id)
+        except GitSourceError:
             raise WorkflowRefused(f"no commit {rev!r} in {self.source.display}") from None
-        assert isinstance(obj, pygit2.Commit)
-        return obj
+
+    @property
+    def history(self) -> History:
+        return self.reconciler.history
 
     # ------------------------------------------------------------------ shared
 
@@ -289,18 +258,10 @@ class Workflows:
             )
 
     def _precheck(
-        self, head: pygit2.Commit, tree_id: pygit2.Oid, env: str, release: str
+        self, head: str, tree: str, env: str, release: str
     ) -> tuple[DesiredState, dict[str, str]]:
         """Validate the proposed tree and run the checks apply would run for ``env``."""
-        repo = self.source.repo
-        root = repo[tree_id]
-        assert isinstance(root, pygit2.Tree)
-        sub = root[self.reconciler.path.strip("/")] if self.reconciler.path.strip("/") else root
-        assert isinstance(sub, pygit2.Tree)
-        snap = Snapshot(
-            repo, self.source.display, self.reconciler.ref, str(head.id), str(sub.id),
-            self.reconciler.path.strip("/"), sub,
-        )  # fmt: skip
+        snap = snapshot_of(self.source, head, tree, self.reconciler.path, self.reconciler.ref)
         state = self.reconciler.loader.load(snap)
         if state.environments[env].release != release:
             raise WorkflowRefused(f"the edit did not set {env}'s release to {release}")
@@ -313,36 +274,18 @@ class Workflows:
             )
         return state, outcome.verified
 
-    def _commit(
-        self, proposal: Proposal, tree: pygit2.Oid, head: pygit2.Commit, push: bool
-    ) -> Proposal:
-        repo = self.source.repo
-        ref = f"refs/heads/{proposal.branch}"
-        if not pygit2.reference_is_valid_name(ref):
-            raise WorkflowRefused(f"{proposal.branch!r} is not a valid branch name")
-        if ref in repo.references:
-            raise WorkflowRefused(
-                f"branch {proposal.branch} already exists", "pass --branch with another name"
-            )
-        who = _signature(repo)
-        oid = repo.create_commit(ref, who, who, proposal.message, tree, [head.id])
-        proposal.commit = str(oid)
-        log.info("made %s on %s", proposal.commit[:12], proposal.branch)
-        if push:
-            self._push(ref)
-            proposal.pushed = True
-        return proposal
-
-    def _push(self, ref: str) -> None:
-        repo = self.source.repo
+    def _commit(self, proposal: Proposal, tree: str, head: str, push: bool) -> Proposal:
         try:
-            remote = repo.remotes["origin"]
-        except KeyError:
-            raise WorkflowRefused(
-                f"{self.source.display} has no remote 'origin' to push to",
-                "add one (git remote add origin URL) or push the branch yourself",
-            ) from None
-        push_ref(remote, ref, self.source.location)
+            proposal.commit = create_branch(
+                self.source, proposal.branch, proposal.message, tree, head
+            )
+            log.info("made %s on %s", proposal.commit[:12], proposal.branch)
+            if push:
+                push_branch(self.source, proposal.branch)
+                proposal.pushed = True
+        except BranchRefused as exc:
+            raise WorkflowRefused(exc.message, exc.hint) from None
+        return proposal
 
     # ------------------------------------------------------------------ audit
 
@@ -411,8 +354,8 @@ def commit_kind(message: str, before: str | None, after: str | None) -> str:
     return "promotion"
 
 
-def _when(commit: pygit2.Commit) -> str:
-    return datetime.fromtimestamp(commit.commit_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _when(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def audit(
@@ -425,8 +368,8 @@ def audit(
     unknown = [n for n in names if n not in state.environments]
     if unknown:
         raise WorkflowRefused(f"unknown environment(s): {', '.join(unknown)}")
-    repo = flows.source.repo
-    head = flows.source.resolve(reconciler.ref)
+    history = flows.history
+    head = str(flows.source.resolve(reconciler.ref).id)
     registries = reconciler.registries(state)
     timelines: dict[str, list[AuditEntry]] = {}
     for name in names:
@@ -436,27 +379,24 @@ def audit(
         mine: list[AuditEntry] = []
         # The mainline (first-parent) history: with merge requests, each merge is one
         # change, asked for by the branch's author and approved by whoever merged it.
-        walker = repo.walk(head.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME)
-        walker.simplify_first_parent()
-        for count, commit in enumerate(walker):
-            if count >= AUDIT_LIMIT:
-                break
-            if since is not None and commit.commit_time < since.timestamp():
+        for commit in history.mainline(head, AUDIT_LIMIT):
+            if since is not None and commit.time < since.timestamp():
                 break
             parents = commit.parents
-            blob = _blob_id(commit, path)
-            if blob == (_blob_id(parents[0], path) if parents else None):
+            if history.entry(commit.id, path) == (
+                history.entry(parents[0], path) if parents else None
+            ):
                 continue
-            before = _release_in(parents[0].tree, path, name) if parents else None
-            after = _release_in(commit.tree, path, name)
-            asked = parents[1] if len(parents) > 1 else commit  # a merge: the branch's tip
+            before = _release_in(history, parents[0], path, name) if parents else None
+            after = _release_in(history, commit.id, path, name)
+            asked = history.commit(parents[1]) if len(parents) > 1 else commit  # a merge
             text = f"{asked.message}\n{commit.message}"
             entry = AuditEntry(
                 environment=name,
-                commit=str(commit.id),
-                author=f"{asked.author.name} <{asked.author.email}>",
-                committer=f"{commit.committer.name} <{commit.committer.email}>",
-                time=_when(commit),
+                commit=commit.id,
+                author=asked.author,
+                committer=commit.committer,
+                time=_when(commit.time),
                 subject=asked.message.splitlines()[0] if asked.message else "",
                 merge_request=merge_request(commit.message),
                 release_from=before,
@@ -465,7 +405,7 @@ def audit(
                 status="pending",
             )
             mine.append(entry)
-        _settle(mine, chain, repo)
+        _settle(mine, chain, history)
         timelines[name] = mine
     # Only an environment whose newest change is unapplied needs a verification now, to
     # tell a refused change from a pending one.
@@ -478,7 +418,7 @@ def audit(
     return [entry for name in names for entry in timelines[name]]
 
 
-def _settle(entries: list[AuditEntry], chain: Sequence[Record], repo: pygit2.Repository) -> None:
+def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History) -> None:
     """Join commits (newest first) with apply records.
 
     A record applies the newest commit of the timeline that its own commit contains;
@@ -486,28 +426,12 @@ def _settle(entries: list[AuditEntry], chain: Sequence[Record], repo: pygit2.Rep
     pending.
     """
     for record in reversed(chain):  # oldest first: a later record of the same commit re-applies
-        entry = next((e for e in entries if _descends(repo, record.commit, e.commit)), None)
+        entry = next((e for e in entries if history.descends(record.commit, e.commit)), None)
         if entry is not None and entry.record is None:
             entry.status, entry.applied_at = "applied", record.time
             entry.applied_by, entry.verified = record.reconciler, dict(record.verified)
             entry.record = record.digest
     applied = [e.commit for e in entries if e.status == "applied"]
     for entry in entries:
-        if entry.status != "applied" and any(_descends(repo, a, entry.commit) for a in applied):
+        if entry.status != "applied" and any(history.descends(a, entry.commit) for a in applied):
             entry.status = "superseded"
-
-
-def _descends(repo: pygit2.Repository, new: str, old: str) -> bool:
-    if new == old:
-        return True
-    try:
-        return bool(repo.descendant_of(pygit2.Oid(hex=new), pygit2.Oid(hex=old)))
-    except (pygit2.GitError, KeyError, ValueError):
-        return False
-
-
-def _blob_id(commit: pygit2.Commit, path: str) -> str | None:
-    try:
-        return str(commit.tree[path].id)
-    except KeyError:
-        return None

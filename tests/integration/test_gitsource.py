@@ -141,7 +141,7 @@ def test_unreachable_remote_fails_fast_without_leaking_credentials(tmp_path: Pat
 def test_remote_that_accepts_but_never_answers_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import reconciler.git as gitsource
+    import reconciler.git.source as gitsource
 
     monkeypatch.setattr(gitsource, "IO_TIMEOUT_MS", 1_000)
     with socket.socket() as server:

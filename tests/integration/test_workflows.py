@@ -222,11 +222,15 @@ def test_audit_joins_history_with_apply_records(
 def _commit_on_main(remote: Remote, files: dict[str, str], message: str) -> str:
     repo = remote.repo
     head = repo.revparse_single("main").peel(pygit2.Commit)
-    from reconciler.workflows import replace_file
-
     tree = head.tree
     for path, text in files.items():
-        tree = repo[replace_file(repo, tree, path, text.encode())]
+        builder = pygit2.IndexEntry(
+            path, repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB
+        )
+        index = pygit2.Index()
+        index.read_tree(tree)
+        index.add(builder)
+        tree = repo[index.write_tree(repo)]
     who = pygit2.Signature("Other Person", "other@example.org")
     return str(repo.create_commit("refs/heads/main", who, who, message, tree.id, [head.id]))
 

@@ -1,0 +1,113 @@
+"""Writing to the state repository: new trees, reverts and branches, never the work tree.
+
+promote and rollback propose changes as a branch with one commit for a merge request;
+this module makes them with pygit2 in the object database only, so a checkout (or a
+bare mirror) is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pygit2
+
+from reconciler.errors import GitSourceError
+from reconciler.git.source import GitSource, Snapshot, push_ref
+
+
+class BranchRefused(GitSourceError):
+    """A branch or commit that cannot be made as asked (exists, bad name, conflict)."""
+
+
+def edit_file(source: GitSource, base: str, path: str, data: bytes) -> str:
+    """A new tree: ``base``'s tree with the file at ``path`` replaced by ``data``."""
+    repo = source.repo
+    tree = _tree_of(repo, base)
+    return str(_replace(repo, tree, path, data))
+
+
+def revert(source: GitSource, commit: str, onto: str) -> str:
+    """The tree of ``git revert commit`` on top of ``onto``; BranchRefused on conflict."""
+    repo = source.repo
+    index = repo.revert_commit(_commit(repo, commit), _commit(repo, onto))
+    if index.conflicts is not None:
+        files = sorted({c.path for entry in index.conflicts for c in entry if c is not None})
+        raise BranchRefused(
+            f"reverting {commit[:12]} conflicts with later changes to {', '.join(files)}",
+            f"resolve it by hand: git revert {commit[:12]}",
+        )
+    return str(index.write_tree(repo))
+
+
+def snapshot_of(source: GitSource, base: str, tree: str, path: str, ref: str) -> Snapshot:
+    """A snapshot of a proposed tree (not yet committed), as if it were ``base``'s."""
+    repo = source.repo
+    root: Any = repo[pygit2.Oid(hex=tree)]
+    clean = path.strip("/")
+    sub = root[clean] if clean else root
+    if not isinstance(sub, pygit2.Tree):
+        raise GitSourceError(f"{clean!r} is not a directory in the proposed tree")
+    return Snapshot(repo, source.display, ref, base, str(sub.id), clean, sub)
+
+
+def create_branch(source: GitSource, branch: str, message: str, tree: str, parent: str) -> str:
+    """Commit ``tree`` on a new branch whose only parent is ``parent``; the commit id."""
+    repo = source.repo
+    ref = f"refs/heads/{branch}"
+    if not pygit2.reference_is_valid_name(ref):
+        raise BranchRefused(f"{branch!r} is not a valid branch name")
+    if ref in repo.references:
+        raise BranchRefused(f"branch {branch} already exists", "pass --branch with another name")
+    who = _signature(repo)
+    oid = repo.create_commit(ref, who, who, message, pygit2.Oid(hex=tree), [pygit2.Oid(hex=parent)])
+    return str(oid)
+
+
+def push_branch(source: GitSource, branch: str) -> None:
+    try:
+        remote = source.repo.remotes["origin"]
+    except KeyError:
+        raise BranchRefused(
+            f"{source.display} has no remote 'origin' to push to",
+            "add one (git remote add origin URL) or push the branch yourself",
+        ) from None
+    push_ref(remote, f"refs/heads/{branch}", source.location)
+
+
+def _signature(repo: pygit2.Repository) -> pygit2.Signature:
+    """As git does: GIT_AUTHOR_NAME/EMAIL, else user.name/email, else a reconciler identity."""
+    name, email = os.environ.get("GIT_AUTHOR_NAME"), os.environ.get("GIT_AUTHOR_EMAIL")
+    if name and email:
+        return pygit2.Signature(name, email)
+    try:
+        return repo.default_signature
+    except (KeyError, pygit2.GitError):
+        return pygit2.Signature(name or "reconciler", email or "reconciler@localhost")
+
+
+def _replace(repo: pygit2.Repository, tree: pygit2.Tree, path: str, data: bytes) -> pygit2.Oid:
+    head, _, rest = path.partition("/")
+    builder = repo.TreeBuilder(tree)
+    if not rest:
+        builder.insert(head, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
+        return builder.write()
+    sub = tree[head]
+    if not isinstance(sub, pygit2.Tree):
+        raise BranchRefused(f"{path}: {head} is not a directory")
+    builder.insert(head, _replace(repo, sub, rest, data), pygit2.enums.FileMode.TREE)
+    return builder.write()
+
+
+def _commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
+    try:
+        obj: Any = repo.revparse_single(rev).peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        raise GitSourceError(f"no commit {rev!r} in the state repository") from None
+    if not isinstance(obj, pygit2.Commit):
+        raise GitSourceError(f"{rev!r} is not a commit")
+    return obj
+
+
+def _tree_of(repo: pygit2.Repository, rev: str) -> pygit2.Tree:
+    return _commit(repo, rev).tree
