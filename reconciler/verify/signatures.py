@@ -282,13 +282,13 @@ def _key_bundle(
                 raise Refused("signatures", "the message digest is not SHA2_256")
             if "sha256:" + named.hex() != digest:
                 raise Refused("signatures", f"the bundle signs sha256:{named.hex()}, not {digest}")
-            signed, prehashed, payload, payload_type = named, True, b"", ""
+            signed, prehashed, payload, payload_type = named, True, b"", None
     except (KeyError, TypeError, ValueError) as exc:
         raise Refused("signatures", f"malformed bundle ({exc.__class__.__name__}: {exc})") from None
     for key in keys:
         if not any(_verify_with(key, sig, signed, prehashed) for sig in sigs):
             continue
-        if payload_type:
+        if payload_type is not None:  # DSSE: whatever the type says, it must name the digest
             _check_statement(payload_type, payload, digest, predicate_types)
         return Match(f"key {key_id(key)}", item.digest)
     raise Refused("signatures", "no policy key verifies this bundle")

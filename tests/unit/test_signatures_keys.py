@@ -61,9 +61,11 @@ def statement(digest: str, predicate: str = "https://sigstore.dev/cosign/sign/v1
 
 
 def dsse_bundle(
-    private: ec.EllipticCurvePrivateKey, payload: bytes, sign: bytes | None = None
+    private: ec.EllipticCurvePrivateKey,
+    payload: bytes,
+    sign: bytes | None = None,
+    ptype: str = "application/vnd.in-toto+json",
 ) -> Evidence:
-    ptype = "application/vnd.in-toto+json"
     sig = private.sign(pae(ptype, sign if sign is not None else payload), ec.ECDSA(hashes.SHA256()))
     doc = {
         "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
@@ -165,6 +167,17 @@ def test_key_bundle_dsse_passes_and_checks_the_statement() -> None:
     tampered = dsse_bundle(private, statement(DIGEST), sign=statement(OTHER))
     with pytest.raises(Refused, match="no policy key verifies this bundle"):
         require(policy, DIGEST, [tampered], "x")
+
+
+@pytest.mark.parametrize("ptype", ["", "text/plain", "application/vnd.in-toto+json; x"])
+def test_key_bundle_dsse_of_any_other_payload_type_counts_for_nothing(ptype: str) -> None:
+    """A key-signed DSSE envelope with an empty or foreign payloadType is no signature of
+    the digest, however validly it is signed."""
+    private, public = keypair()
+    policy = Policy(keys=(public,))
+    for payload in (statement(DIGEST), b"anything at all"):
+        with pytest.raises(Refused, match="DSSE payload type"):
+            require(policy, DIGEST, [dsse_bundle(private, payload, ptype=ptype)], "x")
 
 
 def test_key_bundle_message_signature_must_be_over_the_digest() -> None:
