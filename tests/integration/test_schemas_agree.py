@@ -3,7 +3,8 @@
 Each document below is judged by the real cue CLI (unified with the CUE schema) and by
 JSON Schema; the verdicts must match, and must be the one written next to the case.
 One known difference is left out on purpose: an unknown TOP-LEVEL field, which cue
-0.4 does not close (JSON Schema refuses it, and the loader runs both).
+does not close (a package's top level is open, in v0.17 as in v0.4); JSON Schema refuses
+it, the loader runs both, and cue's positions name the file that wrote it.
 """
 
 from __future__ import annotations
