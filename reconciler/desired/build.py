@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from functools import lru_cache
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ class Snapshotish(StateReader, Protocol):
     def inputs(self) -> frozenset[str]: ...
 
 
+@lru_cache(maxsize=4096)
 def canonical_repository(repository: str) -> str:
     """One spelling per repository, for "no two environments write one tag".
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.desired.files import StateFiles
-from reconciler.desired.sources import Label, Position, SourceMap, format_cue_path
+from reconciler.desired.sources import Label, Position, SourceMap
 from reconciler.errors import InvalidState, Problem, Stalled, ToolMissing
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,6 @@ __all__ = [
     "cue_command",
     "cue_problems",
     "evaluate",
-    "format_cue_path",
     "parse_cue_errors",
     "parse_cue_path",
     "probe_positions",

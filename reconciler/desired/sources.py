@@ -50,13 +50,21 @@ class SourceMap:
         display: Callable[[str], str] = lambda rel: rel,
         texts: Mapping[str, str] | None = None,
     ) -> None:
-        self._positions = {_key(k): tuple(v) for k, v in positions.items() if v}
+        self._positions: dict[tuple[str, ...], tuple[Position, ...]] = {}
+        self._by_object: dict[tuple[str, ...], set[tuple[str, ...]]] = {}  # key[:2] -> keys
+        for path, where in positions.items():
+            if where:
+                self._add(_key(path), tuple(where))
         self.display = display
         self._texts = dict(texts or {})
 
+    def _add(self, key: tuple[str, ...], where: tuple[Position, ...]) -> None:
+        self._positions[key] = where
+        self._by_object.setdefault(key[:2], set()).add(key)
+
     def own(self, path: tuple[Label, ...], rel: str, text: str, line: int | None = None) -> None:
         """A JSON file defines the object at ``path`` (and everything under it)."""
-        self._positions[_key(path)] = (Position(rel, line or 1),)
+        self._add(_key(path), (Position(rel, line or 1),))
         self._texts[rel] = text
 
     def exact(self, path: Iterable[Label]) -> tuple[Position, ...]:
@@ -65,12 +73,11 @@ class SourceMap:
     def under(self, path: Iterable[Label]) -> tuple[Position, ...]:
         """Every position at ``path`` or below it, in file and line order."""
         prefix = _key(path)
-        found = {
-            p
-            for key, where in self._positions.items()
-            if key[: len(prefix)] == prefix
-            for p in where
-        }
+        if len(prefix) >= 2:
+            keys: Iterable[tuple[str, ...]] = self._by_object.get(prefix[:2], ())
+        else:
+            keys = self._positions
+        found = {p for key in keys if key[: len(prefix)] == prefix for p in self._positions[key]}
         return tuple(sorted(found))
 
     def files(self, path: Iterable[Label]) -> tuple[str, ...]:
