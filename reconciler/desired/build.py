@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from functools import lru_cache
 from collections.abc import Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Protocol
 
