@@ -23,6 +23,7 @@ from reconciler.errors import InvalidState, ReconcilerError
 from reconciler.git import GitSource, default_cache_dir
 from reconciler.model import Action, DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
+from reconciler.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
 from reconciler.verify import disposition
 from reconciler.workflows import Proposal, Workflows
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="verify and apply: move the tags, write apply records")
     _common(apply, suppress=True)
     apply.add_argument("--dry-run", action="store_true", help="plan and verify; write nothing")
+    _record_key(apply)
     apply.set_defaults(func=cmd_apply)
 
     status = sub.add_parser("status", help="desired vs actual, drift and the last apply record")
@@ -107,8 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="reconcile continuously: poll, webhook, health, metrics")
     _common(run, suppress=True)
     daemon.add_arguments(run)
+    _record_key(run)
     run.set_defaults(func=cmd_run)
+
+    keygen = sub.add_parser("keygen", help="write a record-signing key pair: PATH and PATH.pub")
+    keygen.add_argument("key", type=Path, metavar="PATH", help="the private key file to write")
+    keygen.add_argument(
+        "--type", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256", dest="key_type"
+    )
+    keygen.set_defaults(func=cmd_keygen, json=False, verbose=False)
     return parser
+
+
+def _record_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record-key",
+        type=Path,
+        metavar="FILE",
+        help="PEM private key that signs apply records and verification summaries "
+        f"(default: ${KEY_ENV}; encrypted keys: ${PASSWORD_ENV})",
+    )
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private, public = generate(args.key, args.key_type)
+    print(f"wrote {private} (private, mode 0600) and {public}")
+    print(f'  add "{public.name}" to settings.records.keys (commit the .pub, never the key)')
+    return 0
 
 
 def _date(text: str) -> datetime:
@@ -161,7 +188,9 @@ def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
 def make_reconciler(args: argparse.Namespace) -> Reconciler:
     cache_dir = args.cache_dir or default_cache_dir()
     source = GitSource(args.repo, cache_dir=cache_dir)
-    return Reconciler(source, Loader(cache_dir), ref=args.ref, path=args.path)
+    # Only the commands that write records load the key (a bad key fails them, not validate).
+    key = signing_key_from(args.record_key) if hasattr(args, "record_key") else None
+    return Reconciler(source, Loader(cache_dir), ref=args.ref, path=args.path, record_key=key)
 
 
 def load_state(args: argparse.Namespace) -> DesiredState:

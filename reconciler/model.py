@@ -83,6 +83,8 @@ class Settings:
     verify: Policy | None = None
     allowed_signers: str | None = None  # path of an SSH allowed-signers file in the repo
     allowed_signers_data: bytes | None = None  # its content at the commit being applied
+    record_keys: tuple[PublicKey, ...] = ()  # settings.records.keys: whose records count
+    records_insecure_unsigned: bool = False  # settings.records.insecureUnsigned
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,11 @@ class Record:
     policy: str = ""  # DesiredState.policy_fingerprint at apply time
     # The gate's receipt (verify.gate.Receipt.to_json); None in records before schema 2.
     receipt: Mapping[str, object] | None = None
+    # As read back: the signed statement and its DSSE signatures (keyid, signature), and
+    # the id of the key in force that verified them (None: unsigned or not verified).
+    statement: bytes = field(default=b"", repr=False)
+    signatures: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    signer: str | None = None
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {

@@ -50,12 +50,17 @@ def claimed_tags(state: DesiredState) -> dict[str, str]:
     return claimed
 
 
+def canonical_repository(repository: str) -> str:
+    """One spelling per repository (host case, Docker Hub aliases, layout paths)."""
+    try:
+        return str(parse_reference(repository))
+    except RegistryError:
+        return repository
+
+
 def canonical_tag(repository: str, tag: str) -> str:
     """``repository:tag`` as one string per tag, however the repository is spelled."""
-    try:
-        return str(parse_reference(repository).with_tag(tag))
-    except RegistryError:
-        return f"{repository}:{tag}"
+    return f"{canonical_repository(repository)}:{tag}"
 
 
 def plan_environment(

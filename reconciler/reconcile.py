@@ -19,14 +19,21 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from reconciler import __version__, records
+from reconciler import __version__, records, vsa
+from reconciler.anchor import Anchor, Anchors
 from reconciler.apply import ApplyResult, apply_changes
 from reconciler.desired import Loader
 from reconciler.errors import GitSourceError, ReconcilerError, Stalled, Transient
 from reconciler.git import GitSource
 from reconciler.git.history import History
 from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
-from reconciler.plan import CatalogIndex, claimed_tags, owned_after, plan_environment
+from reconciler.plan import (
+    CatalogIndex,
+    canonical_repository,
+    claimed_tags,
+    owned_after,
+    plan_environment,
+)
 from reconciler.registry import (
     HostConfig,
     Manifest,
@@ -35,9 +42,10 @@ from reconciler.registry import (
     RegistrySettings,
     parse_reference,
 )
+from reconciler.signing import SigningKey
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
 from reconciler.verify.commits import CommitTrail, trail
-from reconciler.verify.signatures import Evidence, discover
+from reconciler.verify.signatures import Evidence, discover, key_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,11 +130,15 @@ class Reconciler:
         path: str = "",
         registries: Registries | None = None,
         identity: str | None = None,
+        record_key: SigningKey | None = None,
+        anchors: Anchors | None = None,
     ) -> None:
         self.source, self.loader, self.ref, self.path = source, loader, ref, path
         self._registries = registries
         self._owns_registries = registries is None
         self.identity = identity or reconciler_identity()
+        self.record_key = record_key
+        self.anchors = anchors if anchors is not None else Anchors(source.cache_dir)
 
     def load(self) -> DesiredState:
         self.source.fetch()
@@ -283,6 +295,7 @@ class _Pass:
             outcome.status = Status.SUSPENDED if plan.suspended else Status.PENDING
             return
         gate = Gate(self.state, name, observed.record)
+        gate.records(self.trust(name).signed)
         self.judge_history(gate, observed.record)
         if plan.suspended:  # honoured only when the change that suspends passed the gate
             outcome.status = Status.SUSPENDED
@@ -296,11 +309,14 @@ class _Pass:
             # in a real pass, which runs in the same promotion order.
             self.heads[name] = self.new_record(name, observed, ApplyResult(), receipt)
             return
+        key = self.signing_key(name)  # before any tag moves: the record must be writable
         registry, _ = self.registry_of(self.state.target_of(name))
         concurrency = self.registries.settings.for_host(registry.name).concurrency
         applied = apply_changes(plan.changes, self.registry_of, self.manifest, concurrency)
         outcome.applied = applied
-        outcome.record = self.record(name, observed, applied, receipt)
+        if key is not None:
+            self.summarise(name, plan, receipt, key)
+        outcome.record = self.record(name, observed, applied, receipt, key)
         self.heads[name] = outcome.record
         outcome.status = Status.APPLIED
         if outcome.note:
@@ -323,7 +339,7 @@ class _Pass:
         repository = self.state.target_of(name)
         registry, repo = self.registry_of(repository)
         present = self.once.get(("tags", repository), lambda: frozenset(registry.list_tags(repo)))
-        record = records.read_head(registry, repo, name) if record_tag(name) in present else None
+        record = self.trusted_head(name, present)
         self.heads[name] = record
         tags = {t.tag for t in self.state.tags[name]}
         if record is not None and self.state.environments[name].prune:
@@ -341,17 +357,91 @@ class _Pass:
             return
         yield head
 
-        def chain() -> list[Record]:
+        def chain() -> records.Chain:
             registry, repo = self.registry_of(self.state.target_of(name))
-            return records.read_chain(registry, repo, name, limit=CHAIN_LIMIT)
+            return records.walk(registry, repo, head, limit=CHAIN_LIMIT)
 
-        yield from self.once.get(("chain", name, head.digest), chain)[1:]
+        # The chain is hash-linked from a trusted head: each link is vouched for by it.
+        yield from self.once.get(("chain", name, head.digest), chain).records[1:]
 
     def head_of(self, name: str) -> Record | None:
         if name not in self.heads:
-            registry, repo = self.registry_of(self.state.target_of(name))
-            self.heads[name] = records.read_head(registry, repo, name)
+            self.heads[name] = self.once.get(("head", name), partial(self.trusted_head, name))
         return self.heads[name]
+
+    # ------------------------------------------------------------------ records
+
+    def trusted_head(self, name: str, present: frozenset[str] | None = None) -> Record | None:
+        """The newest record of ``name`` that counts (signed by a key in force, chained to
+        the local anchor), or Refused (rule records); the anchor then moves to it."""
+        repository = self.state.target_of(name)
+        registry, repo = self.registry_of(repository)
+        stored = None
+        if present is None or record_tag(name) in present:
+            stored = records.read_head(registry, repo, name)
+        anchor = self.anchor(name)
+        head = records.establish(
+            registry, repo, name, stored, anchor.digest if anchor else None, self.trust(name)
+        )
+        if head is not None:
+            self.owner.anchors.set(
+                canonical_repository(repository), name, Anchor(head.digest, head.commit)
+            )
+        return head
+
+    def anchor(self, name: str) -> Anchor | None:
+        try:
+            return self.owner.anchors.get(canonical_repository(self.state.target_of(name)), name)
+        except OSError as exc:
+            raise Refused(
+                Rule.RECORDS, str(exc), f"repair or remove it; {records.RECOVERY}"
+            ) from None
+
+    def trust(self, name: str) -> records.Trust:
+        """The record keys in force for ``name``: those of the commit of the last record this
+        host trusted (so a commit cannot swap the keys that judge the records behind it),
+        else, on first contact, those of the state being applied."""
+
+        def keys() -> records.Trust:
+            anchor = self.anchor(name)
+            if anchor is None:
+                return records.Trust(self.state.settings.record_keys)
+            try:
+                return records.Trust(self.owner.state_at(anchor.commit).settings.record_keys)
+            except ReconcilerError as exc:
+                raise Refused(
+                    Rule.RECORDS,
+                    f"cannot read the record keys in force at {anchor.commit[:12]}, the commit "
+                    f"of the last trusted record: {exc.message.splitlines()[0]}",
+                    records.RECOVERY,
+                ) from None
+
+        return self.once.get(("trust", name), keys)
+
+    def signing_key(self, name: str) -> SigningKey | None:
+        """The key the new record is signed with; Refused when records must be signed and
+        it cannot be (no key, or one the keys in force or the new settings do not list)."""
+        key = self.owner.record_key
+        wanted = self.state.settings.record_keys
+        in_force = self.trust(name).keys
+        if not wanted and not in_force:
+            return key
+        if key is None:
+            raise Refused(
+                Rule.RECORDS,
+                f"apply records of {name} must be signed (settings.records.keys), but this "
+                "reconciler has no record key",
+                "pass --record-key FILE or set RECONCILER_RECORD_KEY (reconciler keygen makes one)",
+            )
+        for keys, where in ((wanted, "settings.records.keys"), (in_force, "the keys in force")):
+            if keys and key.keyid not in {key_id(k) for k in keys}:
+                raise Refused(
+                    Rule.RECORDS,
+                    f"this reconciler's record key {key.keyid} is not among {where}: its "
+                    "records would not count",
+                    "add its public key to settings.records.keys (docs/trust.md: rotation)",
+                )
+        return key
 
     # ------------------------------------------------------------------ verify
 
@@ -464,14 +554,42 @@ class _Pass:
     # ------------------------------------------------------------------ record
 
     def record(
-        self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt
+        self,
+        name: str,
+        observed: Observed,
+        applied: ApplyResult,
+        receipt: Receipt,
+        key: SigningKey | None,
     ) -> Record:
         record = self.new_record(name, observed, applied, receipt)
         record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
         previous = observed.record
-        digest = records.write(registry, repo, record, previous.digest if previous else None)
-        return replace(record, digest=digest)
+        digest = records.write(registry, repo, record, previous.digest if previous else None, key)
+        anchored = canonical_repository(record.repository)
+        self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))
+        return replace(record, digest=digest, signer=key.keyid if key else None)
+
+    def summarise(self, name: str, plan: EnvPlan, receipt: Receipt, key: SigningKey) -> None:
+        """A signed verification summary on every artifact whose tag this pass moved."""
+        env = self.state.environments[name]
+        moved = {c.to_digest for c in plan.changes if c.to_digest is not None}
+        policy = f"{self.owner.source.display}@{self.state.commit}#{env.file}"
+        verified_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for artifact in receipt.artifacts:
+            tag = next(t for t in self.state.tags[name] if t.item == artifact.item)
+            if artifact.digest not in moved:
+                continue
+            registry, repo = self.registry_of(tag.repository)
+            statement = vsa.summary(
+                subject=artifact.digest,
+                resource=tag.reference,
+                policy_uri=policy,
+                evidence=artifact.to_json(),
+                verified_at=verified_at,
+            )
+            subject = self.manifest(tag.source_repository, artifact.digest)
+            vsa.attach(registry, repo, subject, vsa.bundle(statement, key))
 
     def new_record(
         self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt

@@ -1,26 +1,52 @@
-"""Apply records: small OCI artifacts in each environment's target repository.
+"""Apply records: signed OCI artifacts in each environment's target repository.
 
 A record is an OCI manifest (artifactType ``application/vnd.reconciler.record.v1+json``,
-the empty config, one JSON layer) tagged ``reconciler-record.<env>``. Because every
-replica and every restart reads the same registry, they all see the same inventory.
-Each record names the digest of the one before it, so the history is a hash chain:
-content addressing makes every link tamper-evident, and :func:`read_chain` checks it.
+the empty config, one layer) whose layer is a DSSE envelope over an in-toto statement:
+predicate type :data:`PREDICATE_TYPE`, the predicate the :class:`Record` fields, one
+subject per tag it set. The newest is tagged ``reconciler-record.<env>`` (the head);
+every record is also tagged ``reconciler-record.sha256-<hex>`` by its own digest, so a
+registry's ``garbage-collect --delete-untagged`` keeps the whole chain. Each record
+names the digest of the one before it: the history is a hash chain, so a trusted
+(signed) head vouches for every record behind it.
+
+Verification steps (:func:`establish`), numbered as the docs name them:
+(1) the head parses as a record of this environment;
+(2) with keys in force, its DSSE signature verifies with one of them, else it is not a
+    record (rule ``records``);
+(3) with a local anchor (the last record this host trusted), the head is the anchor or
+    chains back to it, each newer record verifying too: a missing head, a rewind or a
+    forged branch is refused.
+Records written before signing existed (a plain JSON layer) read as unsigned.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from reconciler.errors import Stalled, Transient
-from reconciler.model import RECORD_MEDIA_TYPE, Record, record_tag
-from reconciler.registry import OCI_MANIFEST, Registry, sha256_digest
+from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
+from reconciler.registry import OCI_MANIFEST, NotFound, Registry, sha256_digest
+from reconciler.signing import (
+    EnvelopeInvalid,
+    SigningKey,
+    envelope,
+    open_envelope,
+    signed_by,
+    statement,
+)
+from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_CONFIG = b"{}"
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_TYPE = "https://reconciler.dev/apply-record/v1"
 MAX_RECORD_BYTES = 4 << 20
+RECOVERY = "see docs/trust.md, 'Records: recovery'"
 
 
 class RecordCorrupt(Stalled):
@@ -31,9 +57,31 @@ class RecordConflict(Transient):
     """Another writer moved the record tag since this pass read it."""
 
 
-def encode(record: Record) -> tuple[bytes, bytes]:
-    """(manifest bytes, record JSON bytes): canonical, so equal records hash equally."""
-    body = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")).encode()
+def history_tag(digest: str) -> str:
+    """The tag that keeps one record alive through garbage collection."""
+    return f"{RECORD_TAG_PREFIX}{digest.replace(':', '-')}"
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Which records count: those signed by ``keys`` (empty: unsigned records are read
+    as records, the insecure mode of a state without ``settings.records.keys``)."""
+
+    keys: tuple[PublicKey, ...] = ()
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.keys)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(record: Record, key: SigningKey | None) -> tuple[bytes, bytes]:
+    """(manifest bytes, envelope bytes): canonical JSON, so equal records hash equally."""
+    subjects = {f"{record.repository}:{tag}": digest for tag, digest in record.tags.items()}
+    payload = statement(subjects, PREDICATE_TYPE, record.to_json())
+    body = json.dumps(envelope(payload, key), sort_keys=True, separators=(",", ":")).encode()
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -44,7 +92,7 @@ def encode(record: Record) -> tuple[bytes, bytes]:
             "size": len(EMPTY_CONFIG),
         },
         "layers": [
-            {"mediaType": RECORD_MEDIA_TYPE, "digest": sha256_digest(body), "size": len(body)}
+            {"mediaType": DSSE_MEDIA_TYPE, "digest": sha256_digest(body), "size": len(body)}
         ],
         "annotations": {
             "org.opencontainers.image.created": record.time,
@@ -56,20 +104,24 @@ def encode(record: Record) -> tuple[bytes, bytes]:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode(), body
 
 
+# --------------------------------------------------------------------------- read
+
+
 def read_head(registry: Registry, repository: str, env: str) -> Record | None:
-    """The newest record of ``env`` in ``repository``; None when it has none."""
+    """The newest record of ``env`` in ``repository`` as stored (not yet trusted)."""
     digest = registry.resolve(repository, record_tag(env))
     return None if digest is None else read_at(registry, repository, env, digest)
 
 
 def read_at(registry: Registry, repository: str, env: str, digest: str) -> Record:
+    """One record by digest; its signature is kept for :func:`verify`, not checked here."""
     manifest = registry.get_manifest(repository, digest)  # verifies the digest
     doc = manifest.document()
     layers = doc.get("layers")
     if doc.get("artifactType") != RECORD_MEDIA_TYPE or not isinstance(layers, list) or not layers:
         raise RecordCorrupt(
             f"{repository}@{digest} tagged {record_tag(env)} is not an apply record",
-            f"the tag {record_tag(env)} is reserved for the reconciler; restore or delete it",
+            f"the tag {record_tag(env)} is reserved for the reconciler; {RECOVERY}",
         )
     layer = manifest.blobs()[-1]
     if layer.size > MAX_RECORD_BYTES:
@@ -79,8 +131,16 @@ def read_at(registry: Registry, repository: str, env: str, digest: str) -> Recor
     if sha256_digest(body) != layer.digest:
         raise RecordCorrupt(f"apply record {digest}: its content does not hash to its digest")
     try:
-        record = Record.from_json(json.loads(body), digest)
-    except ValueError as exc:
+        if layer.media_type == DSSE_MEDIA_TYPE:
+            payload, signatures = open_envelope(json.loads(body))
+            predicate = json.loads(payload)
+            if predicate.get("predicateType") != PREDICATE_TYPE:
+                raise ValueError(f"predicate type is not {PREDICATE_TYPE}")
+            record = Record.from_json(predicate["predicate"], digest)
+            record = replace(record, statement=payload, signatures=signatures)
+        else:  # a record from before records were signed: plain JSON
+            record = Record.from_json(json.loads(body), digest)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RecordCorrupt(f"apply record {digest} is malformed: {exc}") from None
     if record.environment != env:
         raise RecordCorrupt(
@@ -90,13 +150,111 @@ def read_at(registry: Registry, repository: str, env: str, digest: str) -> Recor
     return record
 
 
-def write(registry: Registry, repository: str, record: Record, expected_head: str | None) -> str:
-    """Store ``record`` and move the record tag to it, if the tag is still at ``expected_head``.
+def verify(record: Record, trust: Trust) -> Record:
+    """``record`` with ``signer`` set; Refused (rule records) when it does not count."""
+    if not trust.signed:
+        return record
+    try:
+        signer = signed_by(record.statement, record.signatures, trust.keys)
+    except EnvelopeInvalid as exc:
+        raise Refused(
+            Rule.RECORDS,
+            f"apply record {record.digest} of {record.environment} is not a record: {exc}",
+            f"records count only when signed by a key of settings.records.keys; {RECOVERY}",
+        ) from None
+    return replace(record, signer=signer)
 
-    Blobs first, then the manifest under the tag (one PUT stores and tags it): an
-    interruption leaves the previous record in place, never a half-written one.
+
+@dataclass(frozen=True)
+class Chain:
+    """Records newest first, and where the chain broke (a garbage-collected link)."""
+
+    records: tuple[Record, ...]
+    gap: str | None = None  # the digest that could not be read
+
+
+def walk(registry: Registry, repository: str, head: Record | None, limit: int = 1000) -> Chain:
+    """Follow ``previous`` from ``head``; a missing link ends the chain as a visible gap."""
+    found: list[Record] = []
+    current = head
+    while current is not None and len(found) < limit:
+        found.append(current)
+        if current.previous is None:
+            break
+        try:
+            current = read_at(registry, repository, current.environment, current.previous)
+        except NotFound:
+            log.warning(
+                "%s: apply record %s is gone (garbage-collected?): the chain ends there",
+                current.environment,
+                current.previous,
+            )
+            return Chain(tuple(found), current.previous)
+    return Chain(tuple(found))
+
+
+def read_chain(registry: Registry, repository: str, env: str, limit: int = 1000) -> list[Record]:
+    """Records newest first, following ``previous`` up to a gap."""
+    return list(walk(registry, repository, read_head(registry, repository, env), limit).records)
+
+
+def establish(
+    registry: Registry,
+    repository: str,
+    env: str,
+    head: Record | None,
+    anchor: str | None,
+    trust: Trust,
+    limit: int = 1000,
+) -> Record | None:
+    """The trusted head of ``env`` (steps 2 and 3 above), or Refused (rule records)."""
+    if head is None:
+        if anchor is not None:
+            raise Refused(
+                Rule.RECORDS,
+                f"the apply record {record_tag(env)} of {env} is missing from {repository}; "
+                f"the last record this reconciler trusted is {anchor}",
+                f"restore the tag to that record, or {RECOVERY}",
+            )
+        return None
+    head = verify(head, trust)
+    if anchor is None or head.digest == anchor:
+        return head
+    current = head
+    for _ in range(limit):
+        if current.previous is None:
+            break
+        if current.previous == anchor:
+            return head
+        try:
+            current = verify(read_at(registry, repository, env, current.previous), trust)
+        except NotFound:
+            break
+    raise Refused(
+        Rule.RECORDS,
+        f"the apply record {head.digest} of {env} does not chain back to {anchor}, the last "
+        "record this reconciler trusted (a rewind, a deleted head or a forged record)",
+        f"restore {record_tag(env)} to a record that descends from it, or {RECOVERY}",
+    )
+
+
+# --------------------------------------------------------------------------- write
+
+
+def write(
+    registry: Registry,
+    repository: str,
+    record: Record,
+    expected_head: str | None,
+    key: SigningKey | None = None,
+) -> str:
+    """Store ``record`` (signed with ``key``) and move the head tag to it, if the head is
+    still at ``expected_head``.
+
+    Blobs first, then the manifest under its own history tag, then the head tag: an
+    interruption leaves the previous head in place, never a half-written record.
     """
-    manifest, body = encode(record)
+    manifest, body = encode(record, key)
     if not registry.blob_exists(repository, sha256_digest(EMPTY_CONFIG)):
         registry.put_blob(
             repository, sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), [EMPTY_CONFIG]
@@ -111,6 +269,7 @@ def write(registry: Registry, repository: str, record: Record, expected_head: st
             f"(expected {expected_head}); another reconciler is writing",
             "run one active reconciler per environment; the next pass re-plans",
         )
+    registry.put_manifest(repository, history_tag(digest), manifest, OCI_MANIFEST)
     registry.put_manifest(repository, tag, manifest, OCI_MANIFEST)
     if registry.resolve(repository, tag) != digest:
         raise RecordConflict(f"{repository}:{tag} did not take the new record {digest}")
@@ -118,13 +277,5 @@ def write(registry: Registry, repository: str, record: Record, expected_head: st
     return digest
 
 
-def read_chain(registry: Registry, repository: str, env: str, limit: int = 1000) -> list[Record]:
-    """Records newest first, following ``previous``; RecordCorrupt if a link is broken."""
-    chain: list[Record] = []
-    head = read_head(registry, repository, env)
-    while head is not None and len(chain) < limit:
-        chain.append(head)
-        if head.previous is None:
-            break
-        head = read_at(registry, repository, env, head.previous)
-    return chain
+def signers_of(chain: Sequence[Record]) -> list[str]:
+    return sorted({r.signer for r in chain if r.signer})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.recordkeys import session_key
 from tests.support.staterepo import ROOT, StateRepo, example_files
 
 # The cue that `make setup` installs when none is on PATH.
@@ -24,6 +25,12 @@ def _isolated_cache(
 ) -> None:
     """Every test gets its own cache dir, so no test sees another's cached state."""
     monkeypatch.setenv("RECONCILER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _record_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are signed in every test, with the session's key (subprocesses too)."""
+    monkeypatch.setenv("RECONCILER_RECORD_KEY", str(session_key()[0]))
 
 
 @pytest.fixture(scope="session")

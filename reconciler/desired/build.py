@@ -149,11 +149,18 @@ class Builder:
         elif signers:
             signers_data = self.snap.read(signers)
         verify = raw.get("verify")
+        records = raw.get("records") or {}
+        record_keys = tuple(
+            self._key(("settings", "records", "keys", i), key)
+            for i, key in enumerate(records.get("keys") or [])
+        )
         return Settings(
             registries=MappingProxyType(registries),
             verify=self._policy(("settings", "verify"), verify) if verify is not None else None,
             allowed_signers=signers,
             allowed_signers_data=signers_data,
+            record_keys=record_keys,
+            records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
         )
 
     def _policy(self, path: tuple[Any, ...], raw: dict[str, Any]) -> Policy:

@@ -13,6 +13,7 @@ from reconciler.errors import Stalled, Transient
 class Rule(StrEnum):
     """The rules of the gate, in the order it applies them; names appear in output and metrics."""
 
+    RECORDS = "records"  # records count only when signed by a key in force
     HISTORY = "history"  # the commit descends from the last applied one
     COMMITS = "commit-signature"  # every change since then is signed by the policy in force
     HAZARDS = "hazards"

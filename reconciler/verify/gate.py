@@ -1,5 +1,6 @@
 """The gate: everything one environment's change must pass, in order, before a tag moves.
 
+(0) records: an environment that relies on records (requires, prune) has signed ones.
 (1) history: the commit descends from the last applied one (no force-push back in time).
 (2) commits: with signed commits in force, every change since the last applied commit
     is signed by the policy of that commit, or undone by a later signed commit.
@@ -31,11 +32,12 @@ UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
 
 class Step(IntEnum):
     NEW = 0
-    HISTORY = 1
-    COMMITS = 2
-    HAZARDS = 3
-    REQUIRES = 4
-    ARTIFACTS = 5
+    RECORDS = 1
+    HISTORY = 2
+    COMMITS = 3
+    HAZARDS = 4
+    REQUIRES = 5
+    ARTIFACTS = 6
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,31 @@ class Gate:
     def _enter(self, step: Step) -> None:
         if self._step != step - 1:
             raise RuntimeError(f"gate: {step.name.lower()} checked after {self._step.name.lower()}")
+
+    # (0) ----------------------------------------------------------------- records
+
+    def records(self, signed: bool) -> None:
+        """``signed``: records count only when signed by a key in force.
+
+        ``requires`` and ``prune`` act on what other records say; unsigned, anyone with
+        push to the registry could say it.
+
+        Raises:
+            Refused: the environment relies on records that are not signed.
+        """
+        self._enter(Step.RECORDS)
+        uses = [w for w, on in (("requires", self.env.requires), ("prune", self.env.prune)) if on]
+        if uses and not signed and not self.state.settings.records_insecure_unsigned:
+            raise Refused(
+                Rule.RECORDS,
+                f"{self.name} uses {' and '.join(uses)}, which trusts apply records, but no "
+                "settings.records.keys are in force: anyone with push to the registry "
+                "could write those records",
+                "add settings.records.keys and run the reconciler with --record-key (reconciler "
+                "keygen), or set settings.records.insecureUnsigned: true to accept unsigned "
+                "records knowingly",
+            )
+        self._step = Step.RECORDS
 
     # (1) ----------------------------------------------------------------- history
 

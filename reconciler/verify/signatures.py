@@ -206,7 +206,7 @@ def key_id(key: PublicKey) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()[:16]
 
 
-def _verify_with(key: PublicKey, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
+def verify_with(key: PublicKey, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
     try:
         public = load_pem_public_key(key.pem.encode())
     except (ValueError, TypeError):
@@ -234,7 +234,7 @@ def _simple_signing(keys: Iterable[PublicKey], digest: str, item: Evidence) -> M
     except ValueError:
         raise Refused("signatures", "the signature annotation is not base64") from None
     for key in keys:
-        if not _verify_with(key, signature, item.payload):
+        if not verify_with(key, signature, item.payload):
             continue
         # Only a payload whose signature verified is worth reading.
         try:
@@ -286,7 +286,7 @@ def _key_bundle(
     except (KeyError, TypeError, ValueError) as exc:
         raise Refused("signatures", f"malformed bundle ({exc.__class__.__name__}: {exc})") from None
     for key in keys:
-        if not any(_verify_with(key, sig, signed, prehashed) for sig in sigs):
+        if not any(verify_with(key, sig, signed, prehashed) for sig in sigs):
             continue
         if payload_type is not None:  # DSSE: whatever the type says, it must name the digest
             _check_statement(payload_type, payload, digest, predicate_types)

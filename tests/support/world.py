@@ -16,6 +16,7 @@ from reconciler.desired import Loader
 from reconciler.git import GitSource
 from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries
+from tests.support import recordkeys
 from tests.support.registry_servers import Built, build_image, build_index, push
 from tests.support.staterepo import StateRepo
 
@@ -102,7 +103,7 @@ def build_world(
     settings = (
         "package reconciler\n\nsettings: {\n"
         f'\tregistries: "{host}": plainHTTP: true\n'
-        f"\tverify: {verify}\n}}\n"
+        f"\tverify: {verify}\n\t{recordkeys.SETTINGS}\n}}\n"
     )
     repo = StateRepo(tmp_path / "state")
     world = World(host, source, repo, digests, tmp_path / "cache")
@@ -112,6 +113,7 @@ def build_world(
         "environments/dev.cue": world.env("dev", "v1.1"),
         "environments/staging.cue": world.env("staging", "v1.1"),
         "environments/prod.cue": world.env("prod", "v1.1"),
+        recordkeys.RECORDS_PUB: recordkeys.session_key()[1],
         **(extra_files or {}),
     }
     repo.commit(files, "initial state")

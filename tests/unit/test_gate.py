@@ -117,6 +117,7 @@ NO_RULE = CommitTrail(None, None, False)
 
 
 def through_requires(gate: Gate, ran: dict[str, list[Record]]) -> None:
+    gate.records(True)
     gate.history(True)
     gate.commits(NO_RULE)
     gate.hazards()
@@ -142,6 +143,7 @@ def test_a_receipt_exists_only_after_every_step_in_order() -> None:
 
 def test_history_refuses_a_commit_that_does_not_descend() -> None:
     gate = Gate(state(), "prod", record("prod", OLD))
+    gate.records(True)
     with pytest.raises(Refused) as exc:
         gate.history(False)
     assert (
@@ -151,12 +153,14 @@ def test_history_refuses_a_commit_that_does_not_descend() -> None:
 
 def test_hazards_are_refused_unless_the_environment_allows_them() -> None:
     gate = Gate(state(hazards={"CVE-1": "bad"}), "prod", None)
+    gate.records(True)
     gate.history(True)
     gate.commits(NO_RULE)
     with pytest.raises(Refused) as exc:
         gate.hazards()
     assert exc.value.rule is Rule.HAZARDS and "environments/prod.cue" in exc.value.hint
     allowed = Gate(state(hazards={"CVE-1": "bad"}, allow_hazards=True), "prod", None)
+    allowed.records(True)
     allowed.history(True)
     allowed.commits(NO_RULE)
     allowed.hazards()
@@ -198,6 +202,7 @@ def test_requires_reads_the_chain_only_when_the_head_does_not_satisfy() -> None:
         yield record(name, OLD)
 
     gate = Gate(state(NEW), "prod", None)
+    gate.records(True)
     gate.history(True)
     gate.commits(NO_RULE)
     gate.hazards()
@@ -317,11 +322,25 @@ def test_first_apply_needs_the_newest_commit_signed() -> None:
 
 def test_the_gate_stops_at_the_commit_rule() -> None:
     gate = Gate(state(), "prod", record("prod", OLD))
+    gate.records(True)
     gate.history(True)
     with pytest.raises(Refused):
         gate.commits(trail(fact("2", ("a",), {PATH: (E0,)}, {PATH: E1})))
     with pytest.raises(RuntimeError):
         gate.hazards()
+
+
+def test_requires_and_prune_need_signed_records_unless_explicitly_insecure() -> None:
+    """Unsigned records could be written by anyone with push to the registry."""
+    with pytest.raises(Refused) as exc:
+        Gate(state(), "prod", None).records(False)
+    assert exc.value.rule is Rule.RECORDS and "prod uses requires" in exc.value.message
+    Gate(state(), "staging", None).records(False)  # relies on no record: applies
+    insecure = state()
+    insecure = DesiredState(
+        **{**insecure.__dict__, "settings": Settings(records_insecure_unsigned=True)}
+    )
+    Gate(insecure, "prod", None).records(False)
 
 
 def test_dispositions() -> None:

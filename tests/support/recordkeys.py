@@ -1,0 +1,25 @@
+"""The record-signing key of the test session, made with the reconciler's own keygen.
+
+Every test runs with ``RECONCILER_RECORD_KEY`` pointing at it (conftest), and the
+states the tests build list its public key in ``settings.records.keys``, as a user's
+would; tests about unsigned or foreign records make their own.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from reconciler.signing import generate
+
+RECORDS_PUB = "keys/records.pub"
+SETTINGS = f'records: keys: ["{RECORDS_PUB}"]'
+
+
+@cache
+def session_key() -> tuple[Path, str]:
+    """(private key path, public key PEM)."""
+    directory = Path(tempfile.mkdtemp(prefix="reconciler-record-key-"))
+    private, public = generate(directory / "records.key")
+    return private, public.read_text()
