@@ -129,4 +129,5 @@ def expected_tags(world: World, **releases: str) -> dict[str, str]:
 
 
 def desired_only(tags: dict[str, str]) -> dict[str, str]:
-    return {t: d for t, d in tags.items() if not t.startswith("reconciler-record.")}
+    """Without record tags and referrer indexes (verification summaries, signatures)."""
+    return {t: d for t, d in tags.items() if not t.startswith(("reconciler-record.", "sha256-"))}
