@@ -24,6 +24,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import records
+from tests.support import recordkeys
 from tests.support.registry_servers import (
     Fault,
     FaultProxy,
@@ -373,7 +374,7 @@ def proxied_world(
         {
             "reconciler.cue": "package reconciler\n\nsettings: {\n"
             f'\tregistries: "{fault_proxy.host}": plainHTTP: true\n'
-            "\tverify: insecureSkipSignatures: true\n}\n",
+            f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n}}\n",
             "catalogs/shop.cue": (world.repo.path / "catalogs/shop.cue")
             .read_text()
             .replace(plain_registry.host, fault_proxy.host),

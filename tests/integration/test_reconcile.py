@@ -18,6 +18,7 @@ from reconciler.cli import main
 from reconciler.model import record_tag
 from reconciler.reconcile import Mode, Status
 from reconciler.registry import HostConfig, Registries, RegistrySettings
+from tests.support import recordkeys
 from tests.support.registry_servers import (
     Built,
     Fault,
@@ -211,7 +212,7 @@ def test_cross_registry_promotion_copies_artifact_and_signature(
                 "package reconciler\n\nsettings: {\n"
                 f'\tregistries: "{plain_registry.host}": plainHTTP: true\n'
                 f'\tregistries: "{second_registry.host}": plainHTTP: true\n'
-                "\tverify: insecureSkipSignatures: true\n}\n"
+                f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n}}\n"
             ),
             "environments/prod.cue": world.env(
                 "prod", "v1.1", f'\n\ttarget: repository: "{second_registry.host}/{target}"'
@@ -273,7 +274,13 @@ def test_tags_not_owned_are_left_alone_and_owned_ones_pruned(
         "verify": {"insecureSkipSignatures": True},
     }
     repo = StateRepo(tmp_path / "state")
-    repo.commit({"catalogs/l.json": catalog, "environments/dev.json": json.dumps(env)})
+    repo.commit(
+        {
+            "catalogs/l.json": catalog,
+            "environments/dev.json": json.dumps(env),
+            **recordkeys.json_settings(),
+        }
+    )
     assert main(["apply", "--repo", str(repo.path)]) == 0
     capsys.readouterr()
     assert set(store.list_tags(str(layout))) == {
@@ -324,7 +331,7 @@ def proxied_world(
         {
             "reconciler.cue": "package reconciler\n\nsettings: {\n"
             f'\tregistries: "{fault_proxy.host}": plainHTTP: true\n'
-            "\tverify: insecureSkipSignatures: true\n}\n",
+            f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n}}\n",
             "catalogs/shop.cue": (world.repo.path / "catalogs/shop.cue")
             .read_text()
             .replace(plain_registry.host, fault_proxy.host),

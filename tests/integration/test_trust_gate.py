@@ -18,6 +18,7 @@ from reconciler import records
 from reconciler.cli import main
 from reconciler.model import record_tag
 from reconciler.registry import LayoutRegistry
+from tests.support import recordkeys
 from tests.support.attack import (
     ALICE,
     MALLORY,
@@ -425,6 +426,7 @@ def test_prune_keeps_a_tag_another_environment_now_desires(
         {
             "catalogs/l.json": json.dumps(catalog),
             "environments/a.json": json.dumps({**env, "prune": True}),
+            **recordkeys.json_settings(),
         }
     )
     assert main(["apply", "--repo", str(repo.path)]) == 0

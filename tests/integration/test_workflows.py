@@ -10,6 +10,7 @@ import pygit2
 import pytest
 
 from reconciler.cli import main
+from tests.support import recordkeys
 from tests.support.registry_servers import RegistryServer
 from tests.support.world import World, build_world, desired_only, expected_tags
 
@@ -250,7 +251,7 @@ def test_allowed_signers_apply_signed_commits_and_refuse_unsigned_ones(
     settings = (
         "package reconciler\n\nsettings: {\n"
         f'\tregistries: "{world.host}": plainHTTP: true\n'
-        "\tverify: insecureSkipSignatures: true\n"
+        f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n"
         '\tgit: allowedSigners: "keys/allowed_signers"\n}\n'
     )
     commit_ssh_signed(

@@ -16,6 +16,7 @@ from typing import Any
 import pygit2
 import pytest
 
+from tests.support import recordkeys
 from tests.support.sshsign import (
     SshKey,
     commit_content,
@@ -43,7 +44,7 @@ def settings_cue(host: str, verify: str, signers: str | None = SIGNERS) -> str:
     return (
         "package reconciler\n\nsettings: {\n"
         f'\tregistries: "{host}": plainHTTP: true\n'
-        f"\tverify: {verify}\n{git}}}\n"
+        f"\tverify: {verify}\n\t{recordkeys.SETTINGS}\n{git}}}\n"
     )
 
 

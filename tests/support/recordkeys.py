@@ -23,3 +23,11 @@ def session_key() -> tuple[Path, str]:
     directory = Path(tempfile.mkdtemp(prefix="reconciler-record-key-"))
     private, public = generate(directory / "records.key")
     return private, public.read_text()
+
+
+def json_settings() -> dict[str, str]:
+    """``reconciler.json`` and the public key, for states written as JSON."""
+    return {
+        "reconciler.json": '{"records": {"keys": ["' + RECORDS_PUB + '"]}}',
+        RECORDS_PUB: session_key()[1],
+    }
