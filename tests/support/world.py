@@ -4,7 +4,9 @@ releases v1.0 (hazardous), v1.1 and v1.2, and a state repository that names them
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from reconciler.desired import Loader
 from reconciler.git import GitSource
 from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries
+from reconciler.signing import signing_key_from
 from tests.support import recordkeys
 from tests.support.registry_servers import Built, build_image, build_index, push
 from tests.support.staterepo import StateRepo
@@ -63,7 +66,10 @@ class World:
 
     def reconciler(self, registries: Registries | None = None) -> Reconciler:
         return Reconciler(
-            GitSource(str(self.repo.path), self.cache), Loader(self.cache), registries=registries
+            GitSource(str(self.repo.path), self.cache),
+            Loader(self.cache),
+            registries=registries,
+            record_key=signing_key_from(None),
         )
 
     def cli(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -128,6 +134,22 @@ def expected_tags(world: World, **releases: str) -> dict[str, str]:
     }
 
 
+REFERRERS_INDEX = re.compile(r"^sha256-[0-9a-f]{64}$")
+
+
 def desired_only(tags: dict[str, str]) -> dict[str, str]:
-    """Without record tags and referrer indexes (verification summaries, signatures)."""
-    return {t: d for t, d in tags.items() if not t.startswith(("reconciler-record.", "sha256-"))}
+    """Without record tags and referrer indexes (verification summaries)."""
+    return {
+        t: d
+        for t, d in tags.items()
+        if not t.startswith("reconciler-record.") and not REFERRERS_INDEX.match(t)
+    }
+
+
+def without_history(tags: Iterable[str]) -> set[str]:
+    """Tags without records' history tags and referrer indexes: what a person manages."""
+    return {
+        t
+        for t in tags
+        if not t.startswith("reconciler-record.sha256-") and not REFERRERS_INDEX.match(t)
+    }
