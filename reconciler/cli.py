@@ -134,7 +134,10 @@ def _record_key(parser: argparse.ArgumentParser) -> None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     private, public = generate(args.key, args.key_type)
     print(f"wrote {private} (private, mode 0600) and {public}")
-    print(f'  add "{public.name}" to settings.records.keys (commit the .pub, never the key)')
+    print(
+        f"  commit {public.name} to the state repository (e.g. as keys/records.pub), list it "
+        f"in settings.records.keys, and run the reconciler with --record-key {private}"
+    )
     return 0
 
 
@@ -288,6 +291,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if e.environment != current:
             current = e.environment
             print(f"\n{current}")
+        if e.kind == "record":
+            print(f"  {e.time or '-':<20}  {e.commit[:12] or '-':<12}  record    {e.status}")
+            print(f"      {e.subject}")
+            continue
         change = f"{e.release_from or '-'} -> {e.release_to or '-'}"
         mr = f" {e.merge_request}" if e.merge_request else ""
         print(f"  {e.time}  {e.commit[:12]}  {e.kind:<9} {change:<16} {e.status}{mr}")
@@ -295,7 +302,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"      {e.subject}  (asked by {e.author}{merged})")
         if e.applied_at:
             how = _receipt_summary(e.verified)
-            print(f"      applied {e.applied_at} by {e.applied_by}: {how}")
+            signed = f", record signed by key {e.signer}" if e.signer else ", record unsigned"
+            print(f"      applied {e.applied_at} by {e.applied_by}{signed}: {how}")
         if e.reason:
             print(f"      {e.reason}")
     return 0

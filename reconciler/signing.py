@@ -78,15 +78,26 @@ def load_signing_key(path: Path, password: bytes | None = None) -> SigningKey:
             "use a PKCS#8 PEM key from `reconciler keygen` or `cosign generate-key-pair`",
         ) from None
     if isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, ec.SECP256R1):
-        kind: Any = private
-    elif isinstance(private, ed25519.Ed25519PrivateKey):
-        kind = private
-    else:
-        raise KeyProblem(f"{path}: only ECDSA P-256 and Ed25519 keys sign records")
-    pem = kind.public_key().public_bytes(
+        return _with_public(private, str(path))
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return _with_public(private, str(path))
+    raise KeyProblem(f"{path}: only ECDSA P-256 and Ed25519 keys sign records")
+
+
+def new_signing_key(kind: str = "ecdsa-p256") -> SigningKey:
+    """A fresh key (``ecdsa-p256``, as cosign makes them, or ``ed25519``)."""
+    if kind == "ed25519":
+        return _with_public(ed25519.Ed25519PrivateKey.generate(), "generated")
+    return _with_public(ec.generate_private_key(ec.SECP256R1()), "generated")
+
+
+def _with_public(
+    private: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, source: str
+) -> SigningKey:
+    pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return SigningKey(kind, PublicKey(str(path), pem.decode()))
+    return SigningKey(private, PublicKey(source, pem.decode()))
 
 
 def signing_key_from(option: Path | None) -> SigningKey | None:
@@ -100,23 +111,15 @@ def signing_key_from(option: Path | None) -> SigningKey | None:
 
 def generate(path: Path, kind: str = "ecdsa-p256") -> tuple[Path, Path]:
     """Write ``path`` (private, PKCS#8 PEM, mode 0600) and ``path.pub``; refuse to overwrite."""
-    private: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-    private = (
-        ed25519.Ed25519PrivateKey.generate()
-        if kind == "ed25519"
-        else ec.generate_private_key(ec.SECP256R1())
-    )
+    key = new_signing_key(kind)
     password = os.environ.get(PASSWORD_ENV)
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password.encode())
         if password
         else serialization.NoEncryption()
     )
-    pem = private.private_bytes(
+    pem = key.private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    public = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     pub_path = path.with_name(path.name + ".pub")
     for target in (path, pub_path):
@@ -125,7 +128,7 @@ def generate(path: Path, kind: str = "ecdsa-p256") -> tuple[Path, Path]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
-    pub_path.write_bytes(public)
+    pub_path.write_text(key.public.pem)
     return path, pub_path
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler import records
-from reconciler.errors import GitSourceError, Stalled
+from reconciler.errors import GitSourceError, ReconcilerError, Stalled
 from reconciler.git import GitSource, is_url, reverted_commit
 from reconciler.git.branches import (
     BranchRefused,
@@ -31,7 +31,8 @@ from reconciler.git.branches import (
 from reconciler.git.history import History
 from reconciler.model import DesiredState, Record
 from reconciler.reconcile import Mode, Reconciler, Status
-from reconciler.registry import parse_reference
+from reconciler.registry import Registry, parse_reference
+from reconciler.verify import Refused
 
 log = logging.getLogger(__name__)
 
@@ -309,10 +310,11 @@ class AuditEntry:
     merge_request: str | None
     release_from: str | None
     release_to: str | None
-    kind: str  # promotion | rollback | other
-    status: str  # applied | superseded | pending | refused
+    kind: str  # promotion | rollback | other | record (a record that does not count)
+    status: str  # applied | superseded | pending | refused; records: untrusted | gap
     applied_at: str | None = None
     applied_by: str | None = None
+    signer: str | None = None  # the key that signed the record that applied it
     verified: dict[str, str] = field(default_factory=dict)
     record: str | None = None
     reason: str | None = None
@@ -332,6 +334,7 @@ class AuditEntry:
             "status": self.status,
             "appliedAt": self.applied_at,
             "appliedBy": self.applied_by,
+            "signer": self.signer,
             "verified": self.verified,
             "record": self.record,
             "reason": self.reason,
@@ -372,10 +375,11 @@ def audit(
     head = str(flows.source.resolve(reconciler.ref).id)
     registries = reconciler.registries(state)
     timelines: dict[str, list[AuditEntry]] = {}
+    anomalies_of: dict[str, list[AuditEntry]] = {}
     for name in names:
         path = state.environments[name].file
         target = parse_reference(state.target_of(name))
-        chain = records.read_chain(registries.get(target), target.repository, name)
+        chain, anomalies = _records(registries.get(target), target.repository, name, state)
         mine: list[AuditEntry] = []
         # The mainline (first-parent) history: with merge requests, each merge is one
         # change, asked for by the branch's author and approved by whoever merged it.
@@ -407,6 +411,7 @@ def audit(
             mine.append(entry)
         _settle(mine, chain, history)
         timelines[name] = mine
+        anomalies_of[name] = anomalies
     # Only an environment whose newest change is unapplied needs a verification now, to
     # tell a refused change from a pending one.
     waiting = [name for name, mine in timelines.items() if mine and mine[0].status == "pending"]
@@ -415,7 +420,38 @@ def audit(
             if outcome.status in (Status.REFUSED, Status.FAILED) and outcome.error is not None:
                 newest = timelines[outcome.environment][0]
                 newest.status, newest.reason = "refused", outcome.error.message
-    return [entry for name in names for entry in timelines[name]]
+    return [entry for name in names for entry in [*anomalies_of[name], *timelines[name]]]
+
+
+def _records(
+    registry: Registry, repository: str, env: str, state: DesiredState
+) -> tuple[list[Record], list[AuditEntry]]:
+    """The records of ``env`` that count (signed by settings.records.keys, when set), and
+    entries for those that do not: untrusted (forged, unsigned) records and gaps."""
+    trust = records.Trust(state.settings.record_keys)
+    anomalies: list[AuditEntry] = []
+
+    def anomaly(commit: str, when: str, status: str, why: str, digest: str | None) -> None:
+        anomalies.append(
+            AuditEntry(env, commit, "", "", when, why, None, None, None, "record", status,
+                       record=digest)
+        )  # fmt: skip
+
+    try:
+        chain = records.walk(registry, repository, records.read_head(registry, repository, env))
+    except ReconcilerError as exc:
+        anomaly("", "", "untrusted", exc.message, None)
+        return [], anomalies
+    trusted = []
+    for record in chain.records:
+        try:
+            trusted.append(records.verify(record, trust))
+        except Refused as exc:
+            anomaly(record.commit, record.time, "untrusted", exc.reason, record.digest)
+    if chain.gap is not None:
+        why = f"the records before {chain.gap} are gone (garbage-collected?): history has a gap"
+        anomaly("", "", "gap", why, chain.gap)
+    return trusted, anomalies
 
 
 def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History) -> None:
@@ -430,6 +466,7 @@ def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History
         if entry is not None and entry.record is None:
             entry.status, entry.applied_at = "applied", record.time
             entry.applied_by, entry.verified = record.reconciler, dict(record.verified)
+            entry.signer = record.signer
             entry.record = record.digest
     applied = [e.commit for e in entries if e.status == "applied"]
     for entry in entries:

@@ -18,13 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pygit2
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from reconciler import records
 from reconciler.registry import OCI_INDEX, OCI_MANIFEST, LayoutRegistry, referrers_tag
+from reconciler.signing import new_signing_key
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "quickstart"
@@ -156,11 +159,12 @@ class Demo:
         bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
         print(f"\n{bold}== {title}{plain}", flush=True)
 
-    def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+    def run(self, *args: str, ok: tuple[int, ...] = (0,), repo: bool = True) -> str:
         shown = " ".join(args)
         print(f"$ reconciler {shown}", flush=True)
+        where = ["--repo", f"file://{self.origin}"] if repo else []
         proc = subprocess.run(
-            [sys.executable, "-m", "reconciler", *args, "--repo", f"file://{self.origin}"],
+            [sys.executable, "-m", "reconciler", *args, *where],
             env=self.env,
             capture_output=True,
             text=True,
@@ -188,6 +192,15 @@ class Demo:
         print(f"   (merge request !{self.mr} {branch} merged by {reviewer.name})", flush=True)
 
 
+def forge_record(store: LayoutRegistry, repo: str, env: str) -> str:
+    """What an attacker with push to the registry can do: a record of their own."""
+    head = records.read_head(store, repo, env)
+    assert head is not None
+    attacker = new_signing_key()
+    fake = replace(head, release="v1.2", previous=head.digest, note="forged")
+    return records.write(store, repo, fake, head.digest, attacker)
+
+
 def main() -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
@@ -210,8 +223,14 @@ def main() -> int:
         )
         (state / "keys" / "cosign.pub").write_bytes(pem)
         (state / "catalogs" / "shop.cue").write_text(catalog_cue(f"oci:{source}", digests))
+        record_key = work / "records.key"
+        demo.run("keygen", str(record_key), repo=False)
+        demo.env["RECONCILER_RECORD_KEY"] = str(record_key)
+        shutil.copy(work / "records.key.pub", state / "keys" / "records.pub")
         (state / "reconciler.cue").write_text(
-            'package reconciler\n\nsettings: verify: keys: ["keys/cosign.pub"]\n'
+            "package reconciler\n\nsettings: {\n"
+            '\tverify: keys: ["keys/cosign.pub"]\n'
+            '\trecords: keys: ["keys/records.pub"] // apply records count only when signed\n}\n'
         )
         for env, release in (("dev", "v1.1"), ("staging", "v1.1"), ("prod", "v1.1")):
             path = state / "environments" / f"{env}.cue"
@@ -257,6 +276,11 @@ def main() -> int:
         demo.step("A promotion the reconciler refuses: v1.0 has hazards")
         demo.run("promote", "dev", "v1.0", "--push", ok=(1,))
         demo.step("Audit: who promoted what, when, and how it was verified")
+        demo.run("audit", "--env", "prod")
+        demo.step("Someone with registry push forges prod's apply record: refused")
+        forged = forge_record(store, str(source), "prod")
+        print(f"   wrote a record claiming v1.2, signed by an unknown key: {forged[:19]}")
+        demo.run("apply", "--env", "prod", ok=(1,))
         demo.run("audit", "--env", "prod")
         print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
         return 0

@@ -27,3 +27,7 @@ def test_demo_promotes_rolls_back_and_audits(cue_bin: str) -> None:
     audit = out[out.index("$ reconciler audit") :]
     assert "rollback  v1.2 -> v1.1     applied acme/state!4" in audit
     assert "merged by Riley Reviewer" in audit and "signed: key sha256:" in audit
+    assert "record signed by key sha256:" in audit
+    forged = out[out.index("forges prod's apply record") :]
+    assert "refused (records)" in forged and "is not a record" in forged
+    assert "record    untrusted" in forged

@@ -50,6 +50,14 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:  # 
     return code, json.loads(capsys.readouterr().out)
 
 
+@pytest.fixture(autouse=True)
+def _example_record_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples list keys/records.pub: sign their records with its private half."""
+    monkeypatch.setenv(
+        "RECONCILER_RECORD_KEY", str(ROOT / "tests/fixtures/example-keys/records.key")
+    )
+
+
 @pytest.mark.parametrize("example", STATE_EXAMPLES)
 def test_example_validates_as_shipped(
     example: str, tmp_path: Path, cue_bin: str, capsys: pytest.CaptureFixture[str]
