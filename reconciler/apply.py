@@ -4,20 +4,43 @@ Every tag move is: re-check the tag still points at ``from_digest``, PUT the exa
 manifest bytes, re-read and confirm ``to_digest``. A tag that already points at
 ``to_digest`` (an interrupted earlier pass) is left alone, so re-running converges.
 The apply record is written by the caller only after every move is confirmed.
+
+Transient registry errors (a connection lost, 429, 5xx after the transport's own
+retries) are retried here too, per copy, move and prune, with backoff, until the
+environment's apply deadline: one flaky request does not fail the environment.
+A tag moved by another writer is not retried: the next pass re-plans.
+
+Prune deletes a tag only where it still points where it was observed; on a
+registry without a tag-delete API the registry layer points it at a throwaway
+manifest made unique to that deletion and deletes that, never a manifest another
+tag names.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from reconciler.errors import Transient
 from reconciler.model import Action, Change
-from reconciler.registry import Manifest, Registry, Unsupported, copy_artifact
+from reconciler.registry import (
+    DEFAULT_CONCURRENCY,
+    Manifest,
+    Registry,
+    Unsupported,
+    copy_artifact,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+APPLY_DEADLINE = 300.0  # seconds one environment's apply may spend retrying
 
 
 class TagMoved(Transient):
@@ -40,12 +63,22 @@ def apply_changes(
     changes: Sequence[Change],
     registry_of: RegistryOf,
     manifest_of: ManifestOf,
-    concurrency: int = 8,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    *,
+    deadline: float = APPLY_DEADLINE,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ApplyResult:
-    """Apply ``changes`` of one environment; raises on the first failed move."""
+    """Apply ``changes`` of one environment.
+
+    Raises:
+        TagMoved: a tag changed since it was observed (the next pass re-plans).
+        Transient: registry errors that outlasted ``deadline`` seconds of retries.
+        Stalled: a permanent refusal (auth, a digest mismatch).
+    """
     result = ApplyResult()
+    retry = _Retry(time.monotonic() + deadline, sleep)
     moves = [c for c in changes if c.action is not Action.DELETE]
-    manifests = _bring_into_target(moves, registry_of, manifest_of, result)
+    manifests = _bring_into_target(moves, registry_of, manifest_of, result, retry)
 
     def move(change: Change) -> None:
         registry, repo = registry_of(change.repository)
@@ -70,14 +103,20 @@ def apply_changes(
         result.moved.append(change.tag)
         log.info("moved %s:%s to %s", change.repository, change.tag, change.to_digest)
 
-    _each(moves, move, concurrency)
+    _each(moves, lambda change: retry(f"move {change.tag}", lambda: move(change)), concurrency)
     for change in (c for c in changes if c.action is Action.DELETE):
         registry, repo = registry_of(change.repository)
-        if registry.resolve(repo, change.tag) != change.from_digest:
-            log.warning("not pruning %s:%s: it moved", change.repository, change.tag)
-            continue
+
+        def prune(change: Change = change, registry: Registry = registry, repo: str = repo) -> bool:
+            if registry.resolve(repo, change.tag) != change.from_digest:
+                log.warning("not pruning %s:%s: it moved", change.repository, change.tag)
+                return False
+            registry.delete_tag(repo, change.tag, expected=change.from_digest)
+            return True
+
         try:
-            registry.delete_tag(repo, change.tag)
+            if not retry(f"prune {change.tag}", prune):
+                continue
         except Unsupported as exc:
             result.unsupported.append(f"{change.repository}:{change.tag}: {exc.message}")
             continue
@@ -86,8 +125,35 @@ def apply_changes(
     return result
 
 
+class _Retry:
+    """Re-runs one step on Transient errors (not TagMoved) with backoff, until a deadline."""
+
+    def __init__(self, deadline: float, sleep: Callable[[float], None]) -> None:
+        self.deadline = deadline
+        self.sleep = sleep
+
+    def __call__(self, what: str, step: Callable[[], T]) -> T:
+        failures = 0
+        while True:
+            try:
+                return step()
+            except TagMoved:
+                raise
+            except Transient as exc:
+                failures += 1
+                delay = random.uniform(0.5, 1.0) * min(8.0, 0.5 * 2**failures)
+                if time.monotonic() + delay > self.deadline:
+                    raise
+                log.info("%s: %s; retrying in %.1fs", what, exc.message, delay)
+                self.sleep(delay)
+
+
 def _bring_into_target(
-    moves: Sequence[Change], registry_of: RegistryOf, manifest_of: ManifestOf, result: ApplyResult
+    moves: Sequence[Change],
+    registry_of: RegistryOf,
+    manifest_of: ManifestOf,
+    result: ApplyResult,
+    retry: _Retry,
 ) -> dict[tuple[str, str], Manifest]:
     """Copy each artifact into its target repository when that differs from its source,
     signatures and referrers included, and return the manifests to tag there."""
@@ -100,9 +166,15 @@ def _bring_into_target(
         target, target_repo = registry_of(change.repository)
         if change.source_repository != change.repository:
             source, source_repo = registry_of(change.source_repository)
-            copy_artifact(source, source_repo, change.to_digest, target, target_repo)
+            retry(
+                f"copy {change.to_digest[:19]}",
+                partial(copy_artifact, source, source_repo, change.to_digest, target, target_repo),
+            )
             result.copied.append(change.to_digest)
-        manifests[key] = manifest_of(change.repository, change.to_digest)
+        manifests[key] = retry(
+            f"read {change.to_digest[:19]}",
+            partial(manifest_of, change.repository, change.to_digest),
+        )
     return manifests
 
 

@@ -72,9 +72,13 @@ class Policy:
 @dataclass(frozen=True)
 class RegistrySettings:
     plain_http: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = None  # a path in the state repository
+    ca_data: bytes | None = field(default=None, repr=False)  # its content at the commit
     concurrency: int | None = None
     requests_per_second: float | None = None
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    attempts: int | None = None
 
 
 @dataclass(frozen=True)

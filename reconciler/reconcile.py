@@ -102,13 +102,21 @@ class PassResult:
 
 
 def registry_settings(state: DesiredState) -> RegistrySettings:
-    """The registry layer's settings from the state repository's ``settings.registries``."""
+    """The registry layer's settings from the state repository's ``settings.registries``.
+
+    ``caFile`` arrives as the bytes read from the commit's tree (``ca_data``), never as
+    a path on this machine; unset values take the registry layer's defaults.
+    """
+    base = HostConfig()
     hosts = {
         host: HostConfig(
             plain_http=r.plain_http,
-            ca_file=r.ca_file,
-            concurrency=r.concurrency or HostConfig.concurrency,
+            ca_pem=r.ca_data,
+            concurrency=r.concurrency or base.concurrency,
             requests_per_second=r.requests_per_second,
+            connect_timeout=r.connect_timeout or base.connect_timeout,
+            read_timeout=r.read_timeout or base.read_timeout,
+            retry=replace(base.retry, attempts=r.attempts or base.retry.attempts),
         )
         for host, r in state.settings.registries.items()
     }
@@ -235,18 +243,30 @@ class _Once:
         self._futures: dict[object, Future[Any]] = {}
 
     def get(self, key: object, compute: Callable[[], T]) -> T:
-        with self._lock:
-            future = self._futures.get(key)
-            owner = future is None
-            if future is None:
-                future = self._futures[key] = Future()
-        if owner:
-            try:
-                future.set_result(compute())
-            except BaseException as exc:
-                future.set_exception(exc)
-        result: T = future.result()
-        return result
+        """The value, computed once; a failure is not kept: the next caller tries anew.
+
+        So one environment's transient failure of a shared lookup is its own, and the
+        environments waiting on that lookup each make their own attempt.
+        """
+        while True:
+            with self._lock:
+                future = self._futures.get(key)
+                owner = future is None
+                if future is None:
+                    future = self._futures[key] = Future()
+            if owner:
+                try:
+                    value = compute()
+                except BaseException as exc:
+                    with self._lock:
+                        del self._futures[key]
+                    future.set_exception(exc)
+                    raise
+                future.set_result(value)
+                return value
+            if future.exception() is None:  # waits; a failure: make our own attempt
+                result: T = future.result()
+                return result
 
 
 class _Pass:

@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import threading
 
-from reconciler.registry.auth import Credential, DockerCredentials
+from reconciler.registry.auth import Credential, DockerCredentials, set_auth_file
 from reconciler.registry.base import Registry
-from reconciler.registry.config import HostConfig, RegistrySettings, RetryPolicy
+from reconciler.registry.config import (
+    DEFAULT_CONCURRENCY,
+    DOCKER_HUB,
+    HostConfig,
+    RegistrySettings,
+    RetryPolicy,
+    api_host,
+    canonical_host,
+)
 from reconciler.registry.copy import CopyResult, copy_artifact
 from reconciler.registry.errors import (
     AuthenticationFailed,
@@ -26,6 +34,7 @@ from reconciler.registry.errors import (
     RegistryError,
     RegistryRefused,
     RegistryUnavailable,
+    ResponseTooLarge,
     TLSFailure,
     Unsupported,
 )
@@ -45,6 +54,8 @@ from reconciler.registry.reference import LAYOUT_PREFIX, Reference, parse_refere
 from reconciler.registry.transport import RequestStats
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DOCKER_HUB",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
     "OCI_INDEX",
@@ -70,13 +81,16 @@ __all__ = [
     "RegistrySettings",
     "RegistryUnavailable",
     "RequestStats",
+    "ResponseTooLarge",
     "RetryPolicy",
     "TLSFailure",
     "Unsupported",
+    "api_host",
     "copy_artifact",
     "open_registry",
     "parse_reference",
     "referrers_tag",
+    "set_auth_file",
     "sha256_digest",
 ]
 
@@ -101,8 +115,9 @@ def open_registry(
     return HttpRegistry(
         host,
         settings.for_host(host),
-        credentials or DockerCredentials(settings.docker_config),
+        credentials or _credentials(settings),
         stats,
+        certs_dirs=settings.certs_dirs,
     )
 
 
@@ -112,7 +127,7 @@ class Registries:
     def __init__(self, settings: RegistrySettings | None = None) -> None:
         self.settings = settings or RegistrySettings()
         self.stats = RequestStats()
-        self._credentials = DockerCredentials(self.settings.docker_config)
+        self._credentials = _credentials(self.settings)
         self._open: dict[str, Registry] = {}
         self._lock = threading.Lock()
 
@@ -132,10 +147,14 @@ class Registries:
             self._open.clear()
 
 
+def _credentials(settings: RegistrySettings) -> DockerCredentials:
+    return DockerCredentials(settings.docker_config, auth_file=settings.auth_file)
+
+
 def _store_of(location: str | Reference) -> str:
     """``host[:port]``, ``oci:`` (absolute layout dirs) or ``oci:/root``."""
     if isinstance(location, Reference):
         return location.registry
     if location.startswith(LAYOUT_PREFIX):
         return location
-    return parse_reference(location).registry if "/" in location else location
+    return parse_reference(location).registry if "/" in location else canonical_host(location)

@@ -1,8 +1,20 @@
 """Credentials and the registry auth handshake.
 
-Credentials come only from Docker's ``config.json`` (``$DOCKER_CONFIG`` or
-``~/.docker``): ``credHelpers`` for the host, then ``auths``, then ``credsStore``,
-each helper invoked as ``docker-credential-<name> get``. Never from git.
+Where a host's credential comes from, first match wins (never from git):
+
+1. ``--authfile FILE`` (:func:`set_auth_file`), when given;
+2. Docker's ``config.json`` (``$DOCKER_CONFIG``, else ``~/.docker``);
+3. ``$REGISTRY_AUTH_FILE``;
+4. ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman, skopeo, buildah);
+5. ``~/.config/containers/auth.json``.
+
+In each file, as the docker CLI does: ``credHelpers`` for the host, then ``auths``,
+then ``credsStore``, a helper being invoked as ``docker-credential-<name> get`` with
+the server on stdin. Docker Hub (``docker.io``, ``index.docker.io``,
+``registry-1.docker.io``) is keyed ``https://index.docker.io/v1/``, which is also
+what a helper is asked for. ``auths`` keys may carry a scheme and path
+(``https://h:5000/v1/``); a containers key naming a namespace (``host/team``) is
+scoped to that namespace and not used for the whole host.
 
 Bearer tokens are cached per *scope set* (``repository:<name>:<actions>``), and a
 401 whose challenge names a wider scope fetches a new token for that scope: this
@@ -29,6 +41,7 @@ from typing import Any
 import requests
 
 from reconciler.errors import redact_url
+from reconciler.registry.config import DOCKER_HUB, DOCKER_HUB_AUTH_KEY, canonical_host
 from reconciler.registry.errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -36,7 +49,21 @@ log = logging.getLogger(__name__)
 _HELPER_TIMEOUT = 30.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
 _EXPIRY_MARGIN = 10.0
+MAX_AUTH_FILE_BYTES = 1 << 20  # config.json / auth.json
+MAX_HELPER_OUTPUT = 1 << 16
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+LOOKUP_ORDER = (
+    "--authfile, Docker's config.json ($DOCKER_CONFIG or ~/.docker), $REGISTRY_AUTH_FILE, "
+    "$XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json"
+)
+
+_auth_file: str | None = None
+
+
+def set_auth_file(path: str | None) -> None:
+    """The process-wide ``--authfile``: consulted before every other source."""
+    global _auth_file
+    _auth_file = path
 
 
 @dataclass(frozen=True)
@@ -46,6 +73,7 @@ class Credential:
     username: str
     password: str = field(default="", repr=False)
     identity_token: str | None = field(default=None, repr=False)
+    source: str = field(default="", compare=False)  # the file it came from, for hints
 
 
 @dataclass(frozen=True)
@@ -69,10 +97,17 @@ def parse_challenge(header: str) -> Challenge | None:
 
 def normalise_host(key: str) -> str:
     """``https://index.docker.io/v1/`` -> ``docker.io``; ``https://h:5000/x`` -> ``h:5000``."""
-    host = key.split("://", 1)[-1].split("/", 1)[0].lower()
-    if host in ("index.docker.io", "registry-1.docker.io"):
-        return "docker.io"
-    return host
+    return canonical_host(key.split("://", 1)[-1].split("/", 1)[0])
+
+
+def _scoped(key: str) -> bool:
+    """A containers-style key naming a namespace (``host/team``), not a whole host."""
+    return "://" not in key and "/" in key.rstrip("/")
+
+
+def server_key(host: str) -> str:
+    """What Docker asks a credential helper for: Hub's legacy URL, else the host."""
+    return DOCKER_HUB_AUTH_KEY if canonical_host(host) == DOCKER_HUB else host
 
 
 def docker_config_path(config_dir: str | None = None) -> Path:
@@ -80,62 +115,109 @@ def docker_config_path(config_dir: str | None = None) -> Path:
     return Path(base) / "config.json"
 
 
-class DockerCredentials:
-    """Look up a host's credential in Docker's config.json, caching the answer."""
+def credential_files(config_dir: str | None = None, auth_file: str | None = None) -> list[Path]:
+    """The files consulted, in order (see the module docstring)."""
+    files: list[Path] = []
+    explicit = auth_file or _auth_file
+    if explicit:
+        files.append(Path(explicit))
+    files.append(docker_config_path(config_dir))
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        files.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        files.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    files.append(Path.home() / ".config" / "containers" / "auth.json")
+    return files
 
-    def __init__(self, config_dir: str | None = None) -> None:
-        self._path = docker_config_path(config_dir)
+
+class DockerCredentials:
+    """Look up a host's credential in the credential files, caching the answer."""
+
+    def __init__(self, config_dir: str | None = None, *, auth_file: str | None = None) -> None:
+        self._files = credential_files(config_dir, auth_file)
+        self._explicit = auth_file or _auth_file
         self._lock = threading.Lock()
         self._cache: dict[str, Credential | None] = {}
-        self._config: dict[str, Any] | None = None
+        self._loaded: dict[Path, dict[str, Any]] = {}
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self._files)
 
     def lookup(self, host: str) -> Credential | None:
-        host = normalise_host(host)
+        host = canonical_host(host)
         with self._lock:
             if host not in self._cache:
                 self._cache[host] = self._find(host)
             return self._cache[host]
 
-    def _load(self) -> dict[str, Any]:
-        if self._config is None:
-            try:
-                text = self._path.read_text()
-            except FileNotFoundError:
-                self._config = {}
-            except OSError as exc:
-                raise AuthenticationFailed(
-                    f"cannot read {self._path}: {exc.strerror}",
-                    "fix the file's permissions or point DOCKER_CONFIG elsewhere",
-                ) from None
-            else:
-                try:
-                    loaded = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise AuthenticationFailed(
-                        f"{self._path} is not valid JSON (line {exc.lineno})",
-                        "repair it or run `docker login` again",
-                    ) from None
-                self._config = loaded if isinstance(loaded, dict) else {}
-        return self._config
-
     def _find(self, host: str) -> Credential | None:
-        config = self._load()
-        helpers = config.get("credHelpers") or {}
-        if isinstance(helpers, dict):
-            for key, helper in helpers.items():
-                if normalise_host(key) == host and isinstance(helper, str):
-                    return _run_helper(helper, key)
-        auths = config.get("auths") or {}
-        if isinstance(auths, dict):
-            for key, entry in auths.items():
-                if normalise_host(key) == host and isinstance(entry, dict):
-                    cred = _from_auth_entry(entry, self._path)
-                    if cred is not None:
-                        return cred
-        store = config.get("credsStore")
-        if isinstance(store, str) and store:
-            return _run_helper(store, host)
+        for path in self._files:
+            config = self._load(path)
+            if config:
+                cred = _from_config(config, host, path)
+                if cred is not None:
+                    log.debug("credential for %s from %s", host, path)
+                    return cred
         return None
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        if path in self._loaded:
+            return self._loaded[path]
+        try:
+            size = path.stat().st_size
+            if size > MAX_AUTH_FILE_BYTES:
+                raise AuthenticationFailed(
+                    f"{path} is {size:,} bytes, over the {MAX_AUTH_FILE_BYTES:,}-byte limit "
+                    "for a credential file",
+                    "point the variable or --authfile at the right file",
+                )
+            text = path.read_text()
+        except FileNotFoundError:
+            if path == Path(self._explicit or "\0"):
+                raise AuthenticationFailed(
+                    f"--authfile {path}: no such file", "pass an existing auth.json"
+                ) from None
+            loaded: dict[str, Any] = {}
+        except OSError as exc:
+            raise AuthenticationFailed(
+                f"cannot read {path}: {exc.strerror}",
+                "fix the file's permissions or point the variable elsewhere",
+            ) from None
+        else:
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise AuthenticationFailed(
+                    f"{path} is not valid JSON (line {exc.lineno})",
+                    "repair it, or log in again (`docker login` / `podman login`)",
+                ) from None
+            loaded = parsed if isinstance(parsed, dict) else {}
+        self._loaded[path] = loaded
+        return loaded
+
+
+def _from_config(config: dict[str, Any], host: str, path: Path) -> Credential | None:
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        for key, helper in helpers.items():
+            if not _scoped(key) and normalise_host(key) == host and isinstance(helper, str):
+                return _run_helper(helper, server_key(host), path)
+    auths = config.get("auths") or {}
+    if isinstance(auths, dict):
+        # An exact key first, then any spelling of the same host.
+        keys = sorted(auths, key=lambda k: k not in (host, server_key(host)))
+        for key in keys:
+            entry = auths[key]
+            if _scoped(key) or normalise_host(key) != host or not isinstance(entry, dict):
+                continue
+            cred = _from_auth_entry(entry, path)
+            if cred is not None:
+                return cred
+    store = config.get("credsStore")
+    if isinstance(store, str) and store:
+        return _run_helper(store, server_key(host), path)
+    return None
 
 
 def _from_auth_entry(entry: dict[str, Any], path: Path) -> Credential | None:
@@ -149,17 +231,18 @@ def _from_auth_entry(entry: dict[str, Any], path: Path) -> Credential | None:
         except ValueError:
             raise AuthenticationFailed(
                 f"{path}: an 'auth' entry is not base64 of user:password",
-                "run `docker login` again",
+                "log in again (`docker login` / `podman login`)",
             ) from None
         username, _, password = decoded.partition(":")
     if isinstance(token, str) and token:
-        return Credential(username if isinstance(username, str) else "", "", token)
+        name = username if isinstance(username, str) else ""
+        return Credential(name, "", token, str(path))
     if isinstance(username, str) and username:
-        return Credential(username, password if isinstance(password, str) else "")
+        return Credential(username, password if isinstance(password, str) else "", None, str(path))
     return None
 
 
-def _run_helper(name: str, server: str) -> Credential | None:
+def _run_helper(name: str, server: str, path: Path) -> Credential | None:
     program = f"docker-credential-{name}"
     try:
         done = subprocess.run(
@@ -171,8 +254,8 @@ def _run_helper(name: str, server: str) -> Credential | None:
         )
     except FileNotFoundError:
         raise AuthenticationFailed(
-            f"credential helper {program} not found",
-            f"install {program} or remove it from config.json",
+            f"credential helper {program} not found (named in {path})",
+            f"install {program} or remove it from {path.name}",
         ) from None
     except subprocess.TimeoutExpired:
         raise AuthenticationFailed(
@@ -182,6 +265,8 @@ def _run_helper(name: str, server: str) -> Credential | None:
         # "credentials not found in native keychain" is the documented miss.
         log.debug("credential helper %s has nothing for %s", program, server)
         return None
+    if len(done.stdout) > MAX_HELPER_OUTPUT:
+        raise AuthenticationFailed(f"credential helper {program} answered too much")
     try:
         answer = json.loads(done.stdout)
         username, secret = answer["Username"], answer["Secret"]
@@ -189,9 +274,10 @@ def _run_helper(name: str, server: str) -> Credential | None:
         raise AuthenticationFailed(f"credential helper {program} returned malformed JSON") from None
     if not isinstance(username, str) or not isinstance(secret, str):
         raise AuthenticationFailed(f"credential helper {program} returned malformed JSON")
+    source = f"{program} (from {path})"
     if username == "<token>":
-        return Credential("", "", secret)
-    return Credential(username, secret)
+        return Credential("", "", secret, source)
+    return Credential(username, secret, None, source)
 
 
 Fetch = Callable[..., requests.Response]
@@ -216,6 +302,9 @@ class Authenticator:
         self._realm: str | None = None
         self._service: str | None = None
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+
+    def credential(self) -> Credential | None:
+        return self._credential()
 
     def authorization(self, scopes: Sequence[str]) -> str | None:
         """The Authorization header to send, fetching a token if the host wants one."""
@@ -300,8 +389,7 @@ class Authenticator:
                 f"{self.host}: token service {redact_url(realm)} refused "
                 f"{'the credentials' if cred else 'anonymous access'} "
                 f"(HTTP {response.status_code}) for {' '.join(scopes) or 'the registry'}",
-                "check the credentials for this host in Docker's config.json "
-                "(DOCKER_CONFIG) and the account's permissions",
+                credential_hint(cred),
             )
         if response.status_code != 200:
             raise AuthenticationFailed(
@@ -322,6 +410,15 @@ class Authenticator:
         self._tokens[scopes] = (token, expiry)
         log.debug("%s: new token for %s", self.host, " ".join(scopes))
         return token
+
+
+def credential_hint(cred: Credential | None) -> str:
+    """Where the credential came from, and where else we looked."""
+    where = f"they came from {cred.source}" if cred and cred.source else "none were found"
+    return (
+        f"check the credentials for this host ({where}; looked in: {LOOKUP_ORDER}; "
+        "DOCKER_CONFIG names Docker's directory) and the account's permissions"
+    )
 
 
 def scope(repository: str, *actions: str) -> str:

@@ -45,8 +45,12 @@ class Registry(Protocol):
         """Store the exact bytes at a tag or digest; returns the digest."""
         ...
 
-    def delete_tag(self, repo: str, tag: str) -> None:
-        """Remove one tag only; raises Unsupported where no tag-delete API exists."""
+    def delete_tag(self, repo: str, tag: str, expected: str | None = None) -> None:
+        """Remove one tag only, never a manifest another tag names.
+
+        Nothing happens when the tag is absent or, with ``expected``, points
+        elsewhere. Raises Unsupported where the registry deletes nothing at all.
+        """
         ...
 
     def list_tags(self, repo: str) -> list[str]: ...
@@ -58,6 +62,13 @@ class Registry(Protocol):
         ...
 
     def open_blob(self, repo: str, digest: str) -> AbstractContextManager[Iterator[bytes]]: ...
+
+    def read_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
+        """A small blob (a record, a signature payload), capped and digest-checked once.
+
+        Raises ResponseTooLarge past ``max_bytes``, DigestMismatch, NotFound.
+        """
+        ...
 
     def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
         """Store a blob from a stream; raises DigestMismatch if it does not hash."""

@@ -2,39 +2,78 @@
 
 Plain HTTP is never inferred (not even for loopback): a host speaks plain HTTP only
 when its settings say ``plainHTTP``, so a typo cannot silently downgrade TLS.
+
+The state repository's ``settings.registries`` is parsed once, by the desired-state
+loader, into :class:`reconciler.model.RegistrySettings`; ``registry_settings()`` in
+:mod:`reconciler.reconcile` maps it onto :class:`HostConfig`. This module has no
+parser of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from reconciler.errors import Stalled
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+# Docker keeps Hub credentials under this key (auths, credsStore, credHelpers).
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
+
+DEFAULT_CONCURRENCY = 16  # what the thread pools that feed a host use
+DEFAULT_ATTEMPTS = 8
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0
+
+
+def canonical_host(host: str) -> str:
+    """``index.docker.io`` and ``registry-1.docker.io`` are Docker Hub: ``docker.io``."""
+    host = host.lower()
+    return DOCKER_HUB if host in _HUB_ALIASES else host
+
+
+def api_host(host: str) -> str:
+    """Where a registry's distribution API answers: Docker Hub's is not ``docker.io``."""
+    host = canonical_host(host)
+    return DOCKER_HUB_API if host == DOCKER_HUB else host
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries with full-jitter exponential backoff.
 
-    ``attempts`` counts the first try. Sleeps are ``uniform(0, min(cap, base * 2**n))``,
-    or the server's ``Retry-After`` capped at ``retry_after_cap``.
+    ``attempts`` counts the first try; ``budget`` bounds the time one request may
+    spend retrying (no retry starts after it). Sleeps are
+    ``uniform(0, min(cap, base * 2**n))``, or the server's ``Retry-After`` capped at
+    ``retry_after_cap``.
     """
 
-    attempts: int = 4
+    attempts: int = DEFAULT_ATTEMPTS
     base: float = 0.2
     cap: float = 5.0
     retry_after_cap: float = 30.0
+    budget: float = 120.0
 
 
 @dataclass(frozen=True)
 class HostConfig:
+    """How to talk to one registry host.
+
+    ``ca_pem`` is extra trust for this host (PEM bytes: a ``caFile`` read from the
+    state repository's tree); ``ca_file`` is the same as a local path, for library
+    use. Either adds to the system store and ``SSL_CERT_FILE``/``SSL_CERT_DIR``/
+    ``REQUESTS_CA_BUNDLE``; neither replaces them.
+    """
+
     plain_http: bool = False
     ca_file: str | None = None
-    concurrency: int = 8
+    ca_pem: bytes | None = field(default=None, repr=False)
+    concurrency: int = DEFAULT_CONCURRENCY
     requests_per_second: float | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -43,34 +82,9 @@ class HostConfig:
         if self.requests_per_second is not None and self.requests_per_second <= 0:
             raise Stalled("registry requestsPerSecond must be > 0")
         if self.retry.attempts < 1:
-            raise Stalled("registry retry attempts must be >= 1")
-
-
-_JSON_KEYS = {
-    "plainHTTP": "plain_http",
-    "caFile": "ca_file",
-    "concurrency": "concurrency",
-    "requestsPerSecond": "requests_per_second",
-    "connectTimeout": "connect_timeout",
-    "readTimeout": "read_timeout",
-}
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "plainHTTP": bool,
-    "caFile": str,
-    "concurrency": int,
-    "requestsPerSecond": (int, float),
-    "connectTimeout": (int, float),
-    "readTimeout": (int, float),
-}
-_TYPE_NAMES = {
-    "plainHTTP": "true or false",
-    "caFile": "a file path",
-    "concurrency": "an integer",
-    "requestsPerSecond": "a number",
-    "connectTimeout": "seconds",
-    "readTimeout": "seconds",
-}
-_RETRY_KEYS = {f.name: f.name for f in fields(RetryPolicy)} | {"retryAfterCap": "retry_after_cap"}
+            raise Stalled("registry attempts must be >= 1")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise Stalled("registry connectTimeout and readTimeout must be > 0")
 
 
 @dataclass(frozen=True)
@@ -78,49 +92,20 @@ class RegistrySettings:
     """Host (``host[:port]``) -> :class:`HostConfig`; unknown hosts get ``default``.
 
     ``docker_config`` overrides the directory holding ``config.json`` (otherwise
-    ``$DOCKER_CONFIG``, then ``~/.docker``).
+    ``$DOCKER_CONFIG``, then ``~/.docker``); ``auth_file`` is an auth file consulted
+    before every other source (``--authfile``); ``certs_dirs`` overrides where
+    per-host client certificates are looked for (Docker's ``certs.d`` layout).
     """
 
     hosts: Mapping[str, HostConfig] = field(default_factory=dict)
     default: HostConfig = field(default_factory=HostConfig)
     docker_config: str | None = None
+    auth_file: str | None = None
+    certs_dirs: tuple[str, ...] | None = None
 
     def for_host(self, host: str) -> HostConfig:
-        return self.hosts.get(host, self.default)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any], where: str = "registries") -> RegistrySettings:
-        """Parse ``{"host": {"plainHTTP": true, "caFile": ..., "retry": {...}}}``."""
-        hosts: dict[str, HostConfig] = {}
-        for host, raw in obj.items():
-            if not isinstance(raw, Mapping):
-                raise Stalled(f"{where}.{host}: expected an object")
-            hosts[host] = _host_from_json(raw, f"{where}.{host}")
-        return cls(hosts=hosts)
-
-
-def _host_from_json(raw: Mapping[str, Any], where: str) -> HostConfig:
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "retry":
-            if not isinstance(value, Mapping):
-                raise Stalled(f"{where}.retry: expected an object")
-            unknown = set(value) - set(_RETRY_KEYS)
-            if unknown:
-                raise Stalled(f"{where}.retry: unknown keys {sorted(unknown)}")
-            if not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
-            ):
-                raise Stalled(f"{where}.retry: values must be numbers")
-            kwargs["retry"] = RetryPolicy(**{_RETRY_KEYS[k]: v for k, v in value.items()})
-        elif key in _JSON_KEYS:
-            expected = _TYPES[key]
-            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-                raise Stalled(f"{where}.{key}: expected {_TYPE_NAMES[key]}, got {value!r}")
-            kwargs[_JSON_KEYS[key]] = value
-        else:
-            raise Stalled(
-                f"{where}: unknown key {key!r}",
-                f"known keys: {', '.join(sorted([*_JSON_KEYS, 'retry']))}",
-            )
-    return HostConfig(**kwargs)
+        found = self.hosts.get(host)
+        if found is None:
+            wanted = canonical_host(host)
+            found = next((c for h, c in self.hosts.items() if canonical_host(h) == wanted), None)
+        return found or self.default

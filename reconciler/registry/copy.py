@@ -6,6 +6,12 @@ after it, and the requested tag last of all. So a failure at any point leaves no
 tag on anything incomplete, and re-running finishes the job (present manifests
 are not re-sent).
 
+Cosign's ``sha256-<hex>.sig``/``.att``/``.sbom`` tags are merged, not overwritten:
+when the destination already holds its own (its own signature of the same digest),
+the result carries the destination's layers followed by the source's (like
+``cosign sign`` appending a signature, and like a merged referrers index), with the
+image config's ``rootfs.diff_ids`` following the layers.
+
 Referrers form a graph that can loop (an index whose child has the index as a
 referrer: regclient-testrepo's ``loop``), so each digest is visited once. The
 copy runs in two phases per artifact -- the manifest tree, then the referrers of
@@ -15,21 +21,27 @@ manifest it names has already been stored.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.registry.base import Registry
 from reconciler.registry.oci import (
     COSIGN_SUFFIXES,
+    OCI_EMPTY,
     Descriptor,
     Manifest,
     build_index,
     check_digest,
     check_tag,
     referrers_tag,
+    sha256_digest,
 )
 
 log = logging.getLogger(__name__)
+
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -168,9 +180,62 @@ class _Copy:
             if target is None:
                 continue
             manifest = self.graph(target)
-            if self.dst.resolve(self.dst_repo, tag) != target:
-                self.dst.put_manifest(self.dst_repo, tag, manifest.data, manifest.media_type)
-                self.result.tags.append(tag)
+            current = self.dst.resolve(self.dst_repo, tag)
+            if current == target:
+                continue
+            if current is not None:
+                merged = self._merge_layers(
+                    tag, self.dst.get_manifest(self.dst_repo, current), manifest
+                )
+                if merged is None:
+                    continue  # the destination's already carries every source layer
+                manifest = merged
+            self.dst.put_manifest(self.dst_repo, tag, manifest.data, manifest.media_type)
+            self.result.tags.append(tag)
+
+    def _merge_layers(self, tag: str, ours: Manifest, theirs: Manifest) -> Manifest | None:
+        """The destination's signature manifest plus the source's layers it lacks."""
+        doc, other = ours.document(), theirs.document()
+        layers, incoming = doc.get("layers"), other.get("layers")
+        if not isinstance(layers, list) or not isinstance(incoming, list):
+            log.warning("%s: %s is not a layered manifest; kept as it is", self.dst.name, tag)
+            return None
+        known = {_layer_key(layer) for layer in layers}
+        new = [layer for layer in incoming if _layer_key(layer) not in known]
+        if not new:
+            return None
+        merged: dict[str, Any] = dict(doc)
+        merged["layers"] = layers + new
+        config = doc.get("config")
+        if isinstance(config, dict):
+            merged["config"] = self._config_for(config, merged["layers"])
+        data = json.dumps(merged, separators=(",", ":")).encode()
+        log.info(
+            "%s: merged %d signature layer(s) of %s into its %s",
+            _where(self.dst, self.dst_repo), len(new), _where(self.src, self.src_repo), tag,
+        )  # fmt: skip
+        return Manifest(data, ours.media_type)
+
+    def _config_for(self, config: dict[str, Any], layers: list[Any]) -> dict[str, Any]:
+        """Cosign's image config lists each layer's diff id: keep it in step."""
+        digest = config.get("digest")
+        if not isinstance(digest, str) or not isinstance(config.get("size"), int):
+            return config
+        if config["size"] > MAX_CONFIG_BYTES or config.get("mediaType") == OCI_EMPTY:
+            return config
+        try:
+            body = json.loads(self.dst.read_blob(self.dst_repo, digest, MAX_CONFIG_BYTES))
+        except ValueError:
+            return config
+        rootfs = body.get("rootfs") if isinstance(body, dict) else None
+        if not isinstance(rootfs, dict) or "diff_ids" not in rootfs:
+            return config
+        rootfs["diff_ids"] = [layer.get("digest") for layer in layers if isinstance(layer, dict)]
+        data = json.dumps(body, separators=(",", ":")).encode()
+        new_digest = sha256_digest(data)
+        if not self.dst.blob_exists(self.dst_repo, new_digest):
+            self.dst.put_blob(self.dst_repo, new_digest, len(data), [data])
+        return {**config, "digest": new_digest, "size": len(data)}
 
     def _referrers_index(
         self, digest: str, tag: str, copied: list[Descriptor], *, complete: bool
@@ -203,6 +268,13 @@ class _Copy:
             return
         self.dst.put_manifest(self.dst_repo, tag, build_index(merged))
         self.result.tags.append(tag)
+
+
+def _layer_key(layer: object) -> str:
+    """A layer's identity: its digest and its annotations (the signature itself)."""
+    if not isinstance(layer, dict):
+        return json.dumps(layer, sort_keys=True)
+    return json.dumps([layer.get("digest"), layer.get("annotations")], sort_keys=True)
 
 
 def _where(registry: Registry, repo: str) -> str:

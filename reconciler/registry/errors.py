@@ -49,3 +49,7 @@ class InvalidManifest(RegistryRefused):
 
 class Unsupported(RegistryRefused):
     """The registry lacks an API the operation needs (e.g. tag delete)."""
+
+
+class ResponseTooLarge(RegistryRefused):
+    """The registry sent more than the size cap for what was asked."""

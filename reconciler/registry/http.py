@@ -18,28 +18,35 @@ independent client in ad-hoc checks, not in the product's request path.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from urllib.parse import quote, urljoin
 
 import requests
 import urllib3
 
 from reconciler.registry.auth import Credential, DockerCredentials, scope
-from reconciler.registry.config import HostConfig
+from reconciler.registry.config import HostConfig, api_host, canonical_host
 from reconciler.registry.errors import (
     DigestMismatch,
     InvalidManifest,
     NotFound,
     RegistryRefused,
     RegistryUnavailable,
+    ResponseTooLarge,
     Unsupported,
 )
 from reconciler.registry.oci import (
     MANIFEST_ACCEPT,
+    OCI_EMPTY,
     OCI_INDEX,
+    OCI_MANIFEST,
     Descriptor,
     Manifest,
     check_digest,
@@ -58,8 +65,13 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
 # Manifests are small; refuse to buffer anything absurd a server might send.
-_MAX_MANIFEST = 4 << 20
+MAX_MANIFEST = 4 << 20
+MAX_TAG_PAGE = 16 << 20  # ~400,000 tags in one page
+MAX_TAG_PAGES = 1000
 _BUFFER_LIMIT = 1 << 20
+EMPTY_JSON = b"{}"
+# The artifact type of the throwaway manifest that deletes one tag (see delete_tag).
+TAG_DELETION = "application/vnd.reconciler.tag-deletion.v1"
 
 
 class HttpRegistry:
@@ -72,18 +84,31 @@ class HttpRegistry:
         credentials: DockerCredentials | None = None,
         stats: RequestStats | None = None,
         sleep: Callable[[float], None] | None = None,
+        *,
+        certs_dirs: tuple[str, ...] | None = None,
     ) -> None:
-        self.name = host
+        # Docker Hub is named docker.io (credentials, settings, messages) but its API
+        # answers at registry-1.docker.io.
+        self.name = canonical_host(host)
         self.config = config or HostConfig()
         self.stats = stats or RequestStats()
         creds = credentials or DockerCredentials()
+        name = self.name
 
         def credential() -> Credential | None:
-            return creds.lookup(host)
+            return creds.lookup(name)
 
-        kwargs = {"sleep": sleep} if sleep is not None else {}
-        self._t = Transport(host, self.config, credential, self.stats, **kwargs)
+        self._t = Transport(
+            name,
+            self.config,
+            credential,
+            self.stats,
+            sleep if sleep is not None else _default_sleep,
+            endpoint=api_host(host),
+            certs_dirs=certs_dirs,
+        )
         self._referrers_api: bool | None = None
+        self._tag_delete_api: bool | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -139,6 +164,7 @@ class HttpRegistry:
             self._manifest_path(repo, ref),
             scopes=[scope(repo, "pull")],
             headers={"Accept": MANIFEST_ACCEPT},
+            limit=MAX_MANIFEST,
         )
         if response.status_code == 404:
             response.close()
@@ -146,8 +172,6 @@ class HttpRegistry:
         if response.status_code != 200:
             raise self._t.fail(response, f"get manifest {repo}{_at(ref)}")
         data = response.content
-        if len(data) > _MAX_MANIFEST:
-            raise InvalidManifest(f"{self.name}: manifest {repo}{_at(ref)} exceeds 4 MiB")
         where = f"{self.name}/{repo}{_at(ref)}"
         if is_digest(ref):
             verify_digest(data, ref, where)
@@ -185,15 +209,29 @@ class HttpRegistry:
         log.debug("%s: put %s%s (%s)", self.name, repo, _at(ref), digest)
         return digest
 
-    def delete_tag(self, repo: str, tag: str) -> None:
-        """Delete one tag through a tag-delete API; never deletes a manifest.
+    def delete_tag(self, repo: str, tag: str, expected: str | None = None) -> None:
+        """Delete one tag, never another tag's manifest.
 
-        Distribution 2.x deletes manifests by digest only, which removes every tag on
-        it; we refuse to emulate tag deletion that way.
+        Through the tag-delete API where the registry has one. Where it has not
+        (distribution 2.x deletes manifests by digest only, which removes every tag
+        on it), regclient's method: point the tag at a throwaway manifest made unique
+        to this deletion, then delete that digest, which no other tag can name. If the
+        registry refuses deletes altogether, the tag is put back where it was and
+        :class:`Unsupported` is raised. ``expected``: do nothing unless the tag is
+        still there (compare-and-swap with the caller's observation).
         """
         check_tag(tag)
-        if self.resolve(repo, tag) is None:
+        current = self.resolve(repo, tag)
+        if current is None:
             return
+        if expected is not None and current != expected:
+            log.warning("%s: not deleting %s:%s: it moved to %s", self.name, repo, tag, current)
+            return
+        if self._tag_delete_api is not False and self._delete_by_tag(repo, tag):
+            return
+        self._delete_through_throwaway(repo, tag, current)
+
+    def _delete_by_tag(self, repo: str, tag: str) -> bool:
         response = self._t.request(
             "DELETE",
             self._manifest_path(repo, tag),
@@ -202,25 +240,68 @@ class HttpRegistry:
         status = response.status_code
         if status in (200, 202, 204):
             response.close()
+            self._tag_delete_api = True
             log.info("%s: deleted tag %s:%s", self.name, repo, tag)
-            return
+            return True
         codes = error_codes(response)
         if status in (400, 404, 405, 501) or "UNSUPPORTED" in codes:
             response.close()
-            raise Unsupported(
-                f"registry {self.name} has no tag-delete API (cannot delete {repo}:{tag})",
-                "delete the tag by hand or leave it; deleting its manifest by digest "
-                "would remove every other tag on it",
-            )
+            with self._lock:
+                if self._tag_delete_api is None:
+                    log.debug("%s has no tag-delete API; deleting through a throwaway", self.name)
+                self._tag_delete_api = False
+            return False
         raise self._t.fail(response, f"delete tag {repo}:{tag}")
+
+    def _delete_through_throwaway(self, repo: str, tag: str, current: str) -> None:
+        original = self.get_manifest(repo, current)
+        throwaway = _throwaway_manifest(repo, tag)
+        digest = sha256_digest(throwaway)
+        if not self.blob_exists(repo, sha256_digest(EMPTY_JSON)):
+            self.put_blob(repo, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
+        self.put_manifest(repo, tag, throwaway, OCI_MANIFEST)
+        response = self._t.request(
+            "DELETE",
+            self._manifest_path(repo, digest),
+            scopes=[scope(repo, "pull", "push", "delete")],
+        )
+        status = response.status_code
+        if status in (200, 202, 204):
+            response.close()
+            if self.resolve(repo, tag) is not None:
+                raise RegistryRefused(
+                    f"{self.name}: {repo}:{tag} is still there after deleting it",
+                    "the registry keeps tags of deleted manifests; delete the tag by hand",
+                )
+            log.info("%s: deleted tag %s:%s (through a throwaway manifest)", self.name, repo, tag)
+            return
+        failure = self._t.fail(response, f"delete {repo}@{digest}")
+        # Put the tag back where it was: the caller asked to delete it, not to break it.
+        if self.resolve(repo, tag) == digest:
+            self.put_manifest(repo, tag, original.data, original.media_type)
+        if isinstance(failure, Unsupported) or "UNSUPPORTED" in failure.message:
+            raise Unsupported(
+                f"registry {self.name} deletes nothing (cannot delete {repo}:{tag}): "
+                f"{failure.message}",
+                "enable deletes on the registry (distribution: storage.delete.enabled), "
+                "or delete the tag by hand",
+            )
+        raise failure
 
     def list_tags(self, repo: str) -> list[str]:
         """All tags, following ``Link`` pagination; [] for an absent repository."""
         url = self._t.url(f"/v2/{_repo(repo)}/tags/list")
         tags: list[str] = []
         seen: set[str] = set()
+        pages = 0
         while url:
-            response = self._t.request("GET", url, scopes=[scope(repo, "pull")])
+            pages += 1
+            if pages > MAX_TAG_PAGES:
+                raise ResponseTooLarge(
+                    f"{self.name}: tag list of {repo} has more than {MAX_TAG_PAGES} pages"
+                )
+            # A Link to another origin is followed without credentials (the transport).
+            response = self._t.request("GET", url, scopes=[scope(repo, "pull")], limit=MAX_TAG_PAGE)
             if response.status_code == 404 and not tags:
                 response.close()
                 return []
@@ -280,21 +361,42 @@ class HttpRegistry:
 
     @contextmanager
     def open_blob(self, repo: str, digest: str) -> Iterator[Iterator[bytes]]:
-        """Stream a blob's bytes; the caller checks the digest as it reads."""
-        # Exact bytes: no transfer compression, and nothing decoded on the way in.
+        """Stream a blob's bytes; the caller checks the digest as it reads.
+
+        The host's concurrency slot is held until the stream is closed, so open
+        streams count against ``concurrency`` like any request.
+        """
+        with self._t.slot():
+            # Exact bytes: no transfer compression, and nothing decoded on the way in.
+            response = self._t.request(
+                "GET",
+                self._blob_path(repo, digest),
+                scopes=[scope(repo, "pull")],
+                headers={"Accept-Encoding": "identity"},
+                stream=True,
+            )
+            if response.status_code != 200:
+                raise self._t.fail(response, f"get blob {repo}@{digest}")
+            try:
+                yield _chunks(response, self.name)
+            finally:
+                response.close()
+
+    def read_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
+        """A small blob's bytes, at most ``max_bytes``, checked against ``digest`` once."""
+        check_digest(digest)
         response = self._t.request(
             "GET",
             self._blob_path(repo, digest),
             scopes=[scope(repo, "pull")],
             headers={"Accept-Encoding": "identity"},
-            stream=True,
+            limit=max_bytes,
         )
         if response.status_code != 200:
             raise self._t.fail(response, f"get blob {repo}@{digest}")
-        try:
-            yield _chunks(response, self.name)
-        finally:
-            response.close()
+        data = response.content
+        verify_digest(data, digest, f"blob {self.name}/{repo}@{digest}")
+        return data
 
     def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
         """Monolithic upload (POST, then PUT with Content-Length), digest-checked.
@@ -348,6 +450,7 @@ class HttpRegistry:
                 self._t.url(f"/v2/{_repo(repo)}/referrers/{digest}"),
                 scopes=[scope(repo, "pull")],
                 headers={"Accept": OCI_INDEX},
+                limit=MAX_MANIFEST,
             )
             if response.status_code == 200:
                 self._referrers_api = True
@@ -378,6 +481,28 @@ class HttpRegistry:
 
     def _blob_path(self, repo: str, digest: str) -> str:
         return self._t.url(f"/v2/{_repo(repo)}/blobs/{check_digest(digest)}")
+
+
+def _default_sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _throwaway_manifest(repo: str, tag: str) -> bytes:
+    """An OCI manifest no other tag can point at: a fresh nonce is in its bytes."""
+    empty = {"mediaType": OCI_EMPTY, "digest": sha256_digest(EMPTY_JSON), "size": 2}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": TAG_DELETION,
+        "config": empty,
+        "layers": [empty],
+        "annotations": {
+            "dev.reconciler.delete-tag": f"{repo}:{tag}",
+            "dev.reconciler.nonce": uuid.uuid4().hex,
+            "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 class _HashingReader:

@@ -31,6 +31,7 @@ from reconciler.registry.errors import (
     InvalidReference,
     NotFound,
     RegistryRefused,
+    ResponseTooLarge,
 )
 from reconciler.registry.oci import (
     OCI_INDEX,
@@ -52,6 +53,8 @@ from reconciler.registry.transport import RequestStats
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
+MAX_MANIFEST = 4 << 20
+MAX_INDEX = 64 << 20  # index.json of a layout with ~300,000 tags
 _LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
 
@@ -98,10 +101,7 @@ class LayoutRegistry:
             ref = digest
         self._count("GET")
         path = self._blob_path(self._dir(repo), ref)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"{self.name}: manifest {repo}@{ref} not found") from None
+        data = _read_capped(path, MAX_MANIFEST, f"{self.name}: manifest {repo}@{ref}")
         verify_digest(data, ref, f"{repo}@{ref}")
         return Manifest(data, media_type_of(data))
 
@@ -130,11 +130,12 @@ class LayoutRegistry:
         log.debug("%s: put %s%s (%s)", self.name, repo, f":{tag}" if tag else "", digest)
         return digest
 
-    def delete_tag(self, repo: str, tag: str) -> None:
+    def delete_tag(self, repo: str, tag: str, expected: str | None = None) -> None:
         """Remove the tag's entry; blobs stay, other tags may still use them."""
         check_tag(tag)
         directory = self._dir(repo)
-        if self.resolve(repo, tag) is None:
+        current = self.resolve(repo, tag)
+        if current is None or (expected is not None and current != expected):
             return
         self._count("DELETE")
 
@@ -183,6 +184,14 @@ class LayoutRegistry:
             raise NotFound(f"{self.name}: blob {repo}@{digest} not found") from None
         with handle:
             yield iter(lambda: handle.read(_CHUNK), b"")
+
+    def read_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
+        """A small blob's bytes, at most ``max_bytes``, checked against ``digest`` once."""
+        self._count("GET")
+        path = self._blob_path(self._dir(repo), digest)
+        data = _read_capped(path, max_bytes, f"{self.name}: blob {repo}@{digest}")
+        verify_digest(data, digest, f"blob {repo}@{digest}")
+        return data
 
     def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
         directory = self._dir(repo)
@@ -239,10 +248,10 @@ class LayoutRegistry:
         self.stats.record(self.name, method, "ok")
 
     def _read_index(self, directory: Path) -> dict[str, Any]:
-        try:
-            data = (directory / "index.json").read_bytes()
-        except FileNotFoundError:
+        path = directory / "index.json"
+        if not path.is_file():
             return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        data = _read_capped(path, MAX_INDEX, f"{path}")
         try:
             index = parse_document(data)
         except InvalidManifest:
@@ -311,6 +320,17 @@ class LayoutRegistry:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _read_capped(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise NotFound(f"{what} not found") from None
+    if len(data) > limit:
+        raise ResponseTooLarge(f"{what} is over the {limit:,}-byte limit")
+    return data
 
 
 def _ref_name(entry: object) -> str | None:

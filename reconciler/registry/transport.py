@@ -4,9 +4,19 @@ Written on a plain :class:`requests.Session` (see :mod:`reconciler.registry.http
 for why not oras-py's). Every request has explicit connect/read timeouts. Only
 connection errors, 429 and 5xx (not 501) are retried, a bounded number of times,
 with full-jitter exponential backoff or the server's ``Retry-After`` (capped).
-Requests with a streamed body are never replayed. Redirects are followed by hand
-so that ``Authorization`` never leaves the registry's own scheme://host:port
-(blob GETs on real registries redirect to object storage).
+Requests with a streamed body are never replayed. A ``Retry-After`` pauses every
+request to the host, not only the one that was told. Retries stop at ``attempts``
+or when the request's time ``budget`` is spent, whichever comes first.
+
+Credentials go only to the origin that asked for them: ``Authorization`` and the
+host's client certificate are sent to the registry's own scheme://host:port only.
+Redirects are followed by hand, and a ``Location`` (upload) or ``Link`` (tag list
+page) naming another origin is followed without them (blob GETs on real registries
+redirect to object storage). A 401 from another origin is never answered.
+
+Every body read is capped (``limit``): a manifest, a tag list page, a token, an
+error. Streamed blob reads hold the host's concurrency slot until closed, so the
+connection pool (``pool_maxsize`` = ``concurrency``) is never exceeded.
 """
 
 from __future__ import annotations
@@ -14,34 +24,43 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from reconciler.errors import redact_url
-from reconciler.registry.auth import Authenticator, Credential
+from reconciler.registry.auth import Authenticator, Credential, credential_hint
 from reconciler.registry.config import HostConfig, RetryPolicy
 from reconciler.registry.errors import (
     AuthenticationFailed,
     NotFound,
+    RegistryError,
     RegistryRefused,
     RegistryUnavailable,
+    ResponseTooLarge,
     TLSFailure,
     Unsupported,
 )
+from reconciler.registry.trust import default_context, host_certs, trust_context, trust_sources
 
 log = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+_CHUNK = 1 << 16
+DEFAULT_LIMIT = 1 << 20  # bodies we do not expect to be large: tokens, errors, uploads
+ERROR_LIMIT = 64 << 10  # an error body is kept up to this much, then cut
 # Reasons worth naming; the exception text itself may carry a URL with a query.
 _REASONS = (
     "Connection refused",
@@ -103,7 +122,8 @@ class RequestStats:
 
 
 class RateLimiter:
-    """Spaces request starts at least ``1/rate`` seconds apart (no bursts)."""
+    """Spaces request starts at least ``1/rate`` seconds apart (no bursts), and holds
+    every start back while the host asked for a pause (``Retry-After``)."""
 
     def __init__(
         self,
@@ -116,14 +136,20 @@ class RateLimiter:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next = 0.0
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """No request starts for ``seconds`` from now (the longest pause asked wins)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     def acquire(self) -> None:
-        if not self._interval:
-            return
         with self._lock:
             now = self._clock()
-            start = max(now, self._next)
-            self._next = start + self._interval
+            start = max(now, self._paused_until)
+            if self._interval:
+                start = max(start, self._next)
+                self._next = start + self._interval
         if start > now:
             self._sleep(start - now)
 
@@ -181,8 +207,35 @@ def error_codes(response: requests.Response) -> set[str]:
     return {str(e.get("code")) for e in errors if isinstance(e, dict)}
 
 
+class _Adapter(HTTPAdapter):
+    """An HTTPAdapter whose pools (direct and through a proxy) use one TLS context."""
+
+    def __init__(self, context: ssl.SSLContext, maxsize: int) -> None:
+        self._context = context
+        super().__init__(pool_connections=4, pool_maxsize=maxsize, max_retries=0)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        pool_kwargs["ssl_context"] = self._context
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs.setdefault("ssl_context", self._context)
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # The context decides what is trusted; requests would add certifi's bundle.
+        if url.lower().startswith("https"):
+            conn.cert_reqs = "CERT_REQUIRED"
+
+
 class Transport:
-    """Sends requests to one registry host; see the module docstring for the rules."""
+    """Sends requests to one registry host; see the module docstring for the rules.
+
+    ``host`` names the registry in messages and metrics (``docker.io``); ``endpoint``
+    is where its API answers (``registry-1.docker.io``), by default ``host``.
+    """
 
     def __init__(
         self,
@@ -191,24 +244,34 @@ class Transport:
         credential: Callable[[], Credential | None],
         stats: RequestStats,
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        endpoint: str | None = None,
+        certs_dirs: tuple[str, ...] | None = None,
     ) -> None:
         self.host = host
         self.config = config
         self.stats = stats
-        self.base_url = f"{'http' if config.plain_http else 'https'}://{host}"
+        self.endpoint = endpoint or host
+        self.base_url = f"{'http' if config.plain_http else 'https'}://{self.endpoint}"
         self._origin = _origin(self.base_url)
         self._sleep = sleep
         self._timeout = (config.connect_timeout, config.read_timeout)
-        self._verify: bool | str = config.ca_file or True
         self._slots = threading.BoundedSemaphore(config.concurrency)
+        self._local = threading.local()
         self._rate = RateLimiter(config.requests_per_second)
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
         self.session = requests.Session()
-        # Never pick up credentials from ~/.netrc: config.json is the only source.
+        # Never pick up credentials from ~/.netrc; proxies are read per origin below.
         self.session.trust_env = False
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=config.concurrency, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        certs = host_certs(self.endpoint, certs_dirs) if not config.plain_http else None
+        if certs is not None and certs.directory:
+            log.debug("%s: certificates from %s", host, certs.directory)
+        own = trust_context(host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs)
+        # Other origins (token realms, storage redirects): the common trust, no client cert.
+        other = _Adapter(default_context(), config.concurrency)
+        self.session.mount("http://", other)
+        self.session.mount("https://", other)
+        self.session.mount(self.base_url + "/", _Adapter(own, config.concurrency))
         self.session.headers["User-Agent"] = "reconciler-registry"
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
@@ -217,6 +280,27 @@ class Transport:
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
+
+    def same_origin(self, url: str) -> bool:
+        return _origin(url) == self._origin
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of the host's ``concurrency`` slots, held by this thread (re-entrant)."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with self._slots:
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
 
     def request(
         self,
@@ -228,29 +312,36 @@ class Transport:
         data: bytes | None = None,
         body: UploadBody | None = None,
         stream: bool = False,
+        limit: int = DEFAULT_LIMIT,
     ) -> requests.Response:
         """Send with auth, retries and limits; returns any final response.
 
         ``body`` is a streamed, non-replayable upload: it is sent once, never retried.
+        Unless ``stream``, the body is read here, refused past ``limit`` bytes on a
+        success (an error body is cut there instead). ``Authorization`` goes to the
+        registry's own origin only.
         """
         replayable = body is None
         failures = 0
         challenges = 0
         policy = self.config.retry
+        started = time.monotonic()
+        same = self.same_origin(url)
         while True:
             sent_headers = dict(headers or {})
-            authorization = self.auth.authorization(scopes)
+            authorization = self.auth.authorization(scopes) if same else None
             if authorization:
                 sent_headers["Authorization"] = authorization
             try:
                 response = self._send(
-                    method, url, sent_headers, data if body is None else body, stream
+                    method, url, sent_headers, data if body is None else body, stream, limit
                 )
             except requests.exceptions.SSLError as exc:
                 self.stats.record(self.host, method, "error")
                 raise TLSFailure(
                     f"{self.host}: TLS verification failed for {redact_url(url)}: {_short(exc)}",
-                    "set caFile for this host to the CA that signed its certificate",
+                    "set caFile for this host to the CA that signed its certificate, or add "
+                    f"the CA to the trust store (trusted here: {trust_sources()})",
                 ) from None
             except (
                 requests.exceptions.ConnectionError,
@@ -260,13 +351,13 @@ class Transport:
                 self.stats.record(self.host, method, "error")
                 failures += 1
                 reason = _short(exc)
-                if failures >= policy.attempts or not replayable:
+                delay = backoff(policy, failures)
+                if not replayable or not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
                         f"{self.host}: {method} {redact_url(url)} failed after "
                         f"{failures} attempt{'s' if failures > 1 else ''}: {reason}",
                         "the registry is unreachable or too slow; it will be retried",
                     ) from None
-                delay = backoff(policy, failures)
                 log.debug(
                     "%s %s: %s; retry %d/%d in %.2fs",
                     method, redact_url(url), reason, failures, policy.attempts - 1, delay,
@@ -275,14 +366,18 @@ class Transport:
                 continue
             status = response.status_code
             self.stats.record(self.host, method, str(status))
-            if status == 401 and challenges < 2 and replayable:
+            if status == 401 and same and challenges < 2 and replayable:
                 challenges += 1
                 if self.auth.on_challenge(response, scopes):
                     response.close()
                     continue
             if status == 429 or (500 <= status < 600 and status != 501):
                 failures += 1
-                if failures >= policy.attempts or not replayable:
+                hinted = retry_after(response.headers.get("Retry-After"), policy)
+                delay = backoff(policy, failures) if hinted is None else hinted
+                if hinted:
+                    self._rate.pause(hinted)  # the whole host was told to wait
+                if not replayable or not self._may_retry(policy, failures, started, delay):
                     detail = error_detail(response)
                     response.close()
                     raise RegistryUnavailable(
@@ -291,8 +386,6 @@ class Transport:
                         + (f" ({detail})" if detail else ""),
                         "the registry is overloaded or failing; it will be retried",
                     )
-                hinted = retry_after(response.headers.get("Retry-After"), policy)
-                delay = backoff(policy, failures) if hinted is None else hinted
                 log.debug(
                     "%s %s: HTTP %d; retry %d/%d in %.2fs",
                     method, redact_url(url), status, failures, policy.attempts - 1, delay,
@@ -302,6 +395,10 @@ class Transport:
                 continue
             return response
 
+    @staticmethod
+    def _may_retry(policy: RetryPolicy, failures: int, started: float, delay: float) -> bool:
+        return failures < policy.attempts and (time.monotonic() - started + delay <= policy.budget)
+
     def _send(
         self,
         method: str,
@@ -309,10 +406,11 @@ class Transport:
         headers: dict[str, str],
         data: bytes | UploadBody | None,
         stream: bool,
+        limit: int,
     ) -> requests.Response:
         self._rate.acquire()
-        with self._slots:
-            response = self._once(method, url, headers, data, stream)
+        with self.slot():
+            response = self._once(method, url, headers, data, stream, limit)
             hops = 0
             while (
                 response.status_code in _REDIRECTS
@@ -323,10 +421,10 @@ class Transport:
                 hops += 1
                 url = urljoin(url, response.headers["Location"])
                 response.close()
-                if _origin(url) != self._origin:
+                if not self.same_origin(url):
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 log.debug("%s redirected to %s", method, redact_url(url))
-                response = self._once(method, url, headers, None, stream)
+                response = self._once(method, url, headers, None, stream, limit)
             return response
 
     def _once(
@@ -336,54 +434,80 @@ class Transport:
         headers: dict[str, str],
         data: bytes | UploadBody | None,
         stream: bool,
+        limit: int,
     ) -> requests.Response:
-        verify = self._verify if _origin(url) == self._origin else True
         response = self.session.request(
             method,
             url,
             headers=headers,
             data=data,
-            stream=stream,
+            stream=True,
             timeout=self._timeout,
             allow_redirects=False,
-            verify=verify,
+            verify=True,
+            proxies=self._proxies_for(url),
         )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
+        if not stream:
+            read_capped(response, limit, f"{self.host}: {method} {redact_url(url)}", method)
         return response
 
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxy for this origin (``HTTPS_PROXY``, ``NO_PROXY``)."""
+        origin = _origin(url)
+        found = self._proxies.get(origin)
+        if found is None:
+            found = {
+                k: v
+                for k, v in requests.utils.get_environ_proxies(url).items()
+                if k in ("http", "https", "all")
+            }
+            self._proxies[origin] = found
+        return found
+
     def _fetch_plain(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """Token-service calls: same timeouts and retries, no registry auth."""
+        """Token-service calls: same timeouts and retries, no registry auth, capped."""
         policy = self.config.retry
         failures = 0
-        verify = self._verify if _origin(url) == self._origin else True
+        started = time.monotonic()
         while True:
             try:
                 response = self.session.request(
-                    method, url, timeout=self._timeout, verify=verify, **kwargs
+                    method,
+                    url,
+                    timeout=self._timeout,
+                    verify=True,
+                    stream=True,
+                    proxies=self._proxies_for(url),
+                    **kwargs,
                 )
+                read_capped(response, DEFAULT_LIMIT, f"{self.host}: token service", method)
             except requests.exceptions.SSLError as exc:
                 raise TLSFailure(
                     f"{self.host}: TLS verification failed for token service "
-                    f"{redact_url(url)}: {_short(exc)}"
+                    f"{redact_url(url)}: {_short(exc)}",
+                    f"add the token service's CA to the trust store (trusted: {trust_sources()})",
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 failures += 1
-                if failures >= policy.attempts:
+                delay = backoff(policy, failures)
+                if not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
                         f"{self.host}: token service {redact_url(url)} unreachable: {_short(exc)}"
                     ) from None
-                self._sleep(backoff(policy, failures))
+                self._sleep(delay)
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 failures += 1
-                if failures >= policy.attempts:
+                hinted = retry_after(response.headers.get("Retry-After"), policy)
+                delay = backoff(policy, failures) if hinted is None else hinted
+                if not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
                         f"{self.host}: token service {redact_url(url)} answered "
                         f"HTTP {response.status_code}"
                     )
-                delay = retry_after(response.headers.get("Retry-After"), policy)
-                self._sleep(backoff(policy, failures) if delay is None else delay)
+                self._sleep(delay)
                 continue
             return response
 
@@ -394,10 +518,12 @@ class Transport:
         response.close()
         suffix = f" ({detail})" if detail else ""
         if status in (401, 403):
+            try:
+                cred = self.auth.credential()
+            except RegistryError:
+                cred = None
             return AuthenticationFailed(
-                f"{self.host}: {what}: HTTP {status}{suffix}",
-                "check the credentials for this host in Docker's config.json "
-                "(DOCKER_CONFIG) and the account's permissions on the repository",
+                f"{self.host}: {what}: HTTP {status}{suffix}", credential_hint(cred)
             )
         if status == 404:
             return NotFound(f"{self.host}: {what}: not found{suffix}")
@@ -406,9 +532,50 @@ class Transport:
         return RegistryRefused(f"{self.host}: {what}: HTTP {status}{suffix}")
 
 
+def read_capped(response: requests.Response, limit: int, what: str, method: str = "GET") -> None:
+    """Read the body into ``response.content``, at most ``limit`` bytes.
+
+    A success that is larger is refused (:class:`ResponseTooLarge`); an error body
+    is cut. A connection lost mid-body raises as requests would, so it is retried.
+    """
+    ok = response.status_code < 300
+    declared = response.headers.get("Content-Length", "")
+    if ok and method != "HEAD" and declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise ResponseTooLarge(f"{what}: {int(declared):,} bytes, over the {limit:,}-byte limit")
+    chunks: list[bytes] = []
+    total = 0
+    complete = True
+    try:
+        for chunk in response.raw.stream(_CHUNK, decode_content=True):
+            total += len(chunk)
+            if total > limit:
+                response.close()
+                if ok:
+                    raise ResponseTooLarge(f"{what}: more than the {limit:,}-byte limit")
+                chunks.append(chunk[: len(chunk) - (total - limit)])
+                complete = False
+                break
+            chunks.append(chunk)
+    except urllib3.exceptions.ReadTimeoutError:
+        response.close()
+        raise requests.exceptions.ReadTimeout("Read timed out") from None
+    except (urllib3.exceptions.HTTPError, OSError):
+        response.close()
+        raise requests.exceptions.ConnectionError("Connection aborted") from None
+    response._content = b"".join(chunks)
+    setattr(response, "_content_consumed", True)  # noqa: B010 (not in the type stubs)
+    if complete:
+        response.raw.release_conn()  # read to the end: the connection is reusable
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
-    return parts.scheme, parts.netloc.rpartition("@")[2].lower()
+    netloc = parts.netloc.rpartition("@")[2].lower()
+    default = {"https": ":443", "http": ":80"}.get(parts.scheme.lower(), "")
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return parts.scheme.lower(), netloc
 
 
 def _short(exc: BaseException) -> str:

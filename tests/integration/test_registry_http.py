@@ -25,6 +25,7 @@ from reconciler.registry import (
     referrers_tag,
 )
 from tests.support.registry_servers import (
+    RegistryFactory,
     RegistryServer,
     build_image,
     build_index,
@@ -189,20 +190,59 @@ def test_referrers_fall_back_to_the_tag_schema(client: HttpRegistry) -> None:
     assert client.has_referrers_api is False
 
 
-def test_delete_tag_says_the_registry_has_no_tag_delete_api_and_changes_nothing(
-    client: HttpRegistry,
+def test_delete_tag_on_distribution_removes_that_tag_only_through_a_throwaway(
+    client: HttpRegistry, plain_registry: RegistryServer
 ) -> None:
+    """Distribution 2.8 has no tag delete; deleting the manifest would take `keep` too."""
     repo = fresh()
     image = build_image("delete")
     push(client, repo, image, tag="keep")
     push(client, repo, image, tag="drop")
-    with pytest.raises(Unsupported, match="has no tag-delete API") as caught:
-        client.delete_tag(repo, "drop")
-    assert isinstance(caught.value, Stalled)
+    client.delete_tag(repo, "drop", expected=image.digest)
+    assert client.resolve(repo, "drop") is None
     assert client.resolve(repo, "keep") == image.digest
-    assert client.resolve(repo, "drop") == image.digest
+    assert client.manifest_exists(repo, image.digest)
+    listed = skopeo("list-tags", f"docker://{plain_registry.host}/{repo}", server=plain_registry)
+    assert json.loads(listed.stdout)["Tags"] == ["keep"]
     deletes = [k for k in client.stats.snapshot() if k[1] == "DELETE"]
-    assert len(deletes) == 1  # the one tag-delete attempt; never a delete by digest
+    assert deletes  # the tag-delete attempt, then the throwaway's digest, never the image's
+    # Known now: the next deletion goes straight to the throwaway.
+    push(client, repo, image, tag="drop2")
+    before = client.stats.total(method="DELETE")
+    client.delete_tag(repo, "drop2")
+    assert client.stats.total(method="DELETE") == before + 1
+    assert client.resolve(repo, "keep") == image.digest
+
+
+def test_delete_tag_leaves_a_tag_that_moved_since_it_was_observed(client: HttpRegistry) -> None:
+    repo = fresh()
+    first, second = build_image("moved-1"), build_image("moved-2")
+    push(client, repo, first, tag="t")
+    push(client, repo, second, tag="t")
+    client.delete_tag(repo, "t", expected=first.digest)
+    assert client.resolve(repo, "t") == second.digest
+    assert client.stats.total(method="DELETE") == 0
+
+
+def test_a_registry_that_deletes_nothing_keeps_the_tag_where_it_was(
+    registry_factory: RegistryFactory,
+) -> None:
+    server = registry_factory.plain(deletes=False)
+    try:
+        client = HttpRegistry(server.host, HostConfig(plain_http=True))
+        repo = fresh()
+        image = build_image("no-deletes")
+        push(client, repo, image, tag="keep")
+        push(client, repo, image, tag="drop")
+        with pytest.raises(Unsupported, match="deletes nothing") as caught:
+            client.delete_tag(repo, "drop")
+        assert isinstance(caught.value, Stalled)
+        assert "storage.delete.enabled" in caught.value.hint
+        assert client.resolve(repo, "drop") == image.digest
+        assert client.resolve(repo, "keep") == image.digest
+        assert sorted(client.list_tags(repo)) == ["drop", "keep"]
+    finally:
+        server.stop()
 
 
 def test_delete_of_an_absent_tag_is_a_no_op(client: HttpRegistry) -> None:

@@ -106,6 +106,30 @@ class TestCA:
         return cert_path, key_path
 
 
+def issue_client(ca: TestCA, directory: Path, name: str = "client") -> tuple[Path, Path]:
+    """A TLS client certificate signed by ``ca`` (``name``.cert and ``name``.key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reconciler client")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.cert", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_key_pem(key))
+    return cert_path, key_path
+
+
 def make_ca(common_name: str = "reconciler test CA") -> TestCA:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -219,15 +243,22 @@ def registry_config(
     *,
     auth: str = "",
     tls: tuple[Path, Path] | None = None,
+    deletes: bool = True,
+    client_ca: Path | None = None,
 ) -> str:
+    """``deletes=False``: the registry refuses every DELETE (405 UNSUPPORTED);
+    ``client_ca``: TLS clients must present a certificate signed by it."""
+    enabled = "true" if deletes else "false"
     lines = [
         "version: 0.1",
         "log: {level: warn, accesslog: {disabled: true}}",
-        f"storage: {{filesystem: {{rootdirectory: {directory / 'data'}}}, delete: {{enabled: true}}}}",
+        f"storage: {{filesystem: {{rootdirectory: {directory / 'data'}}}, "
+        f"delete: {{enabled: {enabled}}}}}",
     ]
     http_line = f"http: {{addr: 127.0.0.1:{port}, secret: test"
     if tls:
-        http_line += f", tls: {{certificate: {tls[0]}, key: {tls[1]}}}"
+        http_line += f", tls: {{certificate: {tls[0]}, key: {tls[1]}"
+        http_line += f", clientcas: [{client_ca}]}}" if client_ca else "}"
     lines.append(http_line + "}")
     if auth:
         lines.append(auth)
@@ -248,10 +279,45 @@ class RegistryFactory:
             self._ca = make_ca()
         return self._ca
 
-    def plain(self) -> RegistryServer:
+    def plain(self, deletes: bool = True) -> RegistryServer:
         directory = self._dir("plain")
         port = free_port()
-        return self._start(RegistryServer(directory, port, registry_config(directory, port)))
+        config = registry_config(directory, port, deletes=deletes)
+        return self._start(RegistryServer(directory, port, config))
+
+    def tls_only(self, client_ca: TestCA | None = None) -> RegistryServer:
+        """TLS from this factory's CA, no auth; ``client_ca``: mutual TLS with its certs."""
+        directory = self._dir("mtls" if client_ca else "tlsonly")
+        port = free_port()
+        (directory / "ca").mkdir()
+        ca_file = directory / "ca" / "ca.crt"
+        ca_file.write_bytes(self.ca.cert_pem)
+        cert = self.ca.issue(directory)
+        clients = None
+        if client_ca is not None:
+            clients = directory / "client-ca.pem"
+            clients.write_bytes(client_ca.cert_pem)
+        config = registry_config(directory, port, tls=cert, client_ca=clients)
+        server = RegistryServer(directory, port, config, scheme="https", ca_file=str(ca_file))
+        self.servers.append(server)
+        if client_ca is None:
+            return server.start()
+        # The readiness probe cannot present a certificate: wait for the port instead.
+        binary = require_tool("docker-registry")
+        (directory / "config.yml").write_text(config)
+        with (directory / "registry.log").open("ab") as log:
+            server.process = subprocess.Popen(
+                [binary, "serve", str(directory / "config.yml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return server
+            time.sleep(0.02)
+        pytest.fail(f"docker-registry (mutual TLS) on {server.host} did not listen", pytrace=False)
 
     def tls_htpasswd(self) -> RegistryServer:
         htpasswd = require_tool("htpasswd")

@@ -22,7 +22,6 @@ from reconciler.registry import (
     HttpRegistry,
     RequestStats,
     RetryPolicy,
-    Unsupported,
 )
 from reconciler.registry.transport import RateLimiter, backoff, retry_after
 
@@ -202,16 +201,6 @@ def test_tag_delete_uses_the_tag_delete_api_where_it_exists(server: FakeServer) 
     server.route("DELETE", "/v2/r/manifests/v1", lambda h: (202, {}, b""))
     client(server.host).delete_tag("r", "v1")
     assert [(m, p) for m, p, _ in server.seen][-1] == ("DELETE", "/v2/r/manifests/v1")
-
-
-def test_501_is_permanent_and_not_retried(server: FakeServer) -> None:
-    server.route(
-        "HEAD", "/v2/r/manifests/v1", lambda h: (200, {"Docker-Content-Digest": sha(b"m")}, b"")
-    )
-    server.route("DELETE", "/v2/r/manifests/v1", lambda h: (501, {}, b""))
-    with pytest.raises(Unsupported, match="no tag-delete API"):
-        client(server.host).delete_tag("r", "v1")
-    assert sum(1 for m, _, _ in server.seen if m == "DELETE") == 1
 
 
 def test_the_rate_limiter_spaces_request_starts() -> None:
