@@ -80,7 +80,8 @@ DEFAULT_LISTEN = "127.0.0.1:9090"
 SECRET_ENV = "RECONCILER_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
 HOOK_PATH = "/hooks/git"
 MAX_HOOK_BODY = 1 << 20  # push payloads are a few KiB; GitHub caps them at 25 MiB
-HTTP_TIMEOUT = 10.0  # seconds a client may take to send its request
+HTTP_TIMEOUT = 10.0  # seconds a client may take for its whole request, not per read
+HTTP_WORKERS = 8  # requests served at once; one more is answered 503 without being read
 JOB_ID = "pass"
 SOURCE = "(git)"  # the git source's key in logs
 
@@ -654,7 +655,13 @@ class Daemon:
 
 
 class _Server(ThreadingHTTPServer):
+    """At most ``workers`` requests at once, each cut off ``request_deadline`` seconds
+    after it was accepted: a client trickling bytes cannot hold a thread past it, and
+    a crowd of them gets 503s instead of threads."""
+
     daemon_threads = True
+    request_deadline = HTTP_TIMEOUT
+    workers = HTTP_WORKERS
 
     def __init__(
         self, address: tuple[str, int], daemon: Daemon, secret: bytes | None, window: float
@@ -663,6 +670,48 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.reconciler_daemon, self.secret, self.ready_window = daemon, secret, window
+        self._busy = threading.BoundedSemaphore(self.workers)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._busy.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._busy.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        deadline = threading.Timer(self.request_deadline, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            deadline.cancel()
+            self._busy.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a client gone, or cut off at the deadline
+            log.debug("http: request from %s ended early: %r", client_address[0], error)
+        else:
+            log.exception("http: request from %s failed", client_address[0])
+
+
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
+def _cut(connection: socket.socket) -> None:
+    """The whole-request deadline passed: end the connection, waking the reader."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
