@@ -19,10 +19,11 @@ from typing import Any, TextIO
 
 from reconciler import __version__, daemon
 from reconciler.desired import Loader
-from reconciler.errors import InvalidState, ReconcilerError
-from reconciler.git import GitSource, default_cache_dir
+from reconciler.errors import InvalidState, ReconcilerError, redact_url
+from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.model import Action, DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
+from reconciler.registry import set_auth_file
 from reconciler.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
 from reconciler.verify import disposition
 from reconciler.workflows import Proposal, Workflows
@@ -46,6 +47,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=d(False))
     parser.add_argument(
         "--cache-dir", type=Path, default=d(None), help="default: $RECONCILER_CACHE_DIR"
+    )
+    parser.add_argument(
+        "--authfile",
+        metavar="FILE",
+        default=d(None),
+        help="registry credentials (auth.json / config.json), consulted before the others",
     )
 
 
@@ -189,6 +196,7 @@ def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
 
 
 def make_reconciler(args: argparse.Namespace) -> Reconciler:
+    set_auth_file(getattr(args, "authfile", None))
     cache_dir = args.cache_dir or default_cache_dir()
     source = GitSource(args.repo, cache_dir=cache_dir)
     # Only the commands that write records load the key (a bad key fails them, not validate).
@@ -460,7 +468,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         _dump({"valid": True, **state_json(state, envs)}, sys.stdout)
     else:
-        print_state(state, envs, sys.stdout, header=f"{args.repo} @ {args.ref}")
+        shown = redact_url(args.repo) if is_url(args.repo) else args.repo
+        print_state(state, envs, sys.stdout, header=f"{shown} @ {args.ref}")
         print(f"\nvalid: {len(state.catalogs)} catalogs, {len(envs)} environments")
     return 0
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pygit2
 
@@ -196,13 +196,19 @@ class GitSource:
                     f"{self.location}: not a git repository",
                     "pass --repo with the path or URL of the state repository",
                 ) from None
-        key = hashlib.sha256(self.location.encode()).hexdigest()[:24]
+        # The mirror's config keeps the URL without credentials: they are handed to
+        # libgit2 by the callback on each fetch or push, never written to disk.
+        stored = _without_secrets(self.location)
+        key = hashlib.sha256(stored.encode()).hexdigest()[:24]
         mirror = self.cache_dir / "git" / f"{key}.git"
         if (mirror / "HEAD").exists():
-            return pygit2.Repository(str(mirror))
+            repo = pygit2.Repository(str(mirror))
+            if repo.remotes["origin"].url != stored:  # an older cache kept them: drop them
+                repo.remotes.set_url("origin", stored)
+            return repo
         mirror.parent.mkdir(parents=True, exist_ok=True)
         repo = pygit2.init_repository(str(mirror), bare=True)
-        repo.remotes.create("origin", self.location)
+        repo.remotes.create("origin", stored)
         return repo
 
 
@@ -220,7 +226,7 @@ def push_ref(remote: pygit2.Remote, ref: str, location: str) -> None:
     pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
     pygit2.settings.server_timeout = IO_TIMEOUT_MS
     try:
-        remote.push([f"{ref}:{ref}"], callbacks=_Credentials(remote.url or location))
+        remote.push([f"{ref}:{ref}"], callbacks=_Credentials(remote.url or location, location))
     except (pygit2.GitError, OSError) as exc:
         shown = redact_url(remote.url or location)
         raise GitUnreachable(
@@ -241,17 +247,45 @@ def _clean(message: str, url: str) -> str:
     return message.replace(url, redact_url(url)).strip()
 
 
-class _Credentials(pygit2.RemoteCallbacks):
-    """Userinfo from an https URL, else the ssh agent: never from the state repository."""
+def _without_secrets(location: str) -> str:
+    """The URL to store: no userinfo for http(s) (a token often is the user name), no
+    password for the others (an ssh user name is part of the address)."""
+    if not is_url(location) or "://" not in location:
+        return location
+    try:
+        parts = urlsplit(location)
+        port = parts.port
+    except ValueError:
+        return location
+    if parts.username is None and parts.password is None:
+        return location
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port:
+        host = f"{host}:{port}"
+    if parts.scheme not in ("http", "https") and parts.username:
+        host = f"{parts.username}@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
-    def __init__(self, url: str) -> None:
+
+class _Credentials(pygit2.RemoteCallbacks):
+    """Userinfo from the URL the user gave, else the ssh agent: never from the state
+    repository, and never stored in the mirror's config."""
+
+    def __init__(self, *urls: str) -> None:
         super().__init__()
-        self._url = url
+        self._urls = urls
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> Any:
-        parts = urlsplit(self._url)
-        if allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT and parts.username:
-            return pygit2.UserPass(unquote(parts.username), unquote(parts.password or ""))
+        if allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
+            for candidate in self._urls:
+                try:
+                    parts = urlsplit(candidate)
+                except ValueError:
+                    continue
+                if "://" in candidate and parts.username:
+                    return pygit2.UserPass(unquote(parts.username), unquote(parts.password or ""))
         if allowed_types & pygit2.enums.CredentialType.SSH_KEY:
             return pygit2.KeypairFromAgent(username_from_url or "git")
         return None
