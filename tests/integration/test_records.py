@@ -78,9 +78,9 @@ def test_a_signed_chain_lets_prod_follow_staging(
 ) -> None:
     """The control: signed records satisfy requires, and each names its signer."""
     assert world.cli(capsys, "apply")[0] == 0
-    world.promote(staging="v1.2", prod="v1.2")
+    world.promote(dev="v1.2", staging="v1.2", prod="v1.2")
     code, result = world.cli(capsys, "apply")
-    assert code == 0 and by_name(result)["prod"]["status"] == "applied"
+    assert code == 0 and by_name(result)["prod"]["status"] == "applied", result
     head = records.read_head(world.registry, world.source, "prod")
     assert head is not None
     trusted = records.verify(head, records.Trust((recordkeys_public(),)))
