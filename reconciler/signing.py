@@ -154,12 +154,17 @@ def statement(
     ).encode()
 
 
-def envelope(payload: bytes, key: SigningKey | None) -> dict[str, Any]:
-    """A DSSE envelope of an in-toto ``payload``; unsigned (no signatures) without a key."""
+def envelope(payload: bytes, key: SigningKey | None, name_key: bool = True) -> dict[str, Any]:
+    """A DSSE envelope of an in-toto ``payload``; unsigned (no signatures) without a key.
+
+    ``name_key=False`` leaves ``keyid`` empty, as cosign does: verifiers that match key
+    ids (go-securesystemslib) then try the key they were given.
+    """
     signatures = []
     if key is not None:
         sig = key.sign(pae(IN_TOTO, payload))
-        signatures.append({"keyid": key.keyid, "sig": base64.b64encode(sig).decode()})
+        keyid = key.keyid if name_key else ""
+        signatures.append({"keyid": keyid, "sig": base64.b64encode(sig).decode()})
     return {
         "payloadType": IN_TOTO,
         "payload": base64.b64encode(payload).decode(),

@@ -69,7 +69,7 @@ def bundle(payload: bytes, key: SigningKey) -> bytes:
     doc = {
         "mediaType": BUNDLE_TYPE,
         "verificationMaterial": {"publicKey": {"hint": key.keyid}},
-        "dsseEnvelope": envelope(payload, key),
+        "dsseEnvelope": envelope(payload, key, name_key=False),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 

@@ -207,9 +207,11 @@ def test_records_that_must_be_signed_without_a_key_move_nothing(
     monkeypatch.delenv("RECONCILER_RECORD_KEY")
     before = world.tags()
     code, result = world.cli(capsys, "apply")
-    assert code == 1
-    for env in by_name(result).values():
-        assert env["error"]["rule"] == "records" and "no record key" in env["error"]["message"]
+    envs = by_name(result)
+    assert code == 1 and all(e["status"] == "refused" for e in envs.values())
+    assert envs["dev"]["error"]["rule"] == "records"
+    assert "this reconciler has no record key" in envs["dev"]["error"]["message"]
+    assert envs["staging"]["error"]["rule"] == "requires"  # dev has no record to show
     assert world.tags() == before
 
 
