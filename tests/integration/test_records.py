@@ -261,7 +261,8 @@ def test_verification_summary_is_signed_names_the_digest_and_cosign_accepts_it(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "verification_summary" in proc.stdout
+    (verified,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert json.loads(base64.b64decode(verified["payload"])) == vsa
 
 
 # --------------------------------------------------------------------------- garbage collection
