@@ -206,9 +206,15 @@ def test_kubernetes_example_runs_the_cli_it_ships_with(tmp_path: Path) -> None:
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    deployment = by_kind["Deployment"][0]
+    deployment = by_kind["StatefulSet"][0]
     assert deployment["spec"]["replicas"] == 2
+    # The cache (the local anchor of trusted records) is on a volume per replica.
+    (claim,) = deployment["spec"]["volumeClaimTemplates"]
     containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    mounts = {m["name"]: m["mountPath"] for m in containers["reconciler"]["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in containers["reconciler"]["env"]}
+    assert mounts[claim["metadata"]["name"]] == env["RECONCILER_CACHE_DIR"]
+    assert env["RECONCILER_RECORD_KEY"].startswith(mounts["record-key"])
     args = build_parser().parse_args(containers["reconciler"]["args"])
     assert args.command == "run" and str(args.active_file) == "/run/leader/active"
     assert args.webhook_secret_file and args.log_format == "json"
