@@ -30,6 +30,7 @@ from reconciler.git.branches import (
 )
 from reconciler.git.history import History
 from reconciler.model import DesiredState, Record
+from reconciler.plan import canonical_repository
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import Registry, parse_reference
 from reconciler.verify import Refused
@@ -380,6 +381,17 @@ def audit(
         path = state.environments[name].file
         target = parse_reference(state.target_of(name))
         chain, anomalies = _records(registries.get(target), target.repository, name, state)
+        anchor = reconciler.anchors.get(canonical_repository(state.target_of(name)), name)
+        if anchor is not None and all(r.digest != anchor.digest for r in chain):
+            why = (
+                f"the last record this host trusted, {anchor.digest}, is not in the registry's "
+                "chain (a deleted head, a rewind or a forged history)"
+            )
+            anomalies.insert(
+                0,
+                AuditEntry(name, anchor.commit, "", "", "", why, None, None, None, "record",
+                           "missing", record=anchor.digest),
+            )  # fmt: skip
         mine: list[AuditEntry] = []
         # The mainline (first-parent) history: with merge requests, each merge is one
         # change, asked for by the branch's author and approved by whoever merged it.

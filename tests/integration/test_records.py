@@ -157,6 +157,9 @@ def test_a_deleted_head_and_a_force_push_back_in_time_are_refused(
     assert f"{record_tag('prod')} of prod is missing" in prod["error"]["message"]
     assert head in prod["error"]["message"]
     assert world.tags() == before
+    code, result = world.cli(capsys, "audit", "--env", "prod")
+    (missing,) = [e for e in result["entries"] if e["status"] == "missing"]
+    assert code == 0 and missing["record"] == head
 
 
 def test_a_forged_head_that_does_not_chain_to_the_anchor_is_refused(
