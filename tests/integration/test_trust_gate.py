@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import records
 from reconciler.cli import main
-from reconciler.model import record_tag
 from reconciler.registry import LayoutRegistry
 from tests.support import recordkeys
 from tests.support.attack import (
@@ -489,27 +487,3 @@ def test_skipping_signatures_still_needs_the_catalogs_signers(
     code, envs = keyed.apply(capsys)
     assert envs["dev"]["status"] == "applied", envs["dev"]["error"]
     assert world.tags()["dev-web"] == world.digests["v1.2"]["web"]
-
-
-def test_applied_but_not_pruned_is_applied_with_a_warning(
-    world: World, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """distribution 2.x has no tag delete: dev moves to v1.2 with prune: true and one item
-    fewer. Its tags moved and its record was written, so it is applied, with a warning
-    that the old tag stays; not failed."""
-    assert world.cli(capsys, "apply")[0] == 0
-    world.repo.commit(
-        {"environments/dev.cue": world.env("dev", "v1.2", '\n\titems: ["web"]\n\tprune: true')}
-    )
-    code, result = world.cli(capsys, "apply")
-    dev = by_name(result)["dev"]
-    assert dev["status"] == "applied", dev["error"]
-    assert code == 0
-    (warning,) = dev["warnings"]
-    assert "dev-worker" in warning and "tag-delete" in warning
-    assert world.tags()["dev-web"] == world.digests["v1.2"]["web"]
-    assert world.tags()["dev-worker"] == world.digests["v1.1"]["worker"]  # not deleted
-    head = records.read_head(world.registry, world.source, "dev")
-    assert head is not None and head.release == "v1.2"
-    assert "dev-worker" in head.owned  # still owned: pruned when the registry can
-    assert record_tag("dev") in world.tags()
