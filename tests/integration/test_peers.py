@@ -166,7 +166,7 @@ def test_crane_accepts_every_manifest_the_reconciler_writes(
             "index", "append", "--manifest", f"{source}@{a}", "--manifest", f"{source}@{b}",
             "--tag", f"{source}:{release}-web",
         ).strip().split("@")[1]  # fmt: skip
-        digests[release] = {"web": index, "worker": a}
+        digests[release] = {"web": index, "worker": a}  # worker is one of web's platforms
     releases = ", ".join(
         f'{{name: "{r}", items: {{web: "{d["web"]}", worker: "{d["worker"]}"}}}}'
         for r, d in digests.items()
