@@ -32,6 +32,7 @@ class StateReader(Protocol):
     def read(self, relpath: str) -> bytes: ...
     def exists(self, relpath: str) -> bool: ...
     def files(self, directory: str = "") -> Iterator[tuple[str, int]]: ...
+    def directories(self, directory: str = "") -> Iterator[str]: ...
     def display(self, relpath: str) -> str: ...
 
 
@@ -156,13 +157,5 @@ def _local_imports(text: str, module: str) -> set[str]:
 def walk(snap: StateReader, directory: str) -> Iterator[tuple[str, int]]:
     """(path, size) of every file under ``directory``, recursively, through the snapshot."""
     yield from snap.files(directory)
-    tree = getattr(snap, "tree", None)
-    if tree is None:
-        return
-    try:
-        sub = tree[directory]
-    except KeyError:
-        return
-    for entry in sub if getattr(sub, "type_str", "") == "tree" else ():
-        if getattr(entry, "type_str", "") == "tree":
-            yield from walk(snap, f"{directory}/{entry.name}")
+    for sub in snap.directories(directory):
+        yield from walk(snap, sub)

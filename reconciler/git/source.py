@@ -95,6 +95,21 @@ class Snapshot:
             if isinstance(entry, pygit2.Blob):
                 yield prefix + (entry.name or ""), entry.size
 
+    def directories(self, directory: str = "") -> Iterator[str]:
+        """The sub-directories directly in ``directory`` ('' = the top), as paths."""
+        sub: Any = self.tree
+        if directory:
+            try:
+                sub = self.tree[directory]
+            except KeyError:
+                return
+        if not isinstance(sub, pygit2.Tree):
+            return
+        prefix = f"{directory.rstrip('/')}/" if directory else ""
+        for entry in sub:
+            if isinstance(entry, pygit2.Tree):
+                yield prefix + (entry.name or "")
+
     def inputs(self) -> frozenset[str]:
         """The consulted files as paths from the repository root."""
         prefix = self.path.strip("/")
