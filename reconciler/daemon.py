@@ -42,7 +42,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -69,6 +69,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from reconciler.errors import ReconcilerError, Stalled, Transient
+from reconciler.events import EventQueue
+from reconciler.events import parse as parse_events
 from reconciler.model import DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
@@ -79,6 +81,9 @@ log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under p
 DEFAULT_LISTEN = "127.0.0.1:9090"
 SECRET_ENV = "RECONCILER_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
 HOOK_PATH = "/hooks/git"
+REGISTRY_HOOK_PATH = "/hooks/registry"
+TOKEN_ENV = "RECONCILER_REGISTRY_WEBHOOK_TOKEN"  # noqa: S105 (a variable name)
+DRIFT_INTERVAL = 600.0
 MAX_HOOK_BODY = 1 << 20  # push payloads are a few KiB; GitHub caps them at 25 MiB
 HTTP_TIMEOUT = 10.0  # seconds a client may take for its whole request, not per read
 HTTP_WORKERS = 8  # requests served at once; one more is answered 503 without being read
@@ -166,6 +171,20 @@ class Backoff:
         )
         self.health, self.inputs, self.reason, self.not_before = health, inputs, reason, not_before
         return changed
+
+
+def env_fingerprint(state: DesiredState, name: str) -> str:
+    """What an environment's tags depend on in git: its definition and attribution, its
+    desired tags, its policies and the settings. Unchanged, a new commit costs it nothing."""
+    release = state.release_of(name)
+    parts = [
+        repr(state.environments[name]),
+        [repr(t) for t in state.tags[name]],
+        state.policy_fingerprint(name),
+        repr(release),
+        repr(state.settings),
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- webhook
@@ -292,6 +311,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-check a stalled environment with no new commit after S (default %(default)s s)",
     )  # fmt: skip
     parser.add_argument(
+        "--drift-interval",
+        type=_positive,
+        default=DRIFT_INTERVAL,
+        metavar="S",
+        help="observe every managed tag once per S seconds, spread over the interval "
+        "(default %(default)s s); between scans only changes and registry events cost "
+        "requests",
+    )
+    parser.add_argument(
         "--active-file",
         type=Path,
         metavar="PATH",
@@ -375,6 +403,22 @@ class Metrics:
         )  # fmt: skip
         self.requests = _RequestCollector()
         r.register(self.requests)
+        self.requests_by_reason = Counter(
+            "reconciler_registry_requests_by_reason",
+            "Registry requests by what caused them: change (a new commit, a retry), event "
+            "(a registry notification), drift (the scan on --drift-interval).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.event_correction = Histogram(
+            "reconciler_event_correction_seconds",
+            "From a registry event about a managed tag to its correction.", registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, float("inf")),
+        )  # fmt: skip
+        self.release = Gauge(
+            "reconciler_environment_release_info",
+            "1 for the catalog and release an environment runs.",
+            ["environment", "catalog", "release"], registry=r,
+        )  # fmt: skip
 
     def set_health(self, environment: str | None, health: Health) -> None:
         for state in Health:
@@ -386,7 +430,10 @@ class Metrics:
 
     def forget(self, environment: str) -> None:
         """An environment left the desired state: drop its series."""
-        for metric in (self.last_success, self.drift, self.health, self.corrected, self.refusals):
+        for metric in (
+            self.last_success, self.drift, self.health, self.corrected, self.refusals,
+            self.release,
+        ):  # fmt: skip
             metric.remove_by_labels({"environment": environment})
 
 
@@ -407,8 +454,13 @@ class Daemon:
         only: Sequence[str] | None = None,
         active_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drift_interval: float = DRIFT_INTERVAL,
     ) -> None:
         self.reconciler = reconciler
+        self.drift_interval = drift_interval
+        self.events = EventQueue(clock)
+        self.clean: dict[str, str] = {}  # env -> its fingerprint when last in sync
+        self.next_drift: dict[str, float] = {}  # env -> when its full observation is due
         self.policy = policy
         self.only = list(only) if only else None
         self.active_file = active_file
@@ -577,20 +629,67 @@ class Daemon:
         return sorted(names & set(self.only))
 
     def _environments(self, state: DesiredState, now: float) -> str:
+        """Run what is due, each for its own reason; nothing due costs no request.
+
+        - change: an environment whose fingerprint (desired tags, policy, settings) moved
+          since it was last in sync, or that is waiting, backing off or stalled and due;
+        - event: the tags registry events named, read and corrected, nothing else;
+        - drift: a full observation, once per ``drift_interval`` per environment,
+          the environments' turns spread over the interval.
+        """
         names = self._selected(state)
         inputs = {n: (state.commit, state.policy_fingerprint(n)) for n in names}
-        for name in names:
+        prints = {n: env_fingerprint(state, n) for n in names}
+        for i, name in enumerate(names):
             if name not in self.envs:
                 self.envs[name] = Backoff(self.policy)
                 self.metrics.set_health(name, Health.OK)
-        due = [n for n in names if self.envs[n].due(now, inputs[n])]
-        if not due:
+            # First scans spread over the interval, not a burst every drift_interval.
+            self.next_drift.setdefault(name, now + self.drift_interval * (i + 1) / len(names))
+        self.events.manage(state, names)
+        changed = [n for n in names if self._changed(n, prints[n], inputs[n], now)]
+        events = self.events.take()
+        targeted = {n: tags for n, (tags, _) in events.items() if n in names and n not in changed}
+        drifted = [
+            n for n in names if n not in changed and n not in targeted and now >= self.next_drift[n]
+        ]
+        if not (changed or targeted or drifted):
             return "idle"
         self.metrics.requests.stats = self.reconciler.registries(state).stats
-        # The first pass (and every pass with nothing held back) runs the whole state.
-        envs = None if not self.only and len(due) == len(state.environments) else due
+        ok = True
+        if changed:
+            # The first pass (and every pass with nothing held back) runs the whole state.
+            whole = not self.only and len(changed) == len(state.environments)
+            ok = self._pass("change", state, None if whole else changed, None, prints, now)
+        if targeted:
+            ok = self._pass("event", state, sorted(targeted), targeted, prints, now) and ok
+            for name, (_, since) in events.items():
+                if name in targeted and self.clean.get(name) == prints[name]:
+                    self.metrics.event_correction.observe(self.clock() - since)
+        if drifted:
+            ok = self._pass("drift", state, drifted, None, prints, now) and ok
+        return "ok" if ok else "failed"
+
+    def _changed(self, name: str, fingerprint: str, inputs: Hashable, now: float) -> bool:
+        backoff = self.envs[name]
+        if backoff.health is Health.OK:
+            return self.clean.get(name) != fingerprint
+        return backoff.due(now, inputs)
+
+    def _pass(
+        self,
+        reason: str,
+        state: DesiredState,
+        envs: list[str] | None,
+        only: Mapping[str, frozenset[str]] | None,
+        prints: Mapping[str, str],
+        now: float,
+    ) -> bool:
+        stats = self.reconciler.registries(state).stats
+        before = stats.total()
+        due = envs if envs is not None else sorted(state.environments)
         try:
-            result = self.reconciler.run(Mode.APPLY, envs, state)
+            result = self.reconciler.run(Mode.APPLY, envs, state, only)
         except ReconcilerError as exc:  # before any environment ran (e.g. registry settings)
             outcomes = [EnvOutcome(n, Status.FAILED, error=exc) for n in due]
         except Exception as exc:
@@ -599,10 +698,23 @@ class Daemon:
             outcomes = [EnvOutcome(n, Status.FAILED, error=error) for n in due]
         else:
             outcomes = result.outcomes
+        self.metrics.requests_by_reason.labels(reason).inc(stats.total() - before)
         ok = True
         for outcome in outcomes:
-            ok = self._outcome(state, outcome, inputs[outcome.environment], now) and ok
-        return "ok" if ok else "failed"
+            name = outcome.environment
+            inputs = (state.commit, state.policy_fingerprint(name))
+            if self._outcome(state, outcome, inputs, now):
+                self.clean[name] = prints[name]
+                if reason != "event":  # a full observation: the next scan is an interval away
+                    self.next_drift[name] = now + self.drift_interval
+            else:
+                self.clean.pop(name, None)
+                ok = False
+            if outcome.status is Status.APPLIED and outcome.plan is not None:
+                for change in outcome.plan.changes:
+                    if change.to_digest is not None:
+                        self.events.wrote(change.repository, change.tag, change.to_digest)
+        return ok
 
     def _outcome(self, state: DesiredState, o: EnvOutcome, inputs: Hashable, now: float) -> bool:
         """Update backoff and metrics from one environment's outcome; log transitions."""
@@ -627,6 +739,9 @@ class Daemon:
             if backoff.succeeded():
                 log.info("%s: recovered", name, extra={**extra, "event": "recovered"})
             m.set_health(name, Health.OK)
+            env = state.environments[name]
+            m.release.remove_by_labels({"environment": name})
+            m.release.labels(name, env.catalog, env.release).set(1)
             return True
         error = o.error or ReconcilerError(f"{o.status.value} without an error")
         m.drift.labels(name).set(len(changes))
@@ -664,12 +779,18 @@ class _Server(ThreadingHTTPServer):
     workers = HTTP_WORKERS
 
     def __init__(
-        self, address: tuple[str, int], daemon: Daemon, secret: bytes | None, window: float
+        self,
+        address: tuple[str, int],
+        daemon: Daemon,
+        secret: bytes | None,
+        window: float,
+        registry_token: bytes | None = None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.reconciler_daemon, self.secret, self.ready_window = daemon, secret, window
+        self.registry_token = registry_token
         self._busy = threading.BoundedSemaphore(self.workers)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -740,6 +861,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
 
     def do_POST(self) -> None:
+        if self.path.split("?", 1)[0] == REGISTRY_HOOK_PATH:
+            self._registry_hook()
+            return
         if self.path.split("?", 1)[0] != HOOK_PATH:
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
             return
@@ -776,6 +900,36 @@ class _Handler(BaseHTTPRequestHandler):
         log.info("webhook: pass triggered", extra={"event": "webhook"})
         daemon.trigger()
         self._reply(HTTPStatus.ACCEPTED, b"pass triggered\n")
+
+    def _registry_hook(self) -> None:
+        """Distribution notifications: ``Authorization: Bearer <token>``, checked in
+        constant time; events about managed tags queue targeted checks."""
+        daemon, token = self.server.reconciler_daemon, self.server.registry_token
+        webhooks = daemon.metrics.webhooks
+        if token is None:
+            webhooks.labels("disabled").inc()
+            self._reply(HTTPStatus.NOT_FOUND, b"registry webhook disabled: no token\n")
+            return
+        offered = self.headers.get("Authorization", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(b"Bearer " + token, offered):
+            webhooks.labels("unauthorized").inc()
+            self._reply(HTTPStatus.UNAUTHORIZED, b"bad or missing token\n")
+            return
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_HOOK_BODY:
+            webhooks.labels("bad_request" if not length.isdigit() else "too_large").inc()
+            self._reply(HTTPStatus.BAD_REQUEST, b"Content-Length up to 1 MiB required\n")
+            return
+        try:
+            events = parse_events(self.rfile.read(int(length)))
+        except ValueError:
+            webhooks.labels("bad_request").inc()
+            self._reply(HTTPStatus.BAD_REQUEST, b"not a notification envelope\n")
+            return
+        webhooks.labels("accepted").inc()
+        if daemon.events.offer(events):
+            daemon.trigger()
+        self._reply(HTTPStatus.ACCEPTED, b"accepted\n")
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
@@ -838,10 +992,13 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
             "listening on %s: /metrics and /readyz are reachable from the network%s", host,
             "" if secret else f"; {HOOK_PATH} is disabled (no secret)",
         )  # fmt: skip
-    daemon = Daemon(reconciler, policy, args.env, args.active_file)
+    daemon = Daemon(
+        reconciler, policy, args.env, args.active_file, drift_interval=args.drift_interval
+    )
     window = max(3 * args.interval * (1 + args.jitter), 30.0)
+    token = os.environ.get(TOKEN_ENV, "").strip().encode() or None
     try:
-        server = _Server((host, port), daemon, secret, window)
+        server = _Server((host, port), daemon, secret, window, token)
     except OSError as exc:
         raise Stalled(
             f"cannot listen on {host}:{port}: {exc.strerror}", "choose another --listen address"
@@ -876,9 +1033,11 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     log.info(
-        "reconciling %s @ %s every %gs; http on %s; webhook %s",
-        reconciler.source.display, reconciler.ref, args.interval, listen,
-        "enabled" if secret else "disabled", extra={"event": "start"},
+        "reconciling %s @ %s every %gs (drift scans every %gs); http on %s; webhook %s; "
+        "registry events %s",
+        reconciler.source.display, reconciler.ref, args.interval, args.drift_interval, listen,
+        "enabled" if secret else "disabled", "enabled" if token else "disabled",
+        extra={"event": "start"},
     )  # fmt: skip
     try:
         http_thread.start()

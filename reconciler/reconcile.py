@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -173,11 +173,21 @@ class Reconciler:
         return self._registries
 
     def run(
-        self, mode: Mode, envs: Sequence[str] | None = None, state: DesiredState | None = None
+        self,
+        mode: Mode,
+        envs: Sequence[str] | None = None,
+        state: DesiredState | None = None,
+        only_tags: Mapping[str, Collection[str]] | None = None,
     ) -> PassResult:
+        """One pass over ``envs`` (default all) in promotion order.
+
+        ``only_tags`` narrows the observation of the environments it names to those
+        tags (a registry event said they changed): the others are taken to be as
+        desired, and nothing is pruned. The gate still runs in full before any move.
+        """
         state = state or self.load()
         names = promotion_order(state, envs)
-        run = _Pass(self, state, mode)
+        run = _Pass(self, state, mode, only_tags or {})
         outcomes: dict[str, EnvOutcome] = {}
         with (
             ThreadPoolExecutor(max_workers=16, thread_name_prefix="observe") as pool,
@@ -274,8 +284,14 @@ class _Pass:
 
     pool: ThreadPoolExecutor
 
-    def __init__(self, owner: Reconciler, state: DesiredState, mode: Mode) -> None:
-        self.owner, self.state, self.mode = owner, state, mode
+    def __init__(
+        self,
+        owner: Reconciler,
+        state: DesiredState,
+        mode: Mode,
+        only_tags: Mapping[str, Collection[str]],
+    ) -> None:
+        self.owner, self.state, self.mode, self.only_tags = owner, state, mode, only_tags
         self.registries = owner.registries(state)
         self.index = CatalogIndex.of(state)
         self.claimed = claimed_tags(state)
@@ -358,6 +374,8 @@ class _Pass:
         """
         repository = self.state.target_of(name)
         registry, repo = self.registry_of(repository)
+        if name in self.only_tags:
+            return self.observe_tags(name, set(self.only_tags[name]))
         present = self.once.get(("tags", repository), lambda: frozenset(registry.list_tags(repo)))
         record = self.trusted_head(name, present)
         self.heads[name] = record
@@ -368,6 +386,17 @@ class _Pass:
         digests = self.pool.map(lambda tag: registry.resolve(repo, tag), found)
         observed: dict[str, str | None] = dict.fromkeys(sorted(tags))
         observed.update(zip(found, digests, strict=True))
+        return Observed(name, observed, record)
+
+    def observe_tags(self, name: str, only: set[str]) -> Observed:
+        """A targeted observation: these tags are read, the rest are taken as desired."""
+        registry, repo = self.registry_of(self.state.target_of(name))
+        record = self.trusted_head(name)
+        self.heads[name] = record
+        observed: dict[str, str | None] = {t.tag: t.digest for t in self.state.tags[name]}
+        checked = sorted(only & set(observed))
+        digests = self.pool.map(lambda tag: registry.resolve(repo, tag), checked)
+        observed.update(zip(checked, digests, strict=True))
         return Observed(name, observed, record)
 
     def ran(self, name: str) -> Iterator[Record]:

@@ -195,7 +195,8 @@ def test_promotion_revert_and_hand_made_drift_converge_and_metrics_parse(
     world: World, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     remote = Remote(world, tmp_path / "remote.git")
-    daemon = DaemonProcess(tmp_path / "daemon.log", remote.url)
+    # Hand-made drift is found by the drift scan; make it frequent here.
+    daemon = DaemonProcess(tmp_path / "daemon.log", remote.url, "--drift-interval", "2")
     daemons.append(daemon)
     all_v11 = {"dev": "v1.1", "staging": "v1.1", "prod": "v1.1"}
     eventually(converged(world, **all_v11), within(2), "first convergence", daemon)
@@ -218,7 +219,7 @@ def test_promotion_revert_and_hand_made_drift_converge_and_metrics_parse(
         daemon,
     )
 
-    # Drift by hand: a hazardous digest under a desired tag is healed by polling alone.
+    # Drift by hand: a hazardous digest under a desired tag is healed by the drift scan.
     hazardous = world.registry.get_manifest(world.source, world.digests["v1.0"]["worker"])
     world.registry.put_manifest(world.source, "dev-worker", hazardous.data, hazardous.media_type)
     eventually(converged(world, **all_v11), within(2), "the drift healed", daemon)
