@@ -67,7 +67,7 @@ class EventQueue:
         self._managed: dict[tuple[str, str], tuple[str, str]] = {}  # (repo, tag) -> (env, digest)
         self._by_digest: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (repo, digest)
         self._echo: dict[tuple[str, str, str], float] = {}  # (repo, tag, digest) -> until
-        self._pending: dict[str, set[str]] = {}
+        self._pending: dict[str, set[tuple[str, str, str | None]]] = {}  # (repo, tag, digest)
         self._since: dict[str, float] = {}
 
     def manage(self, state: DesiredState, envs: Iterable[str]) -> None:
@@ -99,19 +99,22 @@ class EventQueue:
         now = self.clock()
         queued = 0
         with self._lock:
-            self._echo = {k: until for k, until in self._echo.items() if until > now}
             for event in events:
                 for env, tag in self._targets(event):
-                    if (
-                        event.tag
-                        and event.digest
-                        and (event.repository, tag, event.digest) in self._echo
-                    ):
-                        continue  # our own write coming back
-                    self._pending.setdefault(env, set()).add(tag)
+                    key = (event.repository, tag, event.digest if event.tag else None)
+                    if self._is_echo(key, now):
+                        continue
+                    self._pending.setdefault(env, set()).add(key)
                     self._since.setdefault(env, now)
                     queued += 1
         return queued
+
+    def _is_echo(self, key: tuple[str, str, str | None], now: float) -> bool:
+        """A push of a tag to the digest we wrote there: our own write coming back. An
+        event may arrive before the pass that wrote it says so: checked again on take."""
+        self._echo = {k: until for k, until in self._echo.items() if until > now}
+        repo, tag, digest = key
+        return digest is not None and (repo, tag, digest) in self._echo
 
     def _targets(self, event: Event) -> list[tuple[str, str]]:
         if event.action not in ACTIONS:
@@ -125,7 +128,12 @@ class EventQueue:
 
     def take(self) -> dict[str, tuple[frozenset[str], float]]:
         """The pending checks (env -> (tags, when the first event came)), now emptied."""
+        now = self.clock()
         with self._lock:
-            taken = {e: (frozenset(tags), self._since[e]) for e, tags in self._pending.items()}
+            taken = {}
+            for env, keys in self._pending.items():
+                tags = frozenset(k[1] for k in keys if not self._is_echo(k, now))
+                if tags:
+                    taken[env] = (tags, self._since[env])
             self._pending, self._since = {}, {}
         return taken
