@@ -81,6 +81,26 @@ class RegistrySettings:
     attempts: int | None = None
 
 
+NOTIFY_EVENTS = ("applied", "refused", "failed", "drift", "proposed", "recovered")
+NOTIFY_FORMATS = ("generic", "slack", "cloudevents")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One receiver of ``settings.notify``: where, which events, in which format.
+
+    The URL (or, with ``url_env``, the variable holding it, for URLs that are secrets
+    themselves) and ``secret_env`` name environment variables of the reconciler's
+    process: no secret is ever read from the state repository.
+    """
+
+    url: str | None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    format: str = "generic"
+    secret_env: str | None = None  # signs each body: HMAC-SHA256 with this variable's value
+    url_env: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     registries: Mapping[str, RegistrySettings] = field(default_factory=lambda: MappingProxyType({}))
@@ -89,6 +109,7 @@ class Settings:
     allowed_signers_data: bytes | None = None  # its content at the commit being applied
     record_keys: tuple[PublicKey, ...] = ()  # settings.records.keys: whose records count
     records_insecure_unsigned: bool = False  # settings.records.insecureUnsigned
+    notify: tuple[NotifyTarget, ...] = ()  # settings.notify
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,31 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Discovery:
+    """A catalog's ``discover``: which tags make a new release.
+
+    ``tag`` is a regexp with a version group (named ``version``, else the first group):
+    the group's text is the release name. Each item names where its tags are: a
+    repository (``host/repo``, optionally ``:prefix``) or a tag prefix in the source.
+    """
+
+    tag: str
+    items: Mapping[str, str]
+
+    def location(self, item: str, source: str) -> tuple[str, str]:
+        """(repository, tag prefix) of ``item``'s tags: ``host/repo[:prefix]`` names a
+        repository (``oci:/dir[:prefix]`` a layout); anything else is a prefix in
+        ``source``."""
+        where = self.items[item]
+        if "/" not in where:
+            return source, where
+        slash, colon = where.rfind("/"), where.rfind(":")
+        if colon > slash:
+            return where[:colon], where[colon + 1 :]
+        return where, ""
+
+
+@dataclass(frozen=True)
 class Catalog:
     """A project and a single authoring party: the unit of signing."""
 
@@ -129,6 +175,7 @@ class Catalog:
     signers: Policy | None = None
     file: str = ""  # the file that defines ``releases`` (primary)
     files: tuple[str, ...] = ()  # every file that defines a field of it (CUE positions)
+    discover: Discovery | None = None
 
     def release(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
@@ -165,6 +212,7 @@ class Environment:
     prune: bool = False
     file: str = ""  # the file that defines ``release``: what promote edits
     files: tuple[str, ...] = ()  # every file that defines a field of it (CUE positions)
+    follow: str | None = None  # "latest": the daemon proposes promotions to newer releases
 
 
 @dataclass(frozen=True)

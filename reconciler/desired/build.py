@@ -20,14 +20,17 @@ from reconciler.errors import InvalidState, Problem
 from reconciler.model import (
     DEFAULT_TAG_TEMPLATE,
     NAME_RE,
+    NOTIFY_EVENTS,
     RECORD_TAG_PREFIX,
     TAG_RE,
     Catalog,
     DesiredState,
     DesiredTag,
+    Discovery,
     Environment,
     Identity,
     ItemRef,
+    NotifyTarget,
     Policy,
     PublicKey,
     RegistrySettings,
@@ -161,6 +164,7 @@ class Builder:
             allowed_signers_data=signers_data,
             record_keys=record_keys,
             records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
+            notify=self._notify(raw.get("notify") or []),
         )
 
     def _policy(self, path: tuple[Any, ...], raw: dict[str, Any]) -> Policy:
@@ -258,7 +262,74 @@ class Builder:
             signers=self._policy((CATALOGS, name, "signers"), signers) if signers else None,
             file=file,
             files=files,
+            discover=self._discover(name, raw),
         )
+
+    def _discover(self, name: str, raw: dict[str, Any]) -> Discovery | None:
+        """``discover``: a regexp with a version group, and where each item's tags are."""
+        spec = raw.get("discover")
+        if spec is None:
+            return None
+        path = (CATALOGS, name, "discover")
+        try:
+            if re.compile(spec["tag"]).groups == 0:
+                self.problem(
+                    (*path, "tag"),
+                    "the regexp has no group: which part of the tag is the release name?",
+                    'capture it, e.g. "^(v[0-9]+[.][0-9]+[.][0-9]+)$" or (?P<version>...)',
+                )
+        except re.error as exc:
+            self.problem((*path, "tag"), f"not a valid regular expression: {exc}")
+        found = Discovery(spec["tag"], frozen_map(spec.get("items")))
+        if not found.items:
+            self.problem(
+                (*path, "items"),
+                "names no item",
+                'map each item to a repository or a tag prefix, e.g. {web: "web-"}',
+            )
+        for item in found.items:
+            repository, prefix = found.location(item, raw["source"])
+            try:
+                if repository != raw["source"]:
+                    parse_reference(repository)
+            except InvalidReference as exc:
+                self.problem((*path, "items", item), exc.message, exc.hint)
+            if prefix and not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
+                self.problem(
+                    (*path, "items", item),
+                    f"tag prefix {prefix!r} has characters no tag can hold",
+                    "a tag is made of letters, digits, '_', '.' and '-'",
+                )
+        return found
+
+    def _notify(self, raw: list[dict[str, Any]]) -> tuple[NotifyTarget, ...]:
+        """``settings.notify``: the URL, or the variable holding it (a secret URL)."""
+        targets = []
+        for i, one in enumerate(raw):
+            url, url_env = one.get("url"), one.get("urlEnv")
+            if (url is None) == (url_env is None):
+                self.problem(
+                    ("settings", "notify", i),
+                    "a receiver needs exactly one of 'url' or 'urlEnv'",
+                    "name the URL, or the environment variable holding it (for URLs that are "
+                    "secrets themselves, like Slack's)",
+                )
+            elif url is not None and ("@" in url.split("/")[2] or "?" in url):
+                self.problem(
+                    ("settings", "notify", i, "url"),
+                    "the URL carries credentials or a query string, which git would publish",
+                    "move the URL to the reconciler's environment and name it with urlEnv",
+                )
+            targets.append(
+                NotifyTarget(
+                    url=url,
+                    events=tuple(one.get("events") or NOTIFY_EVENTS),
+                    format=one.get("format", "generic"),
+                    secret_env=one.get("secretEnv"),
+                    url_env=url_env,
+                )
+            )
+        return tuple(targets)
 
     def _environment(self, name: str, raw: dict[str, Any]) -> Environment:
         file, files = self.defined_in(ENVIRONMENTS, name)
@@ -287,6 +358,7 @@ class Builder:
             prune=bool(raw.get("prune", False)),
             file=file,
             files=files,
+            follow=raw.get("follow"),
         )
 
     def _tags(self, env: Environment, catalogs: Mapping[str, Catalog]) -> tuple[DesiredTag, ...]:
