@@ -143,10 +143,12 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def acquire(self) -> None:
+    def acquire(self, respect_pause: bool = True) -> None:
+        """Wait for this request's start; ``respect_pause=False`` for the request that
+        was told to wait and already did."""
         with self._lock:
             now = self._clock()
-            start = max(now, self._paused_until)
+            start = max(now, self._paused_until) if respect_pause else now
             if self._interval:
                 start = max(start, self._next)
                 self._next = start + self._interval
@@ -327,6 +329,7 @@ class Transport:
         policy = self.config.retry
         started = time.monotonic()
         same = self.same_origin(url)
+        waited = False  # this request slept out a Retry-After itself
         while True:
             sent_headers = dict(headers or {})
             authorization = self.auth.authorization(scopes) if same else None
@@ -334,7 +337,7 @@ class Transport:
                 sent_headers["Authorization"] = authorization
             try:
                 response = self._send(
-                    method, url, sent_headers, data if body is None else body, stream, limit
+                    method, url, sent_headers, data if body is None else body, stream, limit, waited
                 )
             except requests.exceptions.SSLError as exc:
                 self.stats.record(self.host, method, "error")
@@ -392,6 +395,7 @@ class Transport:
                 )  # fmt: skip
                 response.close()
                 self._sleep(delay)
+                waited = hinted is not None
                 continue
             return response
 
@@ -407,8 +411,9 @@ class Transport:
         data: bytes | UploadBody | None,
         stream: bool,
         limit: int,
+        waited: bool = False,
     ) -> requests.Response:
-        self._rate.acquire()
+        self._rate.acquire(respect_pause=not waited)
         with self.slot():
             response = self._once(method, url, headers, data, stream, limit)
             hops = 0

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler.cli import main
 from reconciler.errors import Stalled, Transient
 from reconciler.registry import (
     DigestMismatch,
@@ -18,6 +23,7 @@ from reconciler.registry import (
     RetryPolicy,
     copy_artifact,
 )
+from tests.support import recordkeys
 from tests.support.registry_servers import (
     Fault,
     FaultProxy,
@@ -27,6 +33,7 @@ from tests.support.registry_servers import (
     build_index,
     push,
 )
+from tests.support.staterepo import StateRepo
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +244,115 @@ def test_per_host_concurrency_is_limited(
         results = list(pool.map(lambda _: limited.resolve(repo, "v1"), range(16)))
     assert results == [image.digest] * 16
     assert fault_proxy.max_in_flight == 2
+
+
+# --------------------------------------------------------------------------- whole apply
+
+ENVS = 20
+ITEMS = 10
+
+
+def fleet_state(
+    host: str, proxy: str, tmp_path: Path, items: int = ITEMS
+) -> tuple[StateRepo, str, dict[str, str]]:
+    """One catalog of ``items`` images and ENVS environments on it: 200 tags to apply.
+
+    The images are pushed directly; the state names the registry through ``proxy``.
+    """
+    source = f"f{uuid.uuid4().hex[:8]}/fleet"
+    direct = HttpRegistry(host, HostConfig(plain_http=True))
+    digests = {f"i{n}": push(direct, source, build_image(f"{source}-{n}")) for n in range(items)}
+    items = ", ".join(f'{k}: "{v}"' for k, v in digests.items())
+    envs = "\n".join(
+        f'environments: e{n:02d}: {{catalog: "example.org/fleet", release: "v1"}}'
+        for n in range(ENVS)
+    )
+    files = {
+        "reconciler.cue": "package reconciler\n\nsettings: {\n"
+        f'\tregistries: "{proxy}": plainHTTP: true\n'
+        f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n}}\n",
+        "catalogs/fleet.cue": 'package reconciler\n\ncatalogs: "example.org/fleet": {\n'
+        f'\tsource: "{proxy}/{source}"\n\treleases: [{{name: "v1", items: {{{items}}}}}]\n}}\n',
+        "environments/all.cue": f"package reconciler\n\n{envs}\n",
+        recordkeys.RECORDS_PUB: recordkeys.session_key()[1],
+    }
+    repo = StateRepo(tmp_path / "state")
+    repo.commit(files, "a fleet")
+    return repo, source, digests
+
+
+def applied(repo: StateRepo, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = main(["apply", "--repo", str(repo.path), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def converged(host: str, source: str, digests: dict[str, str]) -> int:
+    """How many of the ENVS x items tags point where they should."""
+    direct = HttpRegistry(host, HostConfig(plain_http=True))
+    return sum(
+        direct.resolve(source, f"e{n:02d}-{item}") == digest
+        for n in range(ENVS)
+        for item, digest in digests.items()
+    )
+
+
+def test_one_apply_converges_when_a_third_of_all_requests_answer_503(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path)
+    fault_proxy.add(Fault("status", status=503, times=-1, every=3))
+    started = time.monotonic()
+    code, result = applied(repo, capsys)
+    elapsed = time.monotonic() - started
+    statuses = {o["name"]: o["status"] for o in result["environments"]}
+    assert code == 0, [o.get("error") for o in result["environments"] if o.get("error")]
+    assert set(statuses.values()) == {"applied"}
+    assert converged(plain_registry.host, source, digests) == ENVS * ITEMS
+    injected = fault_proxy.count(outcome="status")
+    assert injected > 100  # the faults really were there, a third of everything
+    assert injected * 3 <= fault_proxy.count() + 3
+    assert "Connection pool is full" not in caplog.text
+    print(f"\n200 tags at 33% 503: {elapsed:.1f} s, {fault_proxy.count()} requests")
+
+
+def test_one_apply_converges_when_the_first_requests_answer_429_with_retry_after(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first requests are the shared ones (the tag list, the manifests): their
+    failure must not become every environment's."""
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path, 2)
+    fault_proxy.add(Fault("status", status=429, times=5, headers={"Retry-After": "1"}))
+    code, result = applied(repo, capsys)
+    assert code == 0, [o.get("error") for o in result["environments"] if o.get("error")]
+    assert {o["status"] for o in result["environments"]} == {"applied"}
+    assert len(result["environments"]) == ENVS
+    assert converged(plain_registry.host, source, digests) == ENVS * 2
+    assert fault_proxy.count(outcome="status") == 5
+
+
+def test_a_retry_after_pauses_every_request_to_the_host(
+    direct: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    """Told to wait, the client does not let its other threads hammer the host."""
+    repo = fresh()
+    image = build_image("pause")
+    push(direct, repo, image, tag="v1")
+    fault_proxy.add(Fault("status", status=429, times=1, headers={"Retry-After": "1"}))
+    client = HttpRegistry(fault_proxy.host, config(read_timeout=5.0))
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda _: (client.resolve(repo, "v1"), time.monotonic()), range(8)))
+    assert [d for d, _ in done] == [image.digest] * 8
+    # The first answer was a 429: every request that had not started waited for it.
+    late = [t - started for _, t in done]
+    assert sorted(late)[-1] >= 0.9

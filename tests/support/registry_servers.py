@@ -492,6 +492,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     action: Callable[[], None] | None = None
+    every: int = 1  # fire on every n-th matching request only (3: a third of them)
+    seen: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -566,6 +568,9 @@ class FaultProxy:
         with self._lock:
             for fault in self.faults:
                 if fault.matches(method, path):
+                    fault.seen += 1
+                    if fault.seen % fault.every:
+                        continue
                     if fault.times > 0:
                         fault.times -= 1
                     return fault
