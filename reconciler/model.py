@@ -28,11 +28,33 @@ def frozen_map(items: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 @dataclass(frozen=True)
 class Identity:
-    """A Sigstore keyless signer: an OIDC issuer and an exact or anchored subject."""
+    """A Sigstore keyless signer: the OIDC issuer and the subject, each exact or by an
+    anchored regexp, and optionally certificate claims that must all hold.
 
-    issuer: str
-    subject: str | None = None
-    subject_regexp: str | None = None
+    Each field is one of cosign's ``--certificate-*`` flags (README: Signatures).
+    """
+
+    issuer: str | None = None  # --certificate-oidc-issuer
+    subject: str | None = None  # --certificate-identity
+    subject_regexp: str | None = None  # --certificate-identity-regexp (anchored)
+    issuer_regexp: str | None = None  # --certificate-oidc-issuer-regexp (anchored)
+    github_workflow_repository: str | None = None  # --certificate-github-workflow-repository
+    github_workflow_ref: str | None = None  # --certificate-github-workflow-ref
+    github_workflow_trigger: str | None = None  # --certificate-github-workflow-trigger
+    github_workflow_sha: str | None = None  # --certificate-github-workflow-sha
+    github_workflow_name: str | None = None  # --certificate-github-workflow-name
+    build_signer_uri: str | None = None  # Fulcio's Build Signer URI (1.3.6.1.4.1.57264.1.9)
+
+
+@dataclass(frozen=True)
+class AttestationRule:
+    """An attestation the policy requires: an in-toto statement of ``predicate_type`` about
+    the digest, signed under the policy's keys or identities. For SLSA provenance,
+    ``builder_id`` and ``build_type`` must match exactly when set."""
+
+    predicate_type: str
+    builder_id: str | None = None
+    build_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,11 @@ class Policy:
     trusted_root: str | None = None
     trusted_root_json: str | None = None
     insecure_skip_signatures: bool = False
+    # Key signatures without a transparency-log entry (cosign --insecure-ignore-tlog):
+    # only meaningful with a trusted root, which otherwise makes the entry mandatory.
+    insecure_ignore_tlog: bool = False
+    signatures_repository: str | None = None  # signatures.repository (COSIGN_REPOSITORY)
+    attestations: tuple[AttestationRule, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -66,6 +93,11 @@ class Policy:
         if self.identities:
             n = len(self.identities)
             parts.append(f"{n} identit{'ies' if n != 1 else 'y'}")
+        if self.attestations:
+            n = len(self.attestations)
+            parts.append(f"{n} attestation{'s' if n != 1 else ''}")
+        if self.insecure_ignore_tlog:
+            parts.append("TLOG IGNORED (insecureIgnoreTlog)")
         return " + ".join(parts) or "none"
 
 

@@ -23,6 +23,7 @@ from reconciler.model import (
     NOTIFY_EVENTS,
     RECORD_TAG_PREFIX,
     TAG_RE,
+    AttestationRule,
     Catalog,
     DesiredState,
     DesiredTag,
@@ -42,6 +43,9 @@ from reconciler.model import (
 )
 from reconciler.registry.errors import InvalidReference
 from reconciler.registry.reference import LAYOUT_PREFIX, parse_reference
+
+# Predicate types whose builder id and build type a policy may pin (SLSA v1 and v0.2).
+SLSA_PROVENANCE = ("https://slsa.dev/provenance/v1", "https://slsa.dev/provenance/v0.2")
 
 
 class Snapshotish(StateReader, Protocol):
@@ -171,24 +175,10 @@ class Builder:
         keys = []
         for i, key in enumerate(raw.get("keys") or []):
             keys.append(self._key((*path, "keys", i), key))
-        identities = []
-        for i, ident in enumerate(raw.get("identities") or []):
-            subject, regexp = ident.get("subject"), ident.get("subjectRegExp")
-            if (subject is None) == (regexp is None):
-                self.problem(
-                    (*path, "identities", i),
-                    "an identity needs exactly one of 'subject' or 'subjectRegExp'",
-                    "name the signer exactly (subject) or by an anchored regexp (subjectRegExp)",
-                )
-            if regexp is not None:
-                try:
-                    re.compile(regexp)
-                except re.error as exc:
-                    self.problem(
-                        (*path, "identities", i, "subjectRegExp"),
-                        f"not a valid regular expression: {exc}",
-                    )
-            identities.append(Identity(ident["issuer"], subject, regexp))
+        identities = [
+            self._identity((*path, "identities", i), ident)
+            for i, ident in enumerate(raw.get("identities") or [])
+        ]
         root = raw.get("trustedRoot")
         root_json = None
         if root is not None:
@@ -200,12 +190,63 @@ class Builder:
                     f"{root!r} is not a file in the repository",
                     "commit the trusted_root.json or fix the path",
                 )
+        ignore_tlog = bool(raw.get("insecureIgnoreTlog", False))
+        if ignore_tlog and not keys:
+            self.problem(
+                (*path, "insecureIgnoreTlog"),
+                "insecureIgnoreTlog applies to key signatures, and this policy names no key "
+                "(keyless signatures always need their transparency-log entry)",
+                "remove insecureIgnoreTlog, or add the keys it is meant for",
+            )
+        attestations = []
+        for i, rule in enumerate(raw.get("attestations") or []):
+            kind = rule["predicateType"]
+            for field in ("builderId", "buildType"):
+                if field in rule and kind not in SLSA_PROVENANCE:
+                    self.problem(
+                        (*path, "attestations", i, field),
+                        f"{field} applies to SLSA provenance, not to {kind!r}",
+                        f"use predicateType {SLSA_PROVENANCE[0]!r} or drop {field}",
+                    )
+            attestations.append(AttestationRule(kind, rule.get("builderId"), rule.get("buildType")))
         return Policy(
             keys=tuple(keys),
             identities=tuple(identities),
             trusted_root=root,
             trusted_root_json=root_json,
             insecure_skip_signatures=bool(raw.get("insecureSkipSignatures", False)),
+            insecure_ignore_tlog=ignore_tlog,
+            signatures_repository=(raw.get("signatures") or {}).get("repository"),
+            attestations=tuple(attestations),
+        )
+
+    def _identity(self, path: tuple[Any, ...], ident: dict[str, Any]) -> Identity:
+        """One keyless signer; the field names are cosign's ``--certificate-*`` flags."""
+        for exact, pattern in (("issuer", "issuerRegExp"), ("subject", "subjectRegExp")):
+            if (ident.get(exact) is None) == (ident.get(pattern) is None):
+                self.problem(
+                    path,
+                    f"an identity needs exactly one of '{exact}' or '{pattern}'",
+                    f"name the {'signer' if exact == 'subject' else 'OIDC issuer'} exactly "
+                    f"({exact}) or by an anchored regexp ({pattern})",
+                )
+            regexp = ident.get(pattern)
+            if regexp is not None:
+                try:
+                    re.compile(regexp)
+                except re.error as exc:
+                    self.problem((*path, pattern), f"not a valid regular expression: {exc}")
+        return Identity(
+            issuer=ident.get("issuer"),
+            subject=ident.get("subject"),
+            subject_regexp=ident.get("subjectRegExp"),
+            issuer_regexp=ident.get("issuerRegExp"),
+            github_workflow_repository=ident.get("githubWorkflowRepository"),
+            github_workflow_ref=ident.get("githubWorkflowRef"),
+            github_workflow_trigger=ident.get("githubWorkflowTrigger"),
+            github_workflow_sha=ident.get("githubWorkflowSha"),
+            github_workflow_name=ident.get("githubWorkflowName"),
+            build_signer_uri=ident.get("buildSignerURI"),
         )
 
     def _key(self, path: tuple[Any, ...], value: str) -> PublicKey:
