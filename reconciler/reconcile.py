@@ -518,13 +518,32 @@ class _Pass:
                 partial(check_integrity, partial(self.manifest, source), tag.digest, source),
             )
             if gate.needs_evidence():
-                evidence[tag.digest] = self.evidence(source, tag.digest)
+                evidence[tag.digest] = [
+                    found
+                    for repository in self.signature_repositories(name, source)
+                    for found in self.evidence(repository, tag.digest)
+                ]
         gate.artifacts(manifests, evidence)
+        receipt = gate.receipt()
         if self.state.policies[name].insecure_skip_signatures:
             log.warning(
                 "%s: applying digests UNVERIFIED by its policy (insecureSkipSignatures)", name
             )
-        return gate.receipt()
+        if any(a.tlog_ignored for a in receipt.artifacts):
+            log.warning(
+                "%s: key signatures accepted WITHOUT a transparency-log entry (insecureIgnoreTlog)",
+                name,
+            )
+        return receipt
+
+    def signature_repositories(self, name: str, source: str) -> list[str]:
+        """Where signatures of ``source``'s digests are looked for: the artifact's own
+        repository, then each ``signatures.repository`` of the policies in force
+        (cosign's ``COSIGN_REPOSITORY``)."""
+        env = self.state.environments[name]
+        policies = (self.state.policies[name], self.state.catalogs[env.catalog].signers)
+        named = {p.signatures_repository for p in policies if p and p.signatures_repository}
+        return [source, *sorted(named - {source})]
 
     def commit_trail(self, last: Record | None) -> CommitTrail:
         """The facts for the commit rule, judged by the policy of the last applied commit.

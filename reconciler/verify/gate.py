@@ -4,10 +4,11 @@
 (1) history: the commit descends from the last applied one (no force-push back in time).
 (2) commits: with signed commits in force, every change since the last applied commit
     is signed by the policy of that commit, or undone by a later signed commit.
-(3) hazards: the release has none, or the environment accepts them.
+(3) hazards: the release has none, or the environment accepts them (with an OpenVEX
+    attestation rule in force, judged at (5) together with the VEX statements).
 (4) requires: each required environment ran exactly the digests this one would apply.
-(5) artifacts: each manifest hashes to its digest; signatures satisfy the environment's
-    policy and, always, the catalog's own signers.
+(5) artifacts: each manifest hashes to its digest; signatures and attestations satisfy
+    the environment's policy and, always, the catalog's own signers.
 
 The gate takes values and does no I/O (the pass gathers the facts); like python-tuf's
 trusted set it guards its own order: a step called out of order is a bug and raises,
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from reconciler.model import DesiredState, Record
+from reconciler.model import DesiredState, Policy, Record
+from reconciler.verify.attestations import VexStatement, is_openvex, judge_vex, latest
 from reconciler.verify.commits import CommitFact, CommitTrail
 from reconciler.verify.errors import Refused, Rule, Waiting
-from reconciler.verify.signatures import Evidence, Match, require
+from reconciler.verify.signatures import Evidence, Match, judge
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
+_ROLE_SUFFIX = {"environment": "", "catalog": " (catalog signers)"}
 
 
 class Step(IntEnum):
@@ -49,6 +52,12 @@ class ArtifactReceipt:
     manifests: int
     signatures: tuple[tuple[str, Match], ...] = ()  # (whose policy, the match)
     unverified: bool = False  # the environment skipped its own policy (insecureSkipSignatures)
+    attestations: tuple[tuple[str, Match], ...] = ()  # (whose policy, the match) per rule
+    vex: Mapping[str, str] = field(default_factory=dict)  # vulnerability -> VEX status in force
+
+    @property
+    def tlog_ignored(self) -> bool:
+        return any(m.insecure_ignore_tlog for _, m in (*self.signatures, *self.attestations))
 
     def describe(self) -> str:
         parts = [f"integrity ({self.manifests} manifests)"]
@@ -56,24 +65,25 @@ class ArtifactReceipt:
             parts.append(UNVERIFIED)
         for role, match in self.signatures:
             parts.append(f"{'signed' if role == 'environment' else 'catalog signer'}: {match}")
+        for _, match in self.attestations:
+            parts.append(f"attested {match.predicate_type}: {match}")
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "item": self.item,
             "digest": self.digest,
             "manifests": self.manifests,
             "unverified": self.unverified,
-            "signatures": [
-                {
-                    "policy": role,
-                    "signer": m.signer,
-                    "evidence": m.evidence,
-                    "tlogIndex": m.tlog_index,
-                }
-                for role, m in self.signatures
-            ],
+            "signatures": [{"policy": role, **m.to_json()} for role, m in self.signatures],
         }
+        if self.attestations:
+            doc["attestations"] = [{"policy": role, **m.to_json()} for role, m in self.attestations]
+        if self.vex:
+            doc["vex"] = dict(sorted(self.vex.items()))
+        if self.tlog_ignored:
+            doc["insecureIgnoreTlog"] = True
+        return doc
 
 
 @dataclass(frozen=True)
@@ -190,16 +200,23 @@ class Gate:
         """Raises: Refused: the release has hazards and ``allowHazards`` is not set."""
         self._enter(Step.HAZARDS)
         release = self.state.release_of(self.name)
-        if release.hazardous and not self.env.allow_hazards:
-            listed = "; ".join(f"{k}: {v}" for k, v in sorted(release.hazards.items()))
-            raise Refused(
-                Rule.HAZARDS,
-                f"release {release.name} of {self.env.catalog} has hazards ({listed})",
-                f"promote another release, or set allowHazards: true in {self.env.file} "
-                "to accept them knowingly",
-            )
+        # With a VEX attestation rule in force, the hazards are judged with the VEX
+        # statements at step (5), where they may clear one: they are only noted here.
+        if release.hazardous and not self.env.allow_hazards and not self._vex_rules():
+            self._refuse_hazards(release.hazards)
         self._hazards = dict(release.hazards)
         self._step = Step.HAZARDS
+
+    def _refuse_hazards(self, hazards: Mapping[str, str], cleared: Iterable[str] = ()) -> None:
+        release = self.state.release_of(self.name)
+        listed = "; ".join(f"{k}: {v}" for k, v in sorted(hazards.items()))
+        also = f" (VEX cleared {', '.join(sorted(cleared))})" if cleared else ""
+        raise Refused(
+            Rule.HAZARDS,
+            f"release {release.name} of {self.env.catalog} has hazards ({listed}){also}",
+            f"promote another release, or set allowHazards: true in {self.env.file} "
+            "to accept them knowingly",
+        )
 
     # (4) ----------------------------------------------------------------- requires
 
@@ -250,38 +267,70 @@ class Gate:
         self, manifests: Mapping[str, int], evidence: Mapping[str, Sequence[Evidence]]
     ) -> None:
         """``manifests``: digest -> manifests hashed (integrity, checked by the pass);
-        ``evidence``: digest -> the signatures found for it.
+        ``evidence``: digest -> the signatures and attestations found for it.
 
         The environment's policy may be skipped only by its own ``insecureSkipSignatures``;
         the catalog's ``signers`` hold regardless, unless the catalog itself opts out.
+        Each policy needs a signature and, per attestation rule, an attestation. With an
+        OpenVEX rule, the hazards noted at step (3) are judged here: ``affected``
+        statements add hazards, ``not_affected``/``fixed`` for every digest clear one.
 
         Raises:
-            Refused: a signature policy is not satisfied.
+            Refused: (``signatures``) a policy is not satisfied; (``hazards``) hazards
+                remain after VEX and ``allowHazards`` is not set.
         """
         self._enter(Step.ARTIFACTS)
-        policy = self.state.policies[self.name]
-        signers = self.state.catalogs[self.env.catalog].signers
+        release = self.state.release_of(self.name)
         receipts = []
+        vex: dict[str, list[VexStatement]] = {}
         for tag in self.state.tags[self.name]:
             what = f"{self.name}/{tag.item}"
             found = evidence.get(tag.digest, ())
             matched: list[tuple[str, Match]] = []
-            if not policy.insecure_skip_signatures:
-                matched.append(("environment", require(policy, tag.digest, found, what)))
-            if signers is not None and not signers.insecure_skip_signatures:
-                what = f"{what} (catalog signers)"
-                matched.append(("catalog", require(signers, tag.digest, found, what)))
+            attested: list[tuple[str, Match]] = []
+            statements = vex.setdefault(tag.digest, [])
+            for role, policy in self._policies():
+                judged = judge(policy, tag.digest, found, what + _ROLE_SUFFIX[role])
+                matched.append((role, judged.signature))
+                attested += [(role, m) for m in judged.attestations]
+                statements += judged.vex
             receipts.append(
                 ArtifactReceipt(
                     tag.item,
                     tag.digest,
                     manifests[tag.digest],
                     tuple(matched),
-                    policy.insecure_skip_signatures,
+                    self.state.policies[self.name].insecure_skip_signatures,
+                    tuple(attested),
+                    {name: s.status for name, s in sorted(latest(statements).items())},
                 )
             )
+        if self._vex_rules():
+            verdict = judge_vex(vex, release.hazards)
+            hazards = {k: v for k, v in self._hazards.items() if k not in verdict.cleared}
+            hazards.update(verdict.hazards)
+            if hazards and not self.env.allow_hazards:
+                self._refuse_hazards(hazards, verdict.cleared)
+            self._hazards = hazards
         self._artifacts = tuple(receipts)
         self._step = Step.ARTIFACTS
+
+    def _policies(self) -> list[tuple[str, Policy]]:
+        """The policies that hold for this environment: its own unless it opted out, and
+        the catalog's signers unless the catalog opted out."""
+        policy = self.state.policies[self.name]
+        signers = self.state.catalogs[self.env.catalog].signers
+        held = [] if policy.insecure_skip_signatures else [("environment", policy)]
+        if signers is not None and not signers.insecure_skip_signatures:
+            held.append(("catalog", signers))
+        return held
+
+    def _vex_rules(self) -> bool:
+        return any(
+            is_openvex(rule.predicate_type)
+            for _, policy in self._policies()
+            for rule in policy.attestations
+        )
 
     def needs_evidence(self) -> bool:
         """Whether any signature policy applies (else the pass need not look for any)."""
