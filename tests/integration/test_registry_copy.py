@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.model import Policy, PublicKey
 from reconciler.registry import (
+    OCI_MANIFEST,
     DigestMismatch,
     DockerCredentials,
     HostConfig,
@@ -20,6 +22,7 @@ from reconciler.registry import (
     copy_artifact,
     referrers_tag,
 )
+from reconciler.verify.signatures import discover, require
 from tests.support.registry_servers import (
     PASSWORD,
     USER,
@@ -32,8 +35,10 @@ from tests.support.registry_servers import (
     build_signature,
     push,
     referrers_index,
+    sha256,
     skopeo,
 )
+from tests.support.signing import SIMPLE_SIGNING, new_key, sign_legacy
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +220,93 @@ def test_skopeo_reads_our_layouts_and_we_read_skopeos(
     # Our layout keeps the signature and the referrers index as tags.
     assert layout.resolve(str(ours), referrers_tag(index.digest) + ".sig") == signature.digest
     assert [d.digest for d in layout.referrers(str(ours), index.digest)] == [referrer.digest]
+
+
+# --------------------------------------------------------------------------- .sig merge
+
+
+def _policy(pem: str) -> Policy:
+    return Policy(keys=(PublicKey("inline", pem),))
+
+
+def test_copy_merges_the_targets_own_signature_with_the_sources(
+    plain: HttpRegistry, second_registry: RegistryServer
+) -> None:
+    """The target repository signed the same digest with its own key: copying the
+    source's signature must keep both, not overwrite the target's."""
+    other = HttpRegistry(second_registry.host, HostConfig(plain_http=True))
+    source, target = fresh(), fresh()
+    image = build_image("merge-sigs")
+    push(plain, source, image, tag="v1")
+    push(other, target, image, tag="v1")
+    source_key, source_pem = new_key()
+    target_key, target_pem = new_key()
+    sign_legacy(plain, source, image.digest, source_key)
+    sign_legacy(other, target, image.digest, target_key)
+    sig_tag = referrers_tag(image.digest) + ".sig"
+    before = other.resolve(target, sig_tag)
+
+    result = copy_artifact(plain, source, image.digest, other, target)
+    assert sig_tag in result.tags
+    merged = other.get_manifest(target, sig_tag)
+    assert merged.digest not in (before, plain.resolve(source, sig_tag))
+    assert len(merged.document()["layers"]) == 2  # the target's first, then the source's
+    evidence = discover(other, target, image.digest)
+    require(_policy(target_pem), image.digest, evidence, "target key")
+    require(_policy(source_pem), image.digest, evidence, "source key")
+    # Idempotent: a second copy has nothing to add.
+    again = copy_artifact(plain, source, image.digest, other, target)
+    assert sig_tag not in again.tags and other.resolve(target, sig_tag) == merged.digest
+
+
+def test_a_cosign_style_config_follows_the_merged_layers(
+    plain: HttpRegistry, second_registry: RegistryServer
+) -> None:
+    """cosign's signature image config lists each layer's diff id: it stays in step."""
+    other = HttpRegistry(second_registry.host, HostConfig(plain_http=True))
+    source, target = fresh(), fresh()
+    image = build_image("merge-config")
+    push(plain, source, image, tag="v1")
+    push(other, target, image, tag="v1")
+    sig_tag = referrers_tag(image.digest) + ".sig"
+    for registry, repo, name in ((plain, source, "src"), (other, target, "dst")):
+        payload = json.dumps(
+            {"critical": {"image": {"docker-manifest-digest": image.digest}}, "who": name}
+        ).encode()
+        layer = {
+            "mediaType": SIMPLE_SIGNING,
+            "digest": sha256(payload),
+            "size": len(payload),
+            "annotations": {"dev.cosignproject.cosign/signature": f"sig-{name}"},
+        }
+        config = json.dumps(
+            {
+                "architecture": "",
+                "os": "",
+                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            }
+        ).encode()
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [layer],
+        }
+        built = Built(
+            json.dumps(doc).encode(),
+            OCI_MANIFEST,
+            {sha256(config): config, sha256(payload): payload},
+        )
+        push(registry, repo, built, tag=sig_tag)
+    copy_artifact(plain, source, image.digest, other, target)
+    merged = other.get_manifest(target, sig_tag).document()
+    digests = [layer["digest"] for layer in merged["layers"]]
+    config = json.loads(other.read_blob(target, merged["config"]["digest"], 1 << 20))
+    assert len(digests) == 2 and config["rootfs"]["diff_ids"] == digests
+    assert [
+        layer["annotations"]["dev.cosignproject.cosign/signature"] for layer in merged["layers"]
+    ] == ["sig-dst", "sig-src"]
