@@ -740,10 +740,16 @@ def fault_proxy(plain_registry: RegistryServer) -> Iterator[FaultProxy]:
 def docker_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[[dict[str, object]], Path]:
-    """Write a config.json into a fresh DOCKER_CONFIG directory; returns its path."""
+    """Write a config.json into a fresh DOCKER_CONFIG directory; returns its path.
+
+    The containers credential files named by the environment are set aside, so that
+    this config.json is what the test decides (the reconciler consults them too).
+    """
     directory = tmp_path / "docker-config"
     directory.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(directory))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
 
     def write(config: dict[str, object]) -> Path:
         path = directory / "config.json"

@@ -183,3 +183,109 @@ def test_token_service_refusal_is_an_authentication_failure() -> None:
     with pytest.raises(AuthenticationFailed) as caught:
         auth.on_challenge(bearer(), ["repository:a:pull"])
     assert "secret-pw" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of the test's own and no credential variables; returns the home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def recording_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, knows: str) -> Path:
+    """docker-credential-rec: answers for ``knows`` only, logs what it was asked."""
+    asked = tmp_path / "asked"
+    helper = tmp_path / "bin" / "docker-credential-rec"
+    helper.parent.mkdir(exist_ok=True)
+    helper.write_text(
+        f'#!/bin/sh\nread server\necho "$server" >> {asked}\n'
+        f'if [ "$server" = "{knows}" ]; then echo \'{{"Username":"u","Secret":"s"}}\'; exit 0; fi\n'
+        "exit 1\n"
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+    return asked
+
+
+@pytest.mark.parametrize("host", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+def test_docker_hub_credentials_live_under_the_legacy_index_key(
+    host: str, tmp_path: Path, isolated: Path
+) -> None:
+    directory = write_config(
+        tmp_path / "cfg", {"auths": {"https://index.docker.io/v1/": {"auth": b64("hub:pw")}}}
+    )
+    assert DockerCredentials(str(directory)).lookup(host) == Credential("hub", "pw")
+
+
+@pytest.mark.parametrize("kind", ["credsStore", "credHelpers"])
+def test_helpers_are_asked_for_docker_hub_under_its_key(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    asked = recording_helper(tmp_path, monkeypatch, "https://index.docker.io/v1/")
+    config: dict[str, Any] = (
+        {"credsStore": "rec"} if kind == "credsStore" else {"credHelpers": {"docker.io": "rec"}}
+    )
+    creds = DockerCredentials(str(write_config(tmp_path / "cfg", config)))
+    assert creds.lookup("docker.io") == Credential("u", "s")
+    assert asked.read_text().split() == ["https://index.docker.io/v1/"]
+
+
+def test_a_helper_is_asked_for_other_hosts_by_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    asked = recording_helper(tmp_path, monkeypatch, "r.example:5000")
+    creds = DockerCredentials(str(write_config(tmp_path / "cfg", {"credsStore": "rec"})))
+    assert creds.lookup("r.example:5000") == Credential("u", "s")
+    assert asked.read_text().split() == ["r.example:5000"]
+
+
+def test_the_files_are_consulted_in_the_documented_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "env-auth.json"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    files = DockerCredentials(auth_file=str(tmp_path / "flag.json")).files
+    assert files == [
+        tmp_path / "flag.json",
+        tmp_path / "docker" / "config.json",
+        tmp_path / "env-auth.json",
+        tmp_path / "run" / "containers" / "auth.json",
+        isolated / ".config" / "containers" / "auth.json",
+    ]
+
+
+def test_the_first_file_that_knows_the_host_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    write_config(tmp_path / "docker", {"auths": {"other.example": {"auth": b64("d:d")}}})
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    env_file = tmp_path / "env-auth.json"
+    env_file.write_text(json.dumps({"auths": {"h.example": {"auth": b64("env:1")}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(env_file))
+    home_file = isolated / ".config" / "containers" / "auth.json"
+    home_file.parent.mkdir(parents=True)
+    home_file.write_text(json.dumps({"auths": {"h.example": {"auth": b64("home:2")}}}))
+    cred = DockerCredentials().lookup("h.example")
+    assert cred == Credential("env", "1") and cred is not None and cred.source == str(env_file)
+    assert DockerCredentials().lookup("other.example") == Credential("d", "d")
+
+
+def test_namespace_scoped_keys_are_not_whole_host_credentials(
+    tmp_path: Path, isolated: Path
+) -> None:
+    directory = write_config(tmp_path, {"auths": {"quay.io/team": {"auth": b64("t:t")}}})
+    assert DockerCredentials(str(directory)).lookup("quay.io") is None
+
+
+def test_an_oversized_credential_file_is_refused(tmp_path: Path, isolated: Path) -> None:
+    (tmp_path / "config.json").write_text(" " * (2 << 20) + "{}")
+    with pytest.raises(AuthenticationFailed, match="limit"):
+        DockerCredentials(str(tmp_path)).lookup("h")

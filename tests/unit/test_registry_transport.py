@@ -16,11 +16,13 @@ import pytest
 
 from reconciler.registry import (
     OCI_INDEX,
+    AuthenticationFailed,
     DigestMismatch,
     DockerCredentials,
     HostConfig,
     HttpRegistry,
     RequestStats,
+    ResponseTooLarge,
     RetryPolicy,
 )
 from reconciler.registry.transport import RateLimiter, backoff, retry_after
@@ -218,3 +220,70 @@ def test_the_rate_limiter_spaces_request_starts() -> None:
     now[0] += 10
     limiter.acquire()  # idle time is not banked into a burst
     assert len(slept) == 3
+
+
+# --------------------------------------------------------------------------- caps and origins
+
+
+def test_a_manifest_over_the_cap_is_refused_before_it_is_read(server: FakeServer) -> None:
+    huge = b"{" + b" " * (5 << 20) + b"}"
+    server.route("GET", "/v2/r/manifests/v1", lambda h: (200, {"Content-Type": OCI_INDEX}, huge))
+    with pytest.raises(ResponseTooLarge, match="limit"):
+        client(server.host).get_manifest("r", "v1")
+
+
+def test_a_body_without_a_length_is_cut_at_the_cap(server: FakeServer) -> None:
+    def chunked(handler: http.server.BaseHTTPRequestHandler) -> Reply:
+        # Announce no length: the client must stop reading by itself.
+        return 200, {"Content-Length": ""}, b"x" * (17 << 20)
+
+    server.route("GET", "/v2/r/tags/list", chunked)
+    with pytest.raises(ResponseTooLarge):
+        client(server.host).list_tags("r")
+
+
+def test_a_small_blob_is_read_capped_and_checked(server: FakeServer) -> None:
+    blob = b"a record's body"
+    server.route("GET", f"/v2/r/blobs/{sha(blob)}", lambda h: (200, {}, blob))
+    registry = client(server.host)
+    assert registry.read_blob("r", sha(blob), 1024) == blob
+    with pytest.raises(ResponseTooLarge):
+        registry.read_blob("r", sha(blob), 4)
+    liar = sha(b"something else")
+    server.route("GET", f"/v2/r/blobs/{liar}", lambda h: (200, {}, blob))
+    with pytest.raises(DigestMismatch):
+        registry.read_blob("r", liar, 1024)
+
+
+def test_an_error_body_is_cut_not_refused(server: FakeServer) -> None:
+    body = json.dumps({"errors": [{"code": "DENIED", "message": "x" * (1 << 20)}]}).encode()
+    server.route("GET", "/v2/r/manifests/v1", lambda h: (403, {}, body))
+    with pytest.raises(AuthenticationFailed) as caught:
+        client(server.host).get_manifest("r", "v1")
+    assert len(str(caught.value)) < 2000
+
+
+def test_a_401_from_another_origin_is_not_answered_with_credentials(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    other = FakeServer()
+    try:
+        data = b"upload"
+        server.route(
+            "POST",
+            "/v2/r/blobs/uploads/",
+            lambda h: (202, {"Location": f"http://{other.host}/upload/1"}, b""),
+        )
+        other.route(
+            "PUT", "/upload/1", lambda h: (401, {"WWW-Authenticate": 'Basic realm="x"'}, b"")
+        )
+        (tmp_path / "config.json").write_text(
+            json.dumps({"auths": {server.host: {"auth": base64.b64encode(b"u:pw").decode()}}})
+        )
+        registry = client(server.host, credentials=DockerCredentials(str(tmp_path)))
+        with pytest.raises(AuthenticationFailed):
+            registry.put_blob("r", sha(data), len(data), [data])
+        assert [m for m, _, _ in other.seen] == ["PUT"]  # asked once, never answered
+        assert "Authorization" not in other.seen[0][2]
+    finally:
+        other.close()
