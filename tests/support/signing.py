@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from reconciler.registry import OCI_MANIFEST, Registry, referrers_tag
 from tests.support.registry_servers import Built, push, sha256
+from tests.support.sigstore_instance import LegacyLayer
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -65,10 +66,19 @@ def sign_legacy(
     return push(registry, repo, built, tag=referrers_tag(digest) + ".sig")
 
 
-def attach_bundle(registry: Registry, repo: str, digest: str, bundle_json: str) -> str:
+def attach_bundle(
+    registry: Registry,
+    repo: str,
+    digest: str,
+    bundle_json: str,
+    subject_repo: str | None = None,
+) -> str:
     """Push a Sigstore bundle as an OCI 1.1 referrer of ``digest`` (cosign 3's layout) and
-    keep the ``sha256-<hex>`` referrers index up to date for registries without the API."""
-    subject = registry.get_manifest(repo, digest)
+    keep the ``sha256-<hex>`` referrers index up to date for registries without the API.
+
+    ``subject_repo``: where the signed artifact lives, when ``repo`` is a separate
+    signature repository (cosign's ``COSIGN_REPOSITORY``)."""
+    subject = registry.get_manifest(subject_repo or repo, digest)
     empty, body = b"{}", bundle_json.encode()
     doc = {
         "schemaVersion": 2,
@@ -104,3 +114,51 @@ def attach_bundle(registry: Registry, repo: str, digest: str, bundle_json: str) 
         repo, index_tag, json.dumps(index).encode(), "application/vnd.oci.image.index.v1+json"
     )
     return referrer.digest
+
+
+def push_legacy(
+    registry: Registry, repo: str, digest: str, layers: list[LegacyLayer], suffix: str = ".sig"
+) -> str:
+    """Push cosign v1/v2 ``sha256-<hex>.sig`` (or ``.att``) layers for ``digest``, added to
+    the layers already there, as cosign appends signatures."""
+    tag = referrers_tag(digest) + suffix
+    blobs: dict[str, bytes] = {}
+    existing: list[dict[str, object]] = []
+    current = registry.resolve(repo, tag)
+    if current is not None:
+        existing = json.loads(registry.get_manifest(repo, current).data)["layers"]
+    described = [
+        {
+            "mediaType": layer.media_type,
+            "digest": layer.digest,
+            "size": len(layer.blob),
+            "annotations": dict(layer.annotations),
+        }
+        for layer in layers
+    ]
+    for layer in layers:
+        blobs[layer.digest] = layer.blob
+    config = json.dumps(
+        {
+            "architecture": "",
+            "config": {},
+            "created": "0001-01-01T00:00:00Z",
+            "os": "",
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [d["digest"] for d in [*existing, *described]],
+            },
+        }
+    ).encode()
+    blobs[sha256(config)] = config
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(config),
+            "size": len(config),
+        },
+        "layers": [*existing, *described],
+    }
+    return push(registry, repo, Built(json.dumps(doc).encode(), OCI_MANIFEST, blobs), tag=tag)

@@ -12,20 +12,32 @@ cryptography: sigstore-python 4.5.1 verifies these bundles against
 - an RFC 6962 Merkle tree transparency log gives each entry an inclusion proof,
   a signed checkpoint and a signed entry timestamp (SET).
 
-Also here, for key-based (non-keyless) paths that sigstore-python does not cover:
-cosign key pairs, legacy simple-signing payloads and public-key DSSE bundles.
+Also here, for the paths sigstore-python does not cover:
+
+- legacy cosign layers as cosign v1/v2 writes them (``sign_legacy``): a ``.sig``
+  simple-signing payload or a ``.att`` DSSE envelope, with the Fulcio certificate, its
+  chain and a Rekor bundle (the signed entry timestamp and its payload: body,
+  integratedTime, logIndex, logID) in annotations, the entry a real ``hashedrekord`` /
+  ``dsse`` body in the instance's log; and the same for a key (``log_key_layer``);
+- cosign key pairs, simple-signing payloads and public-key DSSE bundles, optionally
+  with a transparency-log entry of this instance (``sign_dsse_with_key(..., log=)``).
+
+Certificates can carry Fulcio's claims (``claims={"github_workflow_ref": ...}``): the
+GitHub workflow extensions (``.1.2``-``.1.6``, raw bytes, as cosign's
+``--certificate-github-workflow-*`` read them) and the build signer URI (``.1.9``).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +51,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
     "INTOTO_PAYLOAD_TYPE",
+    "LegacyLayer",
     "SigstoreInstance",
     "cosign_key_pair",
     "in_toto_statement",
     "sign_dsse_with_key",
     "sign_simple_signing",
+    "simple_signing_payload",
     "tamper_dsse_payload",
 ]
 
@@ -55,6 +69,17 @@ COSIGN_PREDICATE_TYPE = "https://sigstore.dev/cosign/sign/v1"
 _OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 _OID_SCT_LIST = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
+# Fulcio's claim extensions: v1 ones hold raw bytes, later ones a DER UTF8String.
+_CLAIM_OIDS: dict[str, tuple[ObjectIdentifier, bool]] = {
+    "github_workflow_trigger": (ObjectIdentifier("1.3.6.1.4.1.57264.1.2"), False),
+    "github_workflow_sha": (ObjectIdentifier("1.3.6.1.4.1.57264.1.3"), False),
+    "github_workflow_name": (ObjectIdentifier("1.3.6.1.4.1.57264.1.4"), False),
+    "github_workflow_repository": (ObjectIdentifier("1.3.6.1.4.1.57264.1.5"), False),
+    "github_workflow_ref": (ObjectIdentifier("1.3.6.1.4.1.57264.1.6"), False),
+    "build_signer_uri": (ObjectIdentifier("1.3.6.1.4.1.57264.1.9"), True),
+}
+SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
+DSSE_LAYER_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 _P256_DETAILS = "PKIX_ECDSA_P256_SHA_256"
 _LEAF_LIFETIME = dt.timedelta(minutes=10)  # Fulcio's certificate lifetime
 _FILLER_ENTRIES = 3  # so that the first real entry already has a non-trivial proof
@@ -335,6 +360,7 @@ class SigstoreInstance:
         issuer: str,
         not_before: dt.datetime,
         not_after: dt.datetime,
+        claims: Mapping[str, str] | None = None,
     ) -> x509.Certificate:
         """A Fulcio-style leaf whose one SCT covers its own TBS minus the SCT extension."""
         if "@" in identity and "://" not in identity:
@@ -377,6 +403,12 @@ class SigstoreInstance:
                 x509.UnrecognizedExtension(_OID_ISSUER_V2, _der(0x0C, issuer.encode())), False
             )
         )
+        for claim, value in (claims or {}).items():
+            if claim not in _CLAIM_OIDS:
+                raise ValueError(f"unknown claim {claim!r}: one of {', '.join(_CLAIM_OIDS)}")
+            oid, der = _CLAIM_OIDS[claim]
+            raw = _der(0x0C, value.encode()) if der else value.encode()
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, raw), False)
         precert = builder.sign(self._intermediate_key, hashes.SHA384())
 
         # RFC 6962 3.2: the SCT signs the precertificate entry (issuer key hash + TBS).
@@ -413,6 +445,7 @@ class SigstoreInstance:
         not_before: dt.datetime | None,
         not_after: dt.datetime | None,
         integrated_time: dt.datetime | None,
+        claims: Mapping[str, str] | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, int]:
         """An ephemeral key, its certificate and the log's integration time."""
         integrated = integrated_time or _now()
@@ -425,7 +458,7 @@ class SigstoreInstance:
         if not_after <= not_before:
             raise ValueError("certificate not_after must be after not_before")
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._leaf(key.public_key(), identity, issuer, not_before, not_after)
+        cert = self._leaf(key.public_key(), identity, issuer, not_before, not_after, claims)
         return key, cert, int(integrated.timestamp())
 
     # --- signing --------------------------------------------------------------------------
@@ -440,15 +473,17 @@ class SigstoreInstance:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         integrated_time: dt.datetime | None = None,
+        claims: Mapping[str, str] | None = None,
     ) -> str:
         """A v0.3 bundle of a DSSE envelope over ``statement``, logged as ``dsse`` 0.0.1.
 
         ``not_before``/``not_after`` bound the certificate (default: 10 minutes around
         now) and ``integrated_time`` is the log's time (default: now); put the time
         outside the validity to get a bundle that must be refused as expired.
+        ``claims``: Fulcio claim extensions of the certificate (module docstring).
         """
         key, cert, integrated = self._keyless(
-            identity, issuer, not_before, not_after, integrated_time
+            identity, issuer, not_before, not_after, integrated_time, claims
         )
         signature = key.sign(_pae(payload_type, statement), ec.ECDSA(hashes.SHA256()))
         envelope = {
@@ -488,6 +523,7 @@ class SigstoreInstance:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         integrated_time: dt.datetime | None = None,
+        claims: Mapping[str, str] | None = None,
     ) -> str:
         """A v0.3 message-signature bundle over an artifact's SHA-256, logged as hashedrekord.
 
@@ -501,7 +537,7 @@ class SigstoreInstance:
         else:
             raw = bytes.fromhex(_sha256_hex(digest))
         key, cert, integrated = self._keyless(
-            identity, issuer, not_before, not_after, integrated_time
+            identity, issuer, not_before, not_after, integrated_time, claims
         )
         signature = key.sign(raw, ec.ECDSA(Prehashed(hashes.SHA256())))
         body = rfc8785.dumps(
@@ -526,6 +562,73 @@ class SigstoreInstance:
         entry = self._log.append(body, "hashedrekord", integrated)
         return self._bundle(cert, entry, "messageSignature", content)
 
+    # --- legacy cosign layers (cosign v1/v2) ----------------------------------------------
+
+    def sign_legacy(
+        self,
+        payload: bytes,
+        *,
+        identity: str,
+        issuer: str,
+        envelope: bool = False,
+        claims: Mapping[str, str] | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        integrated_time: dt.datetime | None = None,
+        entry_kind: str = "dsse",
+    ) -> LegacyLayer:
+        """A keyless legacy layer: a ``.sig`` layer signing ``payload`` (simple signing) or,
+        with ``envelope``, a ``.att`` layer whose payload is a DSSE envelope over
+        ``payload`` (an in-toto statement). The annotations are cosign v2's; the log entry
+        is ``hashedrekord`` 0.0.1 (``.sig``) or ``entry_kind`` ``dsse``/``intoto`` 0.0.1
+        (``.att``). Times and claims as for ``sign_dsse``."""
+        key, cert, integrated = self._keyless(
+            identity, issuer, not_before, not_after, integrated_time, claims
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        chain_pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (self._intermediate, self._root)
+        )
+        layer = _legacy_layer(key, payload, envelope)
+        entry = self._log.append(
+            _legacy_body(layer, cert_pem, entry_kind), _kind(layer, entry_kind), integrated
+        )
+        layer.annotations.update(
+            {
+                "dev.sigstore.cosign/certificate": cert_pem.decode(),
+                "dev.sigstore.cosign/chain": chain_pem.decode(),
+                "dev.sigstore.cosign/bundle": legacy_rekor_bundle(entry),
+            }
+        )
+        return layer
+
+    def log_key_layer(
+        self,
+        private_key: ec.EllipticCurvePrivateKey,
+        payload: bytes,
+        *,
+        envelope: bool = False,
+        integrated_time: dt.datetime | None = None,
+    ) -> LegacyLayer:
+        """A layer ``cosign sign --key`` / ``attest --key`` writes with the log on: signed
+        by the key, logged here, the Rekor bundle in the annotation (no certificate)."""
+        layer = _legacy_layer(private_key, payload, envelope)
+        public_pem = private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        integrated = int((integrated_time or _now()).timestamp())
+        entry = self._log.append(
+            _legacy_body(layer, public_pem, "dsse"), _kind(layer, "dsse"), integrated
+        )
+        layer.annotations["dev.sigstore.cosign/bundle"] = legacy_rekor_bundle(entry)
+        return layer
+
+    def log_key_entry(
+        self, body: bytes, kind: str, integrated_time: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Append a canonicalized ``body`` to the log: a bundle's ``tlogEntries`` item."""
+        return self._log.append(body, kind, int((integrated_time or _now()).timestamp()))
+
     @staticmethod
     def _bundle(
         cert: x509.Certificate, entry: dict[str, Any], field: str, content: dict[str, Any]
@@ -548,14 +651,17 @@ class SigstoreInstance:
 
 
 def in_toto_statement(
-    digest: str, predicate_type: str = COSIGN_PREDICATE_TYPE, name: str = "artifact"
+    digest: str,
+    predicate_type: str = COSIGN_PREDICATE_TYPE,
+    name: str = "artifact",
+    predicate: dict[str, Any] | None = None,
 ) -> bytes:
     """An in-toto v1 statement about one subject, ``digest`` (``sha256:<hex>`` or hex)."""
     statement = {
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": name, "digest": {"sha256": _sha256_hex(digest)}}],
         "predicateType": predicate_type,
-        "predicate": {},
+        "predicate": predicate or {},
     }
     return _json(statement).encode()
 
@@ -565,6 +671,116 @@ def tamper_dsse_payload(bundle_json: str, new_payload: bytes) -> str:
     bundle = json.loads(bundle_json)
     bundle["dsseEnvelope"]["payload"] = _b64(new_payload)
     return json.dumps(bundle)
+
+
+# --- legacy layers ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LegacyLayer:
+    """One layer of a cosign ``.sig`` / ``.att`` manifest: its blob, media type and
+    annotations (``tests.support.signing.push_legacy`` pushes it)."""
+
+    blob: bytes
+    media_type: str
+    annotations: dict[str, str]
+    signature: bytes  # raw, for log bodies
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.blob).hexdigest()
+
+
+def simple_signing_payload(digest: str, reference: str = "registry.test/repo") -> bytes:
+    """A cosign simple-signing payload naming ``digest``, serialised as cosign's Go does."""
+    return _json(
+        {
+            "critical": {
+                "identity": {"docker-reference": reference},
+                "image": {"docker-manifest-digest": f"sha256:{_sha256_hex(digest)}"},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+
+
+def _legacy_layer(key: ec.EllipticCurvePrivateKey, payload: bytes, envelope: bool) -> LegacyLayer:
+    if not envelope:
+        signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        return LegacyLayer(
+            payload,
+            SIMPLE_SIGNING_MEDIA_TYPE,
+            {"dev.cosignproject.cosign/signature": _b64(signature)},
+            signature,
+        )
+    signature = key.sign(_pae(INTOTO_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
+    env = _json(
+        {
+            "payloadType": INTOTO_PAYLOAD_TYPE,
+            "payload": _b64(payload),
+            "signatures": [{"keyid": "", "sig": _b64(signature)}],
+        }
+    ).encode()
+    predicate = json.loads(payload).get("predicateType", "")
+    return LegacyLayer(
+        env,
+        DSSE_LAYER_MEDIA_TYPE,
+        {"dev.cosignproject.cosign/signature": "", "predicateType": predicate},
+        signature,
+    )
+
+
+def _kind(layer: LegacyLayer, entry_kind: str) -> str:
+    return "hashedrekord" if layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE else entry_kind
+
+
+def _legacy_body(layer: LegacyLayer, verifier_pem: bytes, entry_kind: str) -> bytes:
+    """The Rekor entry body cosign v1/v2 uploads for a layer."""
+    if layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE:
+        spec: dict[str, Any] = {
+            "data": {"hash": {"algorithm": "sha256", "value": _sha256_of(layer.blob)}},
+            "signature": {
+                "content": _b64(layer.signature),
+                "publicKey": {"content": _b64(verifier_pem)},
+            },
+        }
+        return rfc8785.dumps({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": spec})
+    statement = base64.b64decode(json.loads(layer.blob)["payload"])
+    if entry_kind == "intoto":
+        spec = {
+            "content": {
+                "hash": {"algorithm": "sha256", "value": _sha256_of(layer.blob)},
+                "payloadHash": {"algorithm": "sha256", "value": _sha256_of(statement)},
+            },
+            "publicKey": _b64(verifier_pem),
+        }
+        return rfc8785.dumps({"apiVersion": "0.0.1", "kind": "intoto", "spec": spec})
+    spec = {
+        "envelopeHash": {"algorithm": "sha256", "value": _sha256_of(layer.blob)},
+        "payloadHash": {"algorithm": "sha256", "value": _sha256_of(statement)},
+        "signatures": [{"signature": _b64(layer.signature), "verifier": _b64(verifier_pem)}],
+    }
+    return rfc8785.dumps({"apiVersion": "0.0.1", "kind": "dsse", "spec": spec})
+
+
+def _sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def legacy_rekor_bundle(entry: dict[str, Any]) -> str:
+    """cosign's ``dev.sigstore.cosign/bundle`` annotation for a ``tlogEntries`` item."""
+    return _json(
+        {
+            "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
+            "Payload": {
+                "body": entry["canonicalizedBody"],
+                "integratedTime": int(entry["integratedTime"]),
+                "logIndex": int(entry["logIndex"]),
+                "logID": base64.b64decode(entry["logId"]["keyId"]).hex(),
+            },
+        }
+    )
 
 
 # --- cosign with a key (no Fulcio, no log) ------------------------------------------------
@@ -604,24 +820,48 @@ def sign_dsse_with_key(
     private_key: ec.EllipticCurvePrivateKey,
     statement: bytes,
     payload_type: str = INTOTO_PAYLOAD_TYPE,
+    log: SigstoreInstance | None = None,
 ) -> str:
     """A v0.3 bundle as ``cosign sign --key`` writes it: a public-key hint, a DSSE envelope.
 
-    The hint is base64(SHA-256(SPKI DER)) as cosign sets it; there is no certificate and
-    no tlog entry, so sigstore-python refuses it and verifiers check it with the key.
+    The hint is base64(SHA-256(SPKI DER)) as cosign sets it; there is no certificate.
+    Without ``log`` there is no tlog entry (``--tlog-upload=false``), so sigstore-python
+    refuses it and verifiers check it with the key; with ``log``, the envelope is logged
+    in that instance (a ``dsse`` 0.0.1 entry with inclusion proof, checkpoint and SET).
     """
     signature = private_key.sign(_pae(payload_type, statement), ec.ECDSA(hashes.SHA256()))
+    envelope = {
+        "payload": _b64(statement),
+        "payloadType": payload_type,
+        "signatures": [{"sig": _b64(signature)}],
+    }
+    entries = []
+    if log is not None:
+        public_pem = private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        body = rfc8785.dumps(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "dsse",
+                "spec": {
+                    "envelopeHash": {
+                        "algorithm": "sha256",
+                        "value": _sha256_of(_json(envelope).encode()),
+                    },
+                    "payloadHash": {"algorithm": "sha256", "value": _sha256_of(statement)},
+                    "signatures": [{"signature": _b64(signature), "verifier": _b64(public_pem)}],
+                },
+            }
+        )
+        entries.append(log.log_key_entry(body, "dsse"))
     return json.dumps(
         {
             "mediaType": BUNDLE_MEDIA_TYPE,
             "verificationMaterial": {
                 "publicKey": {"hint": _b64(_key_id(private_key.public_key()))},
-                "tlogEntries": [],
+                "tlogEntries": entries,
             },
-            "dsseEnvelope": {
-                "payload": _b64(statement),
-                "payloadType": payload_type,
-                "signatures": [{"sig": _b64(signature)}],
-            },
+            "dsseEnvelope": envelope,
         }
     )
