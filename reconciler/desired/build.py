@@ -46,6 +46,7 @@ from reconciler.registry.reference import LAYOUT_PREFIX, parse_reference
 
 # Predicate types whose builder id and build type a policy may pin (SLSA v1 and v0.2).
 SLSA_PROVENANCE = ("https://slsa.dev/provenance/v1", "https://slsa.dev/provenance/v0.2")
+MAX_CA_BYTES = 1 << 20  # a registry's caFile
 
 
 class Snapshotish(StateReader, Protocol):
@@ -137,13 +138,7 @@ class Builder:
 
     def _settings(self, raw: dict[str, Any]) -> Settings:
         registries = {
-            host: RegistrySettings(
-                plain_http=bool(r.get("plainHTTP", False)),
-                ca_file=r.get("caFile"),
-                concurrency=r.get("concurrency"),
-                requests_per_second=r.get("requestsPerSecond"),
-            )
-            for host, r in (raw.get("registries") or {}).items()
+            host: self._registry(host, r) for host, r in (raw.get("registries") or {}).items()
         }
         signers = (raw.get("git") or {}).get("allowedSigners")
         signers_data = None
@@ -169,6 +164,30 @@ class Builder:
             record_keys=record_keys,
             records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
             notify=self._notify(raw.get("notify") or []),
+        )
+
+    def _registry(self, host: str, r: dict[str, Any]) -> RegistrySettings:
+        """One host's settings; ``caFile`` is read from the tree (an input of the state)."""
+        ca_file, ca_data = r.get("caFile"), None
+        where = ("settings", "registries", host, "caFile")
+        if ca_file and not self.snap.exists(ca_file):
+            self.problem(where, f"{ca_file!r} is not a file in the repository",
+                         "commit the CA certificate (PEM) or fix the path")  # fmt: skip
+        elif ca_file:
+            ca_data = self.snap.read(ca_file)
+            if len(ca_data) > MAX_CA_BYTES or b"-----BEGIN CERTIFICATE-----" not in ca_data:
+                self.problem(where, f"{ca_file!r} is not a PEM CA certificate (under 1 MiB)",
+                             "commit the CA's certificate in PEM form")  # fmt: skip
+                ca_data = None
+        return RegistrySettings(
+            plain_http=bool(r.get("plainHTTP", False)),
+            ca_file=ca_file,
+            ca_data=ca_data,
+            concurrency=r.get("concurrency"),
+            requests_per_second=r.get("requestsPerSecond"),
+            connect_timeout=r.get("connectTimeout"),
+            read_timeout=r.get("readTimeout"),
+            attempts=r.get("attempts"),
         )
 
     def _policy(self, path: tuple[Any, ...], raw: dict[str, Any]) -> Policy:
