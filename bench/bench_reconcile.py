@@ -4,12 +4,12 @@ ENVS environments x ITEMS items (1,000 tags by default) in one catalog, every di
 signed with a cosign key (legacy .sig), state in a real git repository with CUE settings.
 Measured:
 
-- first converge: load + observe + plan + verify (integrity + signatures) + apply +
-  records, vs. the floor "HEAD all, PUT all" (a bare requests pool, same concurrency)
-  and vs. `skopeo copy --preserve-digests` and `crane copy` doing the same tag moves
-  (a sample, scaled);
-- no-op pass: the same again with nothing to do, vs. the floor "HEAD all"; it must
-  make zero `cue` calls and zero writes.
+- first converge: `reconciler apply` as a user runs it, a whole process (start-up, git,
+  a cold `cue` call, observe, plan, the gate, apply, records), vs. the floor "HEAD all,
+  PUT all" (a bare requests pool, same concurrency) and vs. `skopeo copy
+  --preserve-digests` and `crane copy` doing the same tag moves (a sample, scaled);
+- no-op: `reconciler apply` again with nothing to do, vs. the floor "HEAD all"; then the
+  same pass in process, which must make zero `cue` calls and zero writes.
 
     .venv/bin/python -m bench.bench_reconcile [--envs 50] [--items 20] [--threads 16]
 """
@@ -144,6 +144,18 @@ def state_repository(
     git.create_commit("refs/heads/main", who, who, "bench state", git.index.write_tree(), [])
 
 
+def apply_process(state: Path) -> tuple[float, int]:
+    """`reconciler apply --json` as a whole process: (wall seconds, tags moved)."""
+    command = [sys.executable, "-m", "reconciler", "apply", "--repo", str(state), "--json"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"reconciler apply failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    envs = json.loads(proc.stdout)["environments"]
+    return elapsed, sum(len((e["applied"] or {}).get("moved", [])) for e in envs)
+
+
 def floor(host: str, repo: str, threads: int, tags: list[str], manifest: bytes | None) -> float:
     """HEAD every tag, and PUT every tag when ``manifest`` is given: the least a pass can do."""
     session = requests.Session()
@@ -249,25 +261,20 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
 
     cache = tmp / "cache"
     os.environ["RECONCILER_CACHE_DIR"] = str(cache)
+    converge, moved = apply_process(tmp / "state")
+    noop, moved_again = apply_process(tmp / "state")
+    assert moved == count and moved_again == 0, (moved, moved_again)
+
     registries = Registries(
         RegistrySettings(hosts={host: HostConfig(plain_http=True, concurrency=args.threads)})
     )
     loader = Loader(cache)
     reconciler = Reconciler(GitSource(str(tmp / "state"), cache), loader, registries=registries)
-
-    start = time.perf_counter()
-    first = reconciler.run(Mode.APPLY)
-    converge = time.perf_counter() - start
-    assert first.ok, [o.error for o in first.outcomes if o.error]
-    writes_first = registries.stats.writes()
-
-    cue_before, writes_before = loader.cue_calls, registries.stats.writes()
     start = time.perf_counter()
     again = reconciler.run(Mode.APPLY)
-    noop = time.perf_counter() - start
+    noop_in_process = time.perf_counter() - start
     assert again.in_sync
-    cue_noop = loader.cue_calls - cue_before
-    writes_noop = registries.stats.writes() - writes_before
+    cue_noop, writes_noop = loader.cue_calls, registries.stats.writes()
 
     floor_tags = [f"floor-{t}" for t in tags]
     one_manifest = next(iter(manifests.values()))
@@ -279,16 +286,17 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
 
     return [
         ("tags", float(count), f"{args.envs} environments x {args.items} items"),
-        ("first converge", converge, f"{writes_first} writes"),
+        ("first converge: `reconciler apply` process", converge, f"{moved} tags moved"),
         ("  floor: HEAD + PUT all", floor_converge, ""),
-        ("  converge / floor", converge / floor_converge, "target <= 2.0"),
+        ("  converge / floor", converge / floor_converge, "target <= 1.5"),
         (f"  skopeo copy loop ({sample} sampled, scaled)", skopeo, ""),
         ("  skopeo / converge", skopeo / converge, "target >= 8"),
         (f"  crane copy loop ({sample} sampled, scaled)", crane, ""),
         ("  crane / converge", crane / converge, ""),
-        ("no-op pass", noop, f"{cue_noop} cue calls, {writes_noop} writes"),
+        ("no-op: `reconciler apply` process", noop, "nothing to do"),
         ("  floor: HEAD all", floor_noop, ""),
         ("  no-op / floor", noop / floor_noop, "target <= 1.5"),
+        ("  no-op pass in process", noop_in_process, f"{cue_noop} cue calls, {writes_noop} writes"),
         (
             "peak RSS (MiB)",
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
