@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shutil
 import socket
 import statistics
@@ -104,9 +105,24 @@ def main() -> None:
             process.wait()
 
 
+class _PoolFull(logging.Handler):
+    """Counts urllib3's "Connection pool is full" warnings: connections thrown away."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Connection pool is full" in record.getMessage():
+            self.count += 1
+
+
 def run(host: str, count: int, threads: int, rounds: int) -> None:
     repo = "bench/app"
-    client = HttpRegistry(host, HostConfig(plain_http=True, concurrency=threads))
+    pool_full = _PoolFull()
+    logging.getLogger("urllib3").addHandler(pool_full)
+    # The client's default concurrency (16), fed by ``threads`` threads like a pass's pools.
+    client = HttpRegistry(host, HostConfig(plain_http=True))
     manifest = push_image(client, repo)
 
     session = requests.Session()
@@ -153,6 +169,10 @@ def run(host: str, count: int, threads: int, rounds: int) -> None:
         mine = statistics.median(by_side["client"])
         print(f"{op:<6}{floor:>10.3f}{mine:>10.3f}{mine / floor:>8.2f}{count / mine:>14.0f}")
     print(f"requests counted by the client: {client.stats.total()}")
+    print(
+        f"client concurrency {client.config.concurrency} (default); "
+        f"'Connection pool is full' warnings: {pool_full.count}"
+    )
     client.close()
 
 
