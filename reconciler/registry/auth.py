@@ -51,6 +51,7 @@ _DEFAULT_TOKEN_LIFETIME = 60.0
 _EXPIRY_MARGIN = 10.0
 MAX_AUTH_FILE_BYTES = 1 << 20  # config.json / auth.json
 MAX_HELPER_OUTPUT = 1 << 16
+CREDENTIAL_TTL = 300.0  # seconds a looked-up credential is reused
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 LOOKUP_ORDER = (
     "--authfile, Docker's config.json ($DOCKER_CONFIG or ~/.docker), $REGISTRY_AUTH_FILE, "
@@ -131,14 +132,24 @@ def credential_files(config_dir: str | None = None, auth_file: str | None = None
 
 
 class DockerCredentials:
-    """Look up a host's credential in the credential files, caching the answer."""
+    """Look up a host's credential in the credential files, caching the answer for
+    ``CREDENTIAL_TTL`` seconds (a long-running daemon sees a new login or a helper's
+    rotated token without a restart)."""
 
-    def __init__(self, config_dir: str | None = None, *, auth_file: str | None = None) -> None:
+    def __init__(
+        self,
+        config_dir: str | None = None,
+        *,
+        auth_file: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._files = credential_files(config_dir, auth_file)
         self._explicit = auth_file or _auth_file
+        self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[str, Credential | None] = {}
         self._loaded: dict[Path, dict[str, Any]] = {}
+        self._since = clock()
 
     @property
     def files(self) -> list[Path]:
@@ -147,6 +158,10 @@ class DockerCredentials:
     def lookup(self, host: str) -> Credential | None:
         host = canonical_host(host)
         with self._lock:
+            if self._clock() - self._since > CREDENTIAL_TTL:
+                self._cache.clear()
+                self._loaded.clear()
+                self._since = self._clock()
             if host not in self._cache:
                 self._cache[host] = self._find(host)
             return self._cache[host]

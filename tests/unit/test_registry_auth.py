@@ -289,3 +289,16 @@ def test_an_oversized_credential_file_is_refused(tmp_path: Path, isolated: Path)
     (tmp_path / "config.json").write_text(" " * (2 << 20) + "{}")
     with pytest.raises(AuthenticationFailed, match="limit"):
         DockerCredentials(str(tmp_path)).lookup("h")
+
+
+def test_credentials_are_looked_up_again_after_a_while(tmp_path: Path, isolated: Path) -> None:
+    """A daemon picks up a new login without a restart."""
+    now = [0.0]
+    directory = write_config(tmp_path / "cfg", {"auths": {"h": {"auth": b64("u:old")}}})
+    creds = DockerCredentials(str(directory), clock=lambda: now[0])
+    assert creds.lookup("h") == Credential("u", "old")
+    write_config(directory, {"auths": {"h": {"auth": b64("u:new")}}})
+    now[0] = 10.0
+    assert creds.lookup("h") == Credential("u", "old")  # cached
+    now[0] = 400.0
+    assert creds.lookup("h") == Credential("u", "new")
