@@ -18,7 +18,6 @@ from the bundle's JSON, never from sigstore-python's private attributes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -145,12 +144,12 @@ def verify_keyless_bundle(
     from sigstore.models import Bundle
     from sigstore_models.common.v1 import HashAlgorithm
 
+    verifier = _verifier(root_json)
     try:
         doc = json.loads(bundle_json)
         bundle = Bundle.from_json(bundle_json)
     except (Error, ValueError) as exc:
         raise SigstoreRefused(f"unusable bundle: {exc}") from None
-    verifier = _verifier(root_json)
     try:
         if "dsseEnvelope" in doc:
             payload_type, payload = verifier.verify_dsse(bundle, policy)
@@ -173,8 +172,3 @@ def _log_index(doc: dict[str, Any]) -> int | None:
         return int(entries[0]["logIndex"])
     except (IndexError, KeyError, TypeError, ValueError):
         return None
-
-
-def root_id(root_json: str) -> str:
-    """A short name of a trusted root, for messages."""
-    return "sha256:" + hashlib.sha256(root_json.encode()).hexdigest()[:12]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import re
 
 import pytest
 
-from reconciler.model import Identity, Policy
+from reconciler.model import AttestationRule, Identity, Policy
 from reconciler.verify import Refused
-from reconciler.verify.signatures import Evidence, require
+from reconciler.verify.signatures import Evidence, judge, require
 from tests.support.sigstore_instance import SigstoreInstance, in_toto_statement, tamper_dsse_payload
 
 DIGEST = "sha256:" + hashlib.sha256(b"a manifest").hexdigest()
@@ -122,3 +124,71 @@ def test_unexpected_predicate_type_is_refused(instance: SigstoreInstance) -> Non
     bundle = instance.sign_dsse(statement, identity=WORKFLOW, issuer=ISSUER)
     with pytest.raises(Refused, match="predicateType"):
         require(policy(instance), DIGEST, [evidence(bundle)], "x")
+
+
+CLAIMS = {
+    "github_workflow_repository": "acme/shop",
+    "github_workflow_ref": "refs/heads/main",
+    "github_workflow_trigger": "push",
+    "github_workflow_sha": "c" * 40,
+    "github_workflow_name": "release",
+    "build_signer_uri": WORKFLOW,
+}
+
+
+def test_certificate_claims_through_sigstore_python(instance: SigstoreInstance) -> None:
+    bundle = evidence(
+        instance.sign_dsse(
+            in_toto_statement(DIGEST), identity=WORKFLOW, issuer=ISSUER, claims=CLAIMS
+        )
+    )
+    every = Identity(ISSUER, WORKFLOW, **CLAIMS)
+    with_root = dataclasses.replace(policy(instance), identities=(every,))
+    match = require(with_root, DIGEST, [bundle], "x")
+    assert "githubWorkflowRepository=acme/shop" in match.signer
+    wrong = dataclasses.replace(every, github_workflow_trigger="workflow_dispatch")
+    with pytest.raises(Refused, match="githubWorkflowTrigger: ") as exc:
+        require(dataclasses.replace(with_root, identities=(wrong,)), DIGEST, [bundle], "x")
+    assert exc.value.rule == "signatures"
+
+
+def test_issuer_regexp_through_sigstore_python(instance: SigstoreInstance) -> None:
+    bundle = evidence(instance.sign_message(DIGEST, identity=WORKFLOW, issuer=ISSUER))
+    anchored = Identity(issuer_regexp=r"https://token\.actions\..+\.com", subject=WORKFLOW)
+    with_root = dataclasses.replace(policy(instance), identities=(anchored,))
+    assert require(with_root, DIGEST, [bundle], "x").signer.startswith("identity ~https://")
+    prefix = Identity(issuer_regexp=r"https://token", subject=WORKFLOW)
+    with pytest.raises(Refused, match="is not ~https://token"):
+        require(dataclasses.replace(with_root, identities=(prefix,)), DIGEST, [bundle], "x")
+
+
+def test_keyless_attestation_bundle_satisfies_a_rule(instance: SigstoreInstance) -> None:
+    signature = evidence(
+        instance.sign_dsse(in_toto_statement(DIGEST), identity=WORKFLOW, issuer=ISSUER)
+    )
+    provenance = in_toto_statement(
+        DIGEST,
+        "https://slsa.dev/provenance/v1",
+        predicate={
+            "buildDefinition": {"buildType": "https://actions.github.io/buildtypes/workflow/v1"},
+            "runDetails": {"builder": {"id": WORKFLOW}},
+        },
+    )
+    att = evidence(instance.sign_dsse(provenance, identity=WORKFLOW, issuer=ISSUER))
+    rule = AttestationRule(
+        "https://slsa.dev/provenance/v1",
+        builder_id=WORKFLOW,
+        build_type="https://actions.github.io/buildtypes/workflow/v1",
+    )
+    pol = dataclasses.replace(policy(instance), attestations=(rule,))
+    judged = judge(pol, DIGEST, [signature, att], "prod/web")
+    assert judged.signature.predicate_type == "https://sigstore.dev/cosign/sign/v1"
+    assert judged.attestations[0].predicate_type == "https://slsa.dev/provenance/v1"
+    assert judged.attestations[0].tlog_index is not None
+    with pytest.raises(
+        Refused, match=re.escape("no attestation of type https://slsa.dev/provenance/v1")
+    ):
+        judge(pol, DIGEST, [signature], "prod/web")  # provenance absent
+    other_type = dataclasses.replace(rule, build_type="https://example.com/other")
+    with pytest.raises(Refused, match="build type"):
+        judge(dataclasses.replace(pol, attestations=(other_type,)), DIGEST, [signature, att], "x")
