@@ -1,7 +1,9 @@
 """Command line: argparse, output formatting and exit codes; the logic lives elsewhere.
 
-Exit codes: 0 success, 1 an error or an invalid state, 2 a usage error (argparse).
-Errors print their message and hint; a traceback only with ``-v``.
+Exit codes: 0 success, 1 an error or an invalid state, 2 a usage error (argparse,
+including an option that means nothing for the command, e.g. ``promote --env``).
+Errors print their message and hint; a traceback only with ``-v``. Progress of long
+work goes to stderr (``--progress``), results to stdout.
 """
 
 from __future__ import annotations
@@ -9,19 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import re
+import shutil
+import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__, daemon
-from reconciler.desired import Loader
-from reconciler.errors import InvalidState, ReconcilerError, redact_url
+from reconciler import __version__, completion, daemon, discover
+from reconciler.desired import Loader, cue_command
+from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
 from reconciler.git import GitSource, default_cache_dir, is_url
+from reconciler.git.branches import snapshot_of, worktree_tree
 from reconciler.model import Action, DesiredState
+from reconciler.progress import MODES as PROGRESS_MODES
+from reconciler.progress import Progress
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
 from reconciler.registry import set_auth_file
 from reconciler.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
@@ -30,30 +41,118 @@ from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
 
+# --------------------------------------------------------------------------- options
 
-def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Options accepted before or after the command (a subparser must not reset them)."""
+# The common options: accepted before or after the command, but only by the commands
+# they mean something for (anything else is a usage error that says why).
+COMMON_DEFAULTS: dict[str, Any] = {
+    "repo": ".",
+    "ref": "main",
+    "path": "",
+    "env": None,
+    "json": False,
+    "cache_dir": None,
+    "authfile": None,
+}
+_STATE = ("repo", "ref", "path", "cache_dir")
+_READS = (*_STATE, "json", "authfile")  # loads the state and reads registries
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "validate": (*_STATE, "env", "json"),
+    "plan": (*_READS, "env"),
+    "apply": (*_READS, "env"),
+    "status": (*_READS, "env"),
+    "audit": (*_READS, "env"),
+    "promote": _READS,
+    "rollback": _READS,
+    "release add": _READS,
+    "discover": (*_READS, "env"),
+    "run": (*_STATE, "env", "authfile"),
+    "keygen": (),
+    "version": ("json",),
+    "completion": (),
+}
+_WHY = {
+    "env": "{command} does not work per environment",
+    "json": "{command} has no JSON output",
+    "authfile": "{command} reads no registry",
+    "promote env": "promote names its environment as an argument, not with --env",
+    "rollback env": "rollback names its environment as an argument, not with --env",
+    "release add env": "a release belongs to a catalog, not to an environment",
+    "run json": "run logs rather than prints a result: use --log-format json",
+}
+OUTPUT_DEFAULTS: dict[str, Any] = {
+    "verbose": False,
+    "quiet": False,
+    "log_level": "warning",
+    "progress": "auto",
+}
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
-    def d(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--repo", default=d("."), help="state repository: a path or a URL")
-    parser.add_argument("--ref", default=d("main"), help="branch, tag or commit (default main)")
-    parser.add_argument("--path", default=d(""), help="sub-directory holding the state")
+def _common(parser: argparse.ArgumentParser, hidden: Sequence[str] = ()) -> None:
+    """The common options, without defaults (so that what was given is known); those in
+    ``hidden`` are accepted only to say why they mean nothing here."""
+
+    def h(name: str, text: str) -> str:
+        return argparse.SUPPRESS if name in hidden else text
+
+    s = argparse.SUPPRESS
+    parser.add_argument("--repo", default=s, help=h("repo", "state repository: a path or a URL"))
+    parser.add_argument("--ref", default=s, help=h("ref", "branch, tag or commit (default main)"))
+    parser.add_argument("--path", default=s, help=h("path", "sub-directory holding the state"))
     parser.add_argument(
-        "--env", action="append", default=d(None), metavar="NAME", help="only this environment"
+        "--env", action="append", default=s, metavar="NAME", help=h("env", "only this environment")
     )
-    parser.add_argument("--json", action="store_true", default=d(False), help="JSON output")
-    parser.add_argument("-v", "--verbose", action="store_true", default=d(False))
+    parser.add_argument("--json", action="store_true", default=s, help=h("json", "JSON output"))
     parser.add_argument(
-        "--cache-dir", type=Path, default=d(None), help="default: $RECONCILER_CACHE_DIR"
+        "--cache-dir", type=Path, default=s, help=h("cache_dir", "default: $RECONCILER_CACHE_DIR")
     )
     parser.add_argument(
         "--authfile",
         metavar="FILE",
-        default=d(None),
-        help="registry credentials (auth.json / config.json), consulted before the others",
+        default=s,
+        help=h("authfile", "registry credentials (auth.json / config.json), consulted first"),
     )
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    """How much to say, on every command, before or after it."""
+    s = argparse.SUPPRESS
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=s, help="debug log and tracebacks"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=s, help="only errors (--json is unchanged)"
+    )
+    parser.add_argument(
+        "--log-level", choices=tuple(LOG_LEVELS), default=s, help="default warning (run: info)"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=s,
+        help="progress on stderr: auto (a terminal only), plain (lines), none",
+    )
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace], int],
+    key: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    accepted = ACCEPTS[key or name]
+    _common(parser, hidden=[n for n in COMMON_DEFAULTS if n not in accepted])
+    _output(parser)
+    parser.set_defaults(func=func, command_key=key or name, command_parser=parser)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,70 +161,182 @@ def build_parser() -> argparse.ArgumentParser:
         description="Promote OCI artifacts between environments from a git state repository.",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    _common(parser, suppress=False)
+    _common(parser)
+    _output(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    validate = sub.add_parser(
-        "validate", help="evaluate, schema-check and cross-check the desired state (for MR CI)"
-    )
-    _common(validate, suppress=True)
-    validate.set_defaults(func=cmd_validate)
 
-    plan = sub.add_parser(
-        "plan", help="show the changes each environment needs and what blocks them"
+    validate = _command(
+        sub, "validate", "evaluate, schema-check and cross-check the desired state (for MR CI)",
+        cmd_validate,
+    )  # fmt: skip
+    validate.add_argument(
+        "--worktree",
+        action="store_true",
+        help="check the files of the work tree (edits included), not a commit",
     )
-    _common(plan, suppress=True)
+
+    plan = _command(
+        sub, "plan", "show the changes each environment needs and what blocks them", cmd_plan
+    )
     plan.add_argument(
         "--detailed-exitcode",
         action="store_true",
         help="exit 0 in sync, 2 changes pending, 1 error",
     )
-    plan.set_defaults(func=cmd_plan)
+    plan.add_argument(
+        "--format",
+        choices=("text", "json", "markdown"),
+        help="markdown: a merge-request comment; json: as --json",
+    )
 
-    apply = sub.add_parser("apply", help="verify and apply: move the tags, write apply records")
-    _common(apply, suppress=True)
+    apply = _command(
+        sub, "apply", "verify and apply: move the tags, write apply records", cmd_apply
+    )
     apply.add_argument("--dry-run", action="store_true", help="plan and verify; write nothing")
     _record_key(apply)
-    apply.set_defaults(func=cmd_apply)
 
-    status = sub.add_parser("status", help="desired vs actual, drift and the last apply record")
-    _common(status, suppress=True)
-    status.set_defaults(func=cmd_status)
+    _command(sub, "status", "desired vs actual, drift and the last apply record", cmd_status)
 
-    promote = sub.add_parser("promote", help="a branch + commit moving ENV to RELEASE, for a MR")
-    _common(promote, suppress=True)
+    promote = _command(
+        sub, "promote", "a branch + commit moving ENV to RELEASE, for a MR", cmd_promote
+    )
     promote.add_argument("environment", metavar="ENV")
     promote.add_argument("release", metavar="RELEASE")
     promote.add_argument("--branch", help="default promote/<env>/<release>")
     promote.add_argument("--message", "-m", help="the commit's subject line")
     promote.add_argument("--push", action="store_true", help="push the branch to origin")
-    promote.set_defaults(func=cmd_promote)
 
-    rollback = sub.add_parser("rollback", help="a branch + git revert of ENV's last promotion")
-    _common(rollback, suppress=True)
+    rollback = _command(
+        sub, "rollback", "a branch + git revert of ENV's last promotion", cmd_rollback
+    )
     rollback.add_argument("environment", metavar="ENV")
     rollback.add_argument("--to", metavar="COMMIT", help="revert this commit instead")
     rollback.add_argument("--branch", help="default rollback/<env>/<commit>")
     rollback.add_argument("--push", action="store_true", help="push the branch to origin")
-    rollback.set_defaults(func=cmd_rollback)
 
-    audit = sub.add_parser("audit", help="timeline: git history joined with apply records")
-    _common(audit, suppress=True)
+    release = sub.add_parser(
+        "release", help="catalog releases: add one from signed tags", description="releases"
+    )
+    _output(release)
+    releases = release.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    add = _command(
+        releases, "add", "a branch adding RELEASE to CATALOG from tags, verified, for a MR",
+        cmd_release_add, key="release add",
+    )  # fmt: skip
+    add.add_argument("catalog", metavar="CATALOG")
+    add.add_argument("release", metavar="RELEASE")
+    add.add_argument(
+        "items",
+        metavar="ITEM=REF",
+        nargs="+",
+        type=_pair("ITEM=REF"),
+        help="REF: a tag in the catalog's source, sha256:…, or host/repo:tag (@sha256:…)",
+    )
+    add.add_argument(
+        "--hazard", action="append", type=_pair("ID=TEXT"), default=[], metavar="ID=TEXT"
+    )
+    add.add_argument(
+        "--metadata", action="append", type=_pair("KEY=VALUE"), default=[], metavar="K=V"
+    )
+    add.add_argument("--branch", help="default release/<catalog>/<release>")
+    add.add_argument("--message", "-m", help="the commit's subject line")
+    add.add_argument("--push", action="store_true", help="push the branch to origin")
+
+    disc = _command(
+        sub, "discover", "propose new releases found in registries (catalog discover), once",
+        cmd_discover,
+    )  # fmt: skip
+    disc.add_argument(
+        "--catalog", action="append", metavar="NAME", help="only this catalog (repeatable)"
+    )
+    disc.add_argument(
+        "--follow",
+        action="store_true",
+        help="also propose promotions for environments with follow: latest",
+    )
+    disc.add_argument("--push", action="store_true", help="push the branches to origin")
+
+    audit = _command(sub, "audit", "timeline: git history joined with apply records", cmd_audit)
     audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
-    audit.set_defaults(func=cmd_audit)
 
-    run = sub.add_parser("run", help="reconcile continuously: poll, webhook, health, metrics")
-    _common(run, suppress=True)
+    run = _command(sub, "run", "reconcile continuously: poll, webhook, health, metrics", cmd_run)
     daemon.add_arguments(run)
     _record_key(run)
-    run.set_defaults(func=cmd_run)
+    run.add_argument(
+        "--discover-interval",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="discovery and follow: latest proposals every S seconds (0: never; default 300)",
+    )
 
-    keygen = sub.add_parser("keygen", help="write a record-signing key pair: PATH and PATH.pub")
+    keygen = _command(
+        sub, "keygen", "write a record-signing key pair: PATH and PATH.pub", cmd_keygen
+    )
     keygen.add_argument("key", type=Path, metavar="PATH", help="the private key file to write")
     keygen.add_argument(
         "--type", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256", dest="key_type"
     )
-    keygen.set_defaults(func=cmd_keygen, json=False, verbose=False)
+
+    _command(sub, "version", "the versions of reconciler and of the tools it runs", cmd_version)
+
+    comp = _command(
+        sub, "completion", "print a shell completion script (bash, zsh, fish)", cmd_completion
+    )
+    comp.add_argument("shell", choices=completion.SHELLS, metavar="SHELL", help="bash, zsh, fish")
     return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, refuse options that mean nothing for the command (exit 2), fill defaults."""
+    args = build_parser().parse_args(argv)
+    key: str = args.command_key
+    parser: argparse.ArgumentParser = args.command_parser
+    for name, default in COMMON_DEFAULTS.items():
+        if hasattr(args, name) and name not in ACCEPTS[key]:
+            flag = "--" + name.replace("_", "-")
+            why = _WHY.get(f"{key} {name}") or _WHY.get(name, "{command} reads no state repository")
+            parser.error(f"{flag} means nothing for `{key}`: {why.format(command=key)}")
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    args.given = {n for n in (*COMMON_DEFAULTS, *OUTPUT_DEFAULTS) if n in vars(args)}
+    for name, default in OUTPUT_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.verbose and args.quiet:
+        parser.error("-v and -q contradict each other")
+    if key == "validate" and args.worktree:
+        if "ref" in args.given:
+            parser.error("--worktree checks the work tree (its HEAD and edits), not --ref")
+        if is_url(args.repo):
+            parser.error("--worktree needs a checkout: --repo is a URL")
+    if key == "plan":
+        if args.format == "json" or (args.format is None and args.json):
+            args.json, args.format = True, "json"
+        elif args.json:
+            parser.error(f"--json and --format {args.format} contradict each other")
+        args.format = args.format or "text"
+    return args
+
+
+def _pair(what: str) -> Callable[[str], tuple[str, str]]:
+    def parse_pair(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return key, value
+
+    return parse_pair
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be >= 0")
+    return number
 
 
 def _record_key(parser: argparse.ArgumentParser) -> None:
@@ -138,16 +349,6 @@ def _record_key(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    private, public = generate(args.key, args.key_type)
-    print(f"wrote {private} (private, mode 0600) and {public}")
-    print(
-        f"  commit {public.name} to the state repository (e.g. as keys/records.pub), list it "
-        f"in settings.records.keys, and run the reconciler with --record-key {private}"
-    )
-    return 0
-
-
 def _date(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
@@ -156,14 +357,12 @@ def _date(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+# --------------------------------------------------------------------------- main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args = parse(argv)
+    _configure_logging(args)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -179,6 +378,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         print("  hint: re-run with -v for the traceback and report it", file=sys.stderr)
         return 1
+
+
+def _level(args: argparse.Namespace) -> int:
+    if args.verbose:
+        return logging.DEBUG
+    if args.quiet:
+        return logging.ERROR
+    return LOG_LEVELS[args.log_level]
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """stderr at the level asked for. Embedded (the root logger already has handlers,
+    e.g. under pytest) the host's logging is left alone. ``run`` configures its own."""
+    level = _level(args)
+    package = logging.getLogger("reconciler")
+    chosen = bool(args.given & {"log_level", "quiet"})
+    package.setLevel(level if args.command_key == "run" and chosen else logging.NOTSET)
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@contextmanager
+def progress(args: argparse.Namespace, title: str) -> Iterator[None]:
+    mode = "none" if args.quiet else args.progress
+    with Progress(mode).task(title):
+        yield
 
 
 def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
@@ -208,37 +439,173 @@ def load_state(args: argparse.Namespace) -> DesiredState:
     return make_reconciler(args).load()
 
 
+# --------------------------------------------------------------------------- small commands
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private, public = generate(args.key, args.key_type)
+    print(f"wrote {private} (private, mode 0600) and {public}")
+    if not args.quiet:
+        print(
+            f"  commit {public.name} to the state repository (e.g. as keys/records.pub), list "
+            f"it in settings.records.keys, and run the reconciler with --record-key {private}"
+        )
+    return 0
+
+
+def versions() -> dict[str, str | None]:
+    """reconciler, Python, its main libraries and the cue that would run (None: unknown)."""
+    found: dict[str, str | None] = {
+        "reconciler": __version__,
+        "python": platform.python_version(),
+        "pygit2": _distribution("pygit2"),
+        "sigstore": _distribution("sigstore"),
+        "cue": None,
+        "cuePath": shutil.which(cue_command()),
+    }
+    if found["cuePath"]:
+        try:
+            proc = subprocess.run(
+                [found["cuePath"], "version"], capture_output=True, text=True, timeout=20
+            )
+            m = re.search(r"cue version (\S+)", proc.stdout)
+            found["cue"] = m.group(1) if m else None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return found
+
+
+def _distribution(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    found = versions()
+    if args.json:
+        _dump(found, sys.stdout)
+        return 0
+    print(f"reconciler {found['reconciler']}")
+    if args.quiet:
+        return 0
+    print(f"python     {found['python']}")
+    print(f"pygit2     {found['pygit2']}")
+    print(f"sigstore   {found['sigstore']}")
+    cue = f"{found['cue'] or 'unknown version'} ({found['cuePath']})" if found["cuePath"] else None
+    print(f"cue        {cue or f'not found (set RECONCILER_CUE or put {cue_command()} on PATH)'}")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(completion.script(build_parser(), args.shell))
+    return 0
+
+
 # --------------------------------------------------------------------------- plan/apply/status
 
 
-def _run(args: argparse.Namespace, mode: Mode) -> PassResult:
+def _run(args: argparse.Namespace, mode: Mode, title: str) -> PassResult:
     reconciler = make_reconciler(args)
     try:
-        return reconciler.run(mode, args.env)
+        with progress(args, title):
+            return reconciler.run(mode, args.env)
     finally:
         reconciler.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    result = _run(args, Mode.PLAN)
-    _report(args, result, "plan")
+    result = _run(args, Mode.PLAN, "plan")
+    if args.format == "markdown":
+        sys.stdout.write(plan_markdown(result))
+    elif not (args.quiet and result.ok):
+        _report(args, result, "plan")
     if not result.ok:
         return 1
     return 2 if args.detailed_exitcode and not result.in_sync else 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    result = _run(args, Mode.PLAN if args.dry_run else Mode.APPLY)
-    _report(args, result, "dry run" if args.dry_run else "apply")
+    result = _run(args, Mode.PLAN if args.dry_run else Mode.APPLY, "apply")
+    if not (args.quiet and result.ok):
+        _report(args, result, "dry run" if args.dry_run else "apply")
     return 0 if result.ok else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result = _run(args, Mode.STATUS)
-    _report(args, result, "status")
+    result = _run(args, Mode.STATUS, "status")
+    if not (args.quiet and result.ok):
+        _report(args, result, "status")
     if not result.ok:
         return 1
     return 0 if result.in_sync else 2
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def plan_markdown(result: PassResult) -> str:
+    """The plan as a merge-request comment: a summary table, then each environment's
+    changes (folded) and every refusal with its hint."""
+    state = result.state
+    counts: dict[str, int] = {}
+    for o in result.outcomes:
+        counts[o.status.value] = counts.get(o.status.value, 0) + 1
+    mark = {"in-sync": "✅", "pending": "🔄", "applied": "✅", "suspended": "⏸️"}
+    lines = [
+        "### reconciler plan",
+        "",
+        f"Commit `{state.commit[:12]}` · tree `{state.tree[:12]}` · "
+        + ", ".join(f"{n} {s}" for s, n in counts.items()),
+        "",
+        "| Environment | Release | Status | Changes | Verified |",
+        "|---|---|---|---|---|",
+    ]
+    for o in result.outcomes:
+        env = state.environments[o.environment]
+        changes = len(o.plan.changes) if o.plan else 0
+        policy = state.policies[o.environment]
+        verify = "⚠️ UNVERIFIED" if policy.insecure_skip_signatures else policy.describe()
+        status = f"{mark.get(o.status.value, '❌')} {o.status.value}"
+        lines.append(
+            f"| {_cell(o.environment)} | {_cell(env.catalog)} `{_cell(env.release)}` | "
+            f"{status} | {changes or '-'} | {_cell(verify)} |"
+        )
+    for o in result.outcomes:
+        details: list[str] = []
+        if o.note:
+            details.append(f"_{_cell(o.note)}_")
+            details.append("")
+        if o.plan and o.plan.changes:
+            details += ["| Change | Tag | From | To | Drift |", "|---|---|---|---|---|"]
+            for c in o.plan.changes:
+                tag = f"`{_cell(c.repository)}:{_cell(c.tag)}`"
+                details.append(
+                    f"| {_SIGN[c.action]} {c.action.value} | {tag} "
+                    f"| `{(c.from_digest or '-')[:19]}` | `{(c.to_digest or '(deleted)')[:19]}` "
+                    f"| {c.drift.value} |"
+                )
+        for warning in o.warnings:
+            details.append(f"- ⚠️ {_cell(warning)}")
+        if o.error is not None:
+            details.append(f"**{o.status.value}**: {_cell(o.error.message)}")
+            if o.error.hint:
+                details.append(f"> hint: {_cell(o.error.hint)}")
+        if details:
+            summary = f"{o.environment}: {o.status.value}"
+            if o.plan and o.plan.changes:
+                summary += (
+                    f", {len(o.plan.changes)} change{'s' if len(o.plan.changes) != 1 else ''}"
+                )
+            folded = o.error is None
+            lines += [
+                "",
+                f"<details{'' if folded else ' open'}><summary>{_cell(summary)}</summary>",
+            ]
+            lines += ["", *details, "", "</details>"]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- workflows
@@ -254,20 +621,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     flows = Workflows(make_reconciler(args))
-    proposal = flows.promote(
-        args.environment,
-        args.release,
-        branch=args.branch,
-        message=args.message,
-        push=args.push,
-    )
+    with progress(args, f"promote {args.environment}"):
+        proposal = flows.promote(
+            args.environment,
+            args.release,
+            branch=args.branch,
+            message=args.message,
+            push=args.push,
+        )
     _print_proposal(args, proposal)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     flows = Workflows(make_reconciler(args))
-    proposal = flows.rollback(args.environment, to=args.to, branch=args.branch, push=args.push)
+    with progress(args, f"rollback {args.environment}"):
+        proposal = flows.rollback(args.environment, to=args.to, branch=args.branch, push=args.push)
+    _print_proposal(args, proposal)
+    return 0
+
+
+def _unique(pairs: Sequence[tuple[str, str]], what: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in pairs:
+        if key in found:
+            raise Stalled(f"{what} {key!r} is given twice")
+        found[key] = value
+    return found
+
+
+def cmd_release_add(args: argparse.Namespace) -> int:
+    items = _unique(args.items, "item")
+    flows = Workflows(make_reconciler(args))
+    try:
+        with progress(args, f"release {args.release}"):
+            proposal = flows.release_add(
+                args.catalog,
+                args.release,
+                items,
+                hazards=_unique(args.hazard, "hazard"),
+                metadata=_unique(args.metadata, "metadata key"),
+                branch=args.branch,
+                message=args.message,
+                push=args.push,
+            )
+    finally:
+        flows.reconciler.close()
     _print_proposal(args, proposal)
     return 0
 
@@ -275,6 +674,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
     if args.json:
         _dump(p.to_json(), sys.stdout)
+        return
+    if args.quiet:
+        print(p.branch)
         return
     print(f"{p.message.splitlines()[0]}")
     print(f"  branch   {p.branch}{' (pushed to origin)' if p.pushed else ''}")
@@ -285,14 +687,57 @@ def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
         print(f"  next: git push origin {p.branch}, then open a merge request")
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    reconciler = make_reconciler(args)
+    flows = Workflows(reconciler)
+    if is_url(reconciler.source.location) and not args.push:
+        raise Stalled(
+            f"{reconciler.source.display} is a URL: branches made in the local mirror are lost",
+            "pass --push to publish the proposals for merge requests",
+        )
+    try:
+        with progress(args, "discover"):
+            state = reconciler.load()
+            unknown = sorted(set(args.catalog or ()) - set(state.catalogs))
+            if unknown:
+                raise Stalled(
+                    f"unknown catalog(s): {', '.join(unknown)}",
+                    f"choose from: {', '.join(sorted(state.catalogs))}",
+                )
+            findings = discover.discover_releases(flows, state, push=args.push, only=args.catalog)
+            if args.follow:
+                findings += discover.follow_latest(flows, state, push=args.push, only=args.env)
+    finally:
+        reconciler.close()
+    failed = any(f.status == discover.FAILED for f in findings)
+    if args.json:
+        _dump({"findings": [f.to_json() for f in findings]}, sys.stdout)
+    elif args.quiet:
+        for f in findings:
+            if f.status == discover.PROPOSED:
+                print(f.branch)
+    elif not findings:
+        print("nothing new: no catalog with discover found a newer release")
+    else:
+        rows = [
+            [f.kind, f.environment or f.catalog, f.release, f.status, f.branch, f.reason[:80]]
+            for f in findings
+        ]
+        table(["KIND", "FOR", "RELEASE", "STATUS", "BRANCH", "WHY"], rows, sys.stdout)
+    return 1 if failed else 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     flows = Workflows(make_reconciler(args))
     try:
-        entries = flows.audit(args.env, args.since)
+        with progress(args, "audit"):
+            entries = flows.audit(args.env, args.since)
     finally:
         flows.reconciler.close()
     if args.json:
         _dump({"entries": [e.to_json() for e in entries]}, sys.stdout)
+        return 0
+    if args.quiet:
         return 0
     current = None
     for e in entries:
@@ -317,7 +762,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _receipt_summary(verified: dict[str, str]) -> str:
+def _receipt_summary(verified: Mapping[str, str]) -> str:
     """Who signed, once: the receipts without integrity counts and evidence digests."""
     parts: set[str] = set()
     for how in verified.values():
@@ -325,6 +770,65 @@ def _receipt_summary(verified: dict[str, str]) -> str:
             if not part.startswith("integrity"):
                 parts.add(re.sub(r" \(sha256:[0-9a-f]+[^)]*\)", "", part))
     return "; ".join(sorted(parts)) or "integrity only"
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    reconciler = make_reconciler(args)
+    shown = redact_url(args.repo) if is_url(args.repo) else args.repo
+    if args.worktree:
+        head, tree, changed = worktree_tree(reconciler.source)
+        snap = snapshot_of(reconciler.source, head, tree, args.path, "(work tree)")
+        state = reconciler.loader.load(snap)
+        where = f"the work tree ({len(changed)} changed file{'s' if len(changed) != 1 else ''})"
+    else:
+        state = reconciler.load()
+        where = f"@ {args.ref}"
+        if not args.quiet:
+            _warn_if_worktree_differs(reconciler, args, state)
+    envs = _selected(state, args.env)
+    if args.json:
+        _dump({"valid": True, **state_json(state, envs)}, sys.stdout)
+    elif not args.quiet:
+        print_state(state, envs, sys.stdout, header=f"{shown} {where}")
+        print(f"\nvalid: {len(state.catalogs)} catalogs, {len(envs)} environments")
+    return 0
+
+
+def _warn_if_worktree_differs(
+    reconciler: Reconciler, args: argparse.Namespace, state: DesiredState
+) -> None:
+    """A checkout whose files differ from what was validated: say so (on stderr)."""
+    if is_url(args.repo) or os.environ.get("RECONCILER_NO_WORKTREE_CHECK"):
+        return
+    try:
+        head, tree, changed = worktree_tree(reconciler.source)
+        snap = snapshot_of(reconciler.source, head, tree, args.path, "(work tree)")
+    except ReconcilerError:
+        return  # a bare repository, an unborn HEAD, no such --path in the work tree
+    if snap.tree_id == state.tree:
+        return
+    prefix = args.path.strip("/")
+    edits = [p for p in changed if not prefix or p.startswith(prefix + "/")]
+    what = f"edits to {', '.join(edits[:3])}{' …' if len(edits) > 3 else ''}" if edits else None
+    if what is None:
+        what = f"HEAD at {head[:12]}, not {args.ref} ({state.commit[:12]})"
+    print(
+        f"warning: validated {args.ref} ({state.commit[:12]}), but the work tree differs: "
+        f"{what}\n  hint: pass --worktree to validate the files as they are",
+        file=sys.stderr,
+    )
+
+
+def _selected(state: DesiredState, names: list[str] | None) -> list[str]:
+    """The environments asked for (validated), else all of them in promotion order."""
+    ordered = promotion_order(state, names)
+    return names or ordered
+
+
+# --------------------------------------------------------------------------- output
 
 
 def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:
@@ -457,27 +961,6 @@ def pass_json(result: PassResult) -> dict[str, Any]:
         "inSync": result.in_sync,
         "environments": envs,
     }
-
-
-# --------------------------------------------------------------------------- validate
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    state = load_state(args)
-    envs = _selected(state, args.env)
-    if args.json:
-        _dump({"valid": True, **state_json(state, envs)}, sys.stdout)
-    else:
-        shown = redact_url(args.repo) if is_url(args.repo) else args.repo
-        print_state(state, envs, sys.stdout, header=f"{shown} @ {args.ref}")
-        print(f"\nvalid: {len(state.catalogs)} catalogs, {len(envs)} environments")
-    return 0
-
-
-def _selected(state: DesiredState, names: list[str] | None) -> list[str]:
-    """The environments asked for (validated), else all of them in promotion order."""
-    ordered = promotion_order(state, names)
-    return names or ordered
 
 
 def state_json(state: DesiredState, envs: Sequence[str]) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""GitOps workflows on the state repository: promote, roll back, audit.
+"""GitOps workflows on the state repository: add a release, promote, roll back, audit.
 
 People who use this never call the registry: they open a merge request to promote,
-revert to roll back, and read history to audit. So ``promote`` and ``rollback`` make a
-branch and a commit (never touching the working tree), pre-checked with the same
-verification ``apply`` will run; ``audit`` joins git history with the apply records.
-Edits change one string literal in one file and keep every other byte (comments,
-formatting) of CUE and JSON files.
+revert to roll back, and read history to audit. So ``release_add``, ``promote`` and
+``rollback`` make a branch and a commit (never touching the working tree), pre-checked
+with the same verification ``apply`` will run; ``audit`` joins git history with the
+apply records. Edits change one string literal (promote) or insert one list element
+(a release) in one file and keep every other byte (comments, formatting) of CUE and
+JSON files.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from reconciler import records
+from reconciler import records, releases
 from reconciler.errors import GitSourceError, ReconcilerError, Stalled
 from reconciler.git import GitSource, is_url, reverted_commit
 from reconciler.git.branches import (
@@ -29,7 +30,7 @@ from reconciler.git.branches import (
     snapshot_of,
 )
 from reconciler.git.history import History
-from reconciler.model import DesiredState, Record
+from reconciler.model import Catalog, DesiredState, ItemRef, Record, Release, frozen_map
 from reconciler.plan import canonical_repository
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import Registry, parse_reference
@@ -127,8 +128,40 @@ class Proposal:
         }
 
 
+@dataclass
+class ReleaseProposal(Proposal):
+    """A branch adding one release to a catalog, ready for a merge request."""
+
+    catalog: str = ""
+    file: str = ""
+    items: dict[str, releases.NewItem] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "catalog": self.catalog,
+            "release": self.release_to,
+            "file": self.file,
+            "branch": self.branch,
+            "commit": self.commit,
+            "base": self.base,
+            "pushed": self.pushed,
+            "message": self.message,
+            "items": {name: item.to_json() for name, item in self.items.items()},
+            "verified": self.verified,
+        }
+
+
+def release_branch(catalog: str, release: str) -> str:
+    """``release/<catalog>/<release>``, each part cleaned for a branch name."""
+    return _branch_name("release", catalog, release)
+
+
+def promote_branch(env: str, release: str) -> str:
+    return _branch_name("promote", env, release)
+
+
 class Workflows:
-    """promote / rollback / audit for one state repository and ref."""
+    """release add / promote / rollback / audit for one state repository and ref."""
 
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
@@ -177,10 +210,129 @@ class Workflows:
             f"Promote-Environment: {env}\nPromote-Release: {release}\n"
             f"Promote-From: {current.release}\n"
         )
-        name = branch or _branch_name("promote", env, release)
+        name = branch or promote_branch(env, release)
         proposal = Proposal(env, name, "", head, current.release, release, body)
         proposal.verified = verified
         return self._commit(proposal, tree, head, push)
+
+    # ------------------------------------------------------------------ release add
+
+    def release_add(
+        self,
+        catalog: str,
+        release: str,
+        items: Mapping[str, str],
+        *,
+        hazards: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        branch: str | None = None,
+        message: str | None = None,
+        push: bool = False,
+    ) -> ReleaseProposal:
+        """A branch ``release/<catalog>/<release>`` adding the release, newest first.
+
+        Each ``items`` value is a tag in the catalog's source, a digest or a reference
+        (:func:`releases.resolve_item`); every digest must pass integrity and the
+        catalog's ``signers`` before anything is written.
+
+        Raises:
+            WorkflowRefused: unknown catalog, existing release, an unverified item, a
+                file that cannot be edited safely, or a branch that exists.
+            Transient: the registry or the remote failed.
+        """
+        self._require_push_for_urls(push)
+        state = self.reconciler.load()
+        found = state.catalogs.get(catalog)
+        if found is None:
+            raise WorkflowRefused(
+                f"unknown catalog {catalog!r}",
+                f"choose one of: {', '.join(sorted(state.catalogs)) or 'none'}",
+            )
+        if not release.strip() or release != release.strip():
+            raise WorkflowRefused(f"{release!r} is not a release name")
+        if found.release(release) is not None:
+            raise WorkflowRefused(
+                f"catalog {catalog} already has a release {release!r} (in {found.file})",
+                "a release is immutable: name the new build with a new release",
+            )
+        if not items:
+            raise WorkflowRefused(f"release {release} names no item", "pass ITEM=TAG …")
+        registries = self.reconciler.registries(state)
+        try:
+            new = [releases.resolve_item(registries, found, i, ref) for i, ref in items.items()]
+            verified = releases.verify_items(registries, found, release, new)
+        except Refused as exc:
+            raise WorkflowRefused(
+                f"release {release} of {catalog} was not added: {exc.message}", exc.hint
+            ) from None
+        entry = releases.Entry(
+            release,
+            {n.item: n.ref for n in new},
+            dict(metadata or {}),
+            dict(hazards or {}),
+        )
+        head = str(self.source.resolve(self.reconciler.ref).id)
+        path = found.file
+        text = (self.history.file_at(head, path) or b"").decode("utf-8")
+        try:
+            edited = releases.insert_release(text, catalog, entry, path.endswith(".json"))
+        except releases.CannotEdit as exc:
+            raise WorkflowRefused(f"{path}: {exc.message}", exc.hint) from None
+        tree = edit_file(self.source, head, path, edited.encode("utf-8"))
+        self._check_release(head, tree, state, found, entry)
+        subject = message or f"Add release {release} to {catalog}"
+        width = max(len(n.item) for n in new)
+        lines = [f"  {n.item:<{width}}  {n.origin} -> {n.digest}" for n in new]
+        body = (
+            f"{subject}\n\nResolved from their tags and verified against the catalog's "
+            "signers:\n" + "\n".join(lines) + "\n\n"
+            f"Release-Catalog: {catalog}\nRelease-Name: {release}\n"
+        )
+        name = branch or release_branch(catalog, release)
+        proposal = ReleaseProposal(
+            "", name, "", head, "", release, body, verified=verified,
+            catalog=catalog, file=path, items={n.item: n for n in new},
+        )  # fmt: skip
+        result = self._commit(proposal, tree, head, push)
+        assert isinstance(result, ReleaseProposal)
+        return result
+
+    def _check_release(
+        self, head: str, tree: str, before: DesiredState, catalog: Catalog, entry: releases.Entry
+    ) -> None:
+        """The edited tree must load, and differ from ``before`` by exactly the new release."""
+        snap = snapshot_of(self.source, head, tree, self.reconciler.path, self.reconciler.ref)
+        try:
+            after = self.reconciler.loader.load(snap)
+        except ReconcilerError as exc:
+            raise WorkflowRefused(
+                f"with release {entry.name}, {catalog.file} would not validate: {exc.message}",
+                "add the release by hand",
+            ) from None
+        wanted = Release(
+            entry.name,
+            {item: ItemRef.parse(ref) for item, ref in entry.items.items()},
+            frozen_map(entry.metadata),
+            frozen_map(entry.hazards),
+        )
+        new = after.catalogs.get(catalog.name)
+        others_same = {k: v for k, v in after.catalogs.items() if k != catalog.name} == {
+            k: v for k, v in before.catalogs.items() if k != catalog.name
+        }
+        if (
+            new is None
+            or not new.releases
+            or new.releases[0] != wanted
+            or replace(new, releases=new.releases[1:]) != catalog
+            or not others_same
+            or after.environments != before.environments
+        ):
+            raise WorkflowRefused(
+                f"inserting release {entry.name} into {catalog.file} did not change exactly "
+                "that catalog's releases",
+                "add the release by hand (the catalog's releases may be built by CUE "
+                "expressions rather than written as one list)",
+            )
 
     # ------------------------------------------------------------------ rollback
 

@@ -64,6 +64,13 @@ def create_branch(source: GitSource, branch: str, message: str, tree: str, paren
     return str(oid)
 
 
+def branch_exists(source: GitSource, branch: str) -> bool:
+    """Whether ``branch`` was proposed already: a local branch (in a URL's mirror: a
+    branch of origin as of the last fetch) or origin's as last fetched into a checkout."""
+    refs = source.repo.references
+    return f"refs/heads/{branch}" in refs or f"refs/remotes/origin/{branch}" in refs
+
+
 def push_branch(source: GitSource, branch: str) -> None:
     try:
         remote = source.repo.remotes["origin"]
@@ -97,6 +104,67 @@ def _replace(repo: pygit2.Repository, tree: pygit2.Tree, path: str, data: bytes)
         raise BranchRefused(f"{path}: {head} is not a directory")
     builder.insert(head, _replace(repo, sub, rest, data), pygit2.enums.FileMode.TREE)
     return builder.write()
+
+
+def worktree_tree(source: GitSource) -> tuple[str, str, list[str]]:
+    """(HEAD's commit, the tree ``git add -A`` would record from the work tree, the
+    paths that differ from HEAD): what ``validate --worktree`` checks.
+
+    The work tree and the index are only read; the blobs of changed files are written
+    to the object database (as ``git hash-object -w`` would), nothing else.
+    """
+    repo = source.repo
+    workdir = None if repo.is_bare else repo.workdir
+    if workdir is None:
+        raise GitSourceError(
+            f"{source.display} has no work tree", "run it in a checkout, or drop --worktree"
+        )
+    if repo.head_is_unborn:
+        raise GitSourceError(f"{source.display} has no commit yet", "commit something first")
+    head = _commit(repo, "HEAD")
+    tree: Any = head.tree
+    changed = []
+    ignored = pygit2.enums.FileStatus.IGNORED
+    for path, flags in sorted(repo.status().items()):
+        if flags & ignored:
+            continue
+        full = os.path.join(workdir, path)
+        oid, mode = None, pygit2.enums.FileMode.BLOB
+        if os.path.islink(full):
+            oid, mode = repo.create_blob(os.readlink(full).encode()), pygit2.enums.FileMode.LINK
+        elif os.path.isfile(full):
+            oid = repo.create_blob_fromworkdir(path)
+            if os.access(full, os.X_OK):
+                mode = pygit2.enums.FileMode.BLOB_EXECUTABLE
+        written = _put(repo, tree, path, oid, mode)
+        tree = repo[written] if written is not None else None
+        changed.append(path)
+    if tree is None:
+        tree = repo[repo.TreeBuilder().write()]
+    return str(head.id), str(tree.id), changed
+
+
+def _put(
+    repo: pygit2.Repository,
+    tree: pygit2.Tree | None,
+    path: str,
+    oid: pygit2.Oid | None,
+    mode: int,
+) -> pygit2.Oid | None:
+    """``tree`` with ``path`` set to ``oid`` (None: removed), creating directories as
+    needed; None when the result is empty (git keeps no empty trees)."""
+    head, _, rest = path.partition("/")
+    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+    if rest:
+        sub = tree[head] if tree is not None and head in tree else None
+        oid = _put(repo, sub if isinstance(sub, pygit2.Tree) else None, rest, oid, mode)
+        mode = pygit2.enums.FileMode.TREE
+    if oid is None:
+        if builder.get(head) is not None:
+            builder.remove(head)
+    else:
+        builder.insert(head, oid, mode)
+    return builder.write() if len(builder) else None
 
 
 def _commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
