@@ -117,14 +117,19 @@ def attach_bundle(
 
 
 def push_legacy(
-    registry: Registry, repo: str, digest: str, layers: list[LegacyLayer], suffix: str = ".sig"
+    registry: Registry,
+    repo: str,
+    digest: str,
+    layers: list[LegacyLayer],
+    suffix: str = ".sig",
+    replace: bool = False,
 ) -> str:
     """Push cosign v1/v2 ``sha256-<hex>.sig`` (or ``.att``) layers for ``digest``, added to
-    the layers already there, as cosign appends signatures."""
+    the layers already there, as cosign appends signatures (``replace``: instead of them)."""
     tag = referrers_tag(digest) + suffix
     blobs: dict[str, bytes] = {}
     existing: list[dict[str, object]] = []
-    current = registry.resolve(repo, tag)
+    current = None if replace else registry.resolve(repo, tag)
     if current is not None:
         existing = json.loads(registry.get_manifest(repo, current).data)["layers"]
     described = [
