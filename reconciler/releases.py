@@ -6,7 +6,8 @@ a branch for a merge request (``Workflows.release_add``). What this module adds:
 1. :func:`resolve_item`: an item's ``REF`` (a tag in the catalog's source, a digest, or
    a full reference) -> the repository and the digest the tag points at now;
 2. :func:`verify_items`: every digest hashes to itself (an index: every child) and the
-   catalog's ``signers`` accept a signature of it. Fail closed: a catalog without
+   catalog's ``signers`` accept a signature of it (and an attestation per rule, as the
+   gate judges them: ``signatures.judge``). Fail closed: a catalog without
    ``signers`` takes no new release unless it opts out explicitly;
 3. :func:`insert_release`: the release as the first element of the catalog's
    ``releases`` list (newest first), every other byte of the CUE or JSON file kept.
@@ -31,7 +32,7 @@ from reconciler.registry import Reference, Registries, Registry, parse_reference
 from reconciler.registry.oci import check_tag
 from reconciler.registry.reference import LAYOUT_PREFIX
 from reconciler.verify import Refused, check_integrity
-from reconciler.verify.signatures import discover, require
+from reconciler.verify.signatures import discover, judge
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,15 @@ def verify_items(
             verified[new.digest] = f"{how}; {UNVERIFIED}"
             continue
         evidence = discover(registry, repo, new.digest)
+        elsewhere = signers.signatures_repository
+        if elsewhere and canonical_repository(elsewhere) != canonical_repository(new.repository):
+            other, other_repo = open_repository(registries, elsewhere)
+            evidence += discover(other, other_repo, new.digest)
         what = f"{catalog.name} {release}/{new.item} (catalog signers)"
-        match = require(signers, new.digest, evidence, what)
-        log.info("%s: signed: %s", new.item, match)
-        verified[new.digest] = f"{how}; catalog signer: {match}"
+        judged = judge(signers, new.digest, evidence, what)
+        log.info("%s: signed: %s", new.item, judged.signature)
+        attested = "".join(f"; attested: {m}" for m in judged.attestations)
+        verified[new.digest] = f"{how}; catalog signer: {judged.signature}{attested}"
     return verified
 
 
