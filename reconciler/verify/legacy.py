@@ -250,12 +250,7 @@ def _keyless(
         entry = LogEntry.from_cosign_annotation(item.rekor_bundle)
         verify_entry(entry, root)
         # (3) the entry is about this signature, payload and certificate
-        check_body(
-            parse_body(entry.body),
-            hashes=layer.hashes,
-            signature=matched if layer.payload_type is None else None,
-            signer=cert,
-        )
+        check_body(parse_body(entry.body), hashes=layer.hashes, signature=matched, signer=cert)
     except TlogError as exc:
         raise refuse(f"transparency log: {exc}") from None
     when = entry.time

@@ -248,7 +248,7 @@ def judge(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str) 
     vex: list[VexStatement] = []
     for rule in policy.attestations:
         kind = rule.predicate_type
-        candidates = [(item, v) for item, v in verified if v.predicate_type == kind]
+        candidates = [(item, v) for item, v in verified if _same_type(v.predicate_type, kind)]
         accepted, why = [], []
         for item, v in candidates:
             assert v.statement is not None
@@ -274,6 +274,14 @@ def judge(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str) 
                 assert v.statement is not None
                 vex += vex_statements(v.statement.get("predicate"), digest, v.match.signer)
     return Judgement(signature, tuple(attestations), tuple(vex))
+
+
+def _same_type(found: str | None, wanted: str) -> bool:
+    """Exactly the rule's predicate type; for OpenVEX, any version of it (cosign attests
+    ``https://openvex.dev/ns``, documents name ``…/ns/v0.2.0``)."""
+    if found is None:
+        return False
+    return found == wanted or (is_openvex(wanted) and is_openvex(found))
 
 
 def accept(

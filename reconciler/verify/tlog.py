@@ -267,7 +267,7 @@ def check_body(
     """Step (3): the entry is about this signature (cosign ``compareSigs``,
     ``comparePublicKey``, ``bundleHash``). ``hashes``: the SHA-256 values (hex) the entry
     may record for what was signed (a payload, an envelope, the digest of a message);
-    ``signature``: the signature it must record (None: covered by an envelope hash);
+    ``signature``: the signature it must record, where the entry records one;
     ``signer``: the certificate or public key that verified the signature."""
     if not hashes & set(body.hashes):
         raise TlogError("the log entry records another payload: it is for another signature")

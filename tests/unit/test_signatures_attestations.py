@@ -323,3 +323,21 @@ def test_statements_about_other_products_are_ignored() -> None:
         "CVE-A",
         "CVE-C",
     }
+
+
+def test_a_vex_rule_accepts_any_openvex_version(signer: tuple[Any, PublicKey]) -> None:
+    """cosign attest --type openvex says https://openvex.dev/ns; a rule may name a version."""
+    private, key = signer
+    found = [
+        signed(private, WEB),
+        signed(
+            private,
+            WEB,
+            "https://openvex.dev/ns",
+            statements=[statement("CVE-2026-1", "fixed")],
+        ),
+    ]
+    hazardous = state(key, [AttestationRule(OPENVEX)], hazards={"CVE-2026-1": "in libfoo"})
+    receipt = gate_through(hazardous, {WEB: found})
+    assert dict(receipt.hazards) == {}
+    assert receipt.artifacts[0].attestations[0][1].predicate_type == "https://openvex.dev/ns"
