@@ -292,6 +292,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     key: str = args.command_key
     parser: argparse.ArgumentParser = args.command_parser
+    args.given = {n for n in (*COMMON_DEFAULTS, *OUTPUT_DEFAULTS) if n in vars(args)}
     for name, default in COMMON_DEFAULTS.items():
         if hasattr(args, name) and name not in ACCEPTS[key]:
             flag = "--" + name.replace("_", "-")
@@ -299,7 +300,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} means nothing for `{key}`: {why.format(command=key)}")
         if not hasattr(args, name):
             setattr(args, name, default)
-    args.given = {n for n in (*COMMON_DEFAULTS, *OUTPUT_DEFAULTS) if n in vars(args)}
     for name, default in OUTPUT_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
