@@ -126,10 +126,7 @@ def read_at(registry: Registry, repository: str, env: str, digest: str) -> Recor
     layer = manifest.blobs()[-1]
     if layer.size > MAX_RECORD_BYTES:
         raise RecordCorrupt(f"apply record {digest} is {layer.size} bytes, too large")
-    with registry.open_blob(repository, layer.digest) as chunks:
-        body = b"".join(chunks)
-    if sha256_digest(body) != layer.digest:
-        raise RecordCorrupt(f"apply record {digest}: its content does not hash to its digest")
+    body = registry.read_blob(repository, layer.digest, MAX_RECORD_BYTES)  # capped, checked
     try:
         if layer.media_type == DSSE_MEDIA_TYPE:
             payload, signatures = open_envelope(json.loads(body))

@@ -24,6 +24,7 @@ from reconciler.errors import GitSourceError, GitUnreachable, redact_url
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_MS = 10_000
+MAX_FILE_BYTES = 1 << 20  # no file the desired state is built from is larger
 IO_TIMEOUT_MS = 30_000
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)")
 _REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
@@ -58,8 +59,9 @@ class Snapshot:
     # up counts too: adding it later changes the state).
     consulted: set[str] = field(default_factory=set, compare=False, repr=False)
 
-    def read(self, relpath: str) -> bytes:
-        """The bytes of a file relative to ``path``; GitSourceError when it is not a file."""
+    def read(self, relpath: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of a file relative to ``path``; GitSourceError when it is not a file
+        or is larger than ``max_bytes`` (checked before the content is read)."""
         self.consulted.add(relpath)
         try:
             obj = self.tree[relpath]
@@ -70,6 +72,12 @@ class Snapshot:
             ) from None
         if not isinstance(obj, pygit2.Blob):
             raise GitSourceError(f"{self.display(relpath)}: is not a file")
+        if obj.size > max_bytes:
+            raise GitSourceError(
+                f"{self.display(relpath)}: {obj.size:,} bytes, over the {max_bytes:,}-byte "
+                "limit for a file the state reads",
+                "keys, trusted roots, signers and CA files are small; check the path",
+            )
         return bytes(obj.data)
 
     def exists(self, relpath: str) -> bool:

@@ -150,3 +150,14 @@ def test_remote_that_accepts_but_never_answers_is_bounded(
         url = f"git://127.0.0.1:{server.getsockname()[1]}/state"
         with pytest.raises(GitUnreachable, match=r"cannot fetch git://127\.0\.0\.1"):
             GitSource(url, cache_dir=tmp_path / "cache").fetch()
+
+
+def test_a_file_over_the_cap_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """Keys, trusted roots, signers and CA files are read through the snapshot, capped."""
+    repo = StateRepo(tmp_path / "state")
+    repo.commit({"keys/cosign.pub": b"x" * (2 << 20), "keys/small.pub": b"ok"})
+    snap = GitSource(str(repo.path)).snapshot("main")
+    assert snap.read("keys/small.pub") == b"ok"
+    with pytest.raises(GitSourceError, match="keys/cosign.pub: 2,097,152 bytes, over"):
+        snap.read("keys/cosign.pub")
+    assert "keys/cosign.pub" in snap.inputs()  # asked for: it counts as an input
