@@ -1,7 +1,10 @@
 """Execute a verified plan: copy artifacts, move tags by compare-and-swap, prune.
 
-Every tag move is: re-check the tag still points at ``from_digest``, PUT the exact
-manifest bytes, re-read and confirm ``to_digest``. A tag that already points at
+Every tag move is a compare-and-swap: check the tag still points at ``from_digest``,
+PUT the exact manifest bytes, re-read and confirm ``to_digest``. The check is a read of
+the tag no older than :data:`FRESH_S`: the pass's own observation when it is that fresh
+(most moves: it saves a request per tag), else a re-read; a retried move always
+re-reads. A tag that already points at
 ``to_digest`` (an interrupted earlier pass) is left alone, so re-running converges.
 The apply record is written by the caller only after every move is confirmed.
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 APPLY_DEADLINE = 300.0  # seconds one environment's apply may spend retrying
+FRESH_S = 2.0  # an observation this recent is the compare of the compare-and-swap
 
 
 class TagMoved(Transient):
@@ -67,8 +71,10 @@ def apply_changes(
     *,
     deadline: float = APPLY_DEADLINE,
     sleep: Callable[[float], None] = time.sleep,
+    observed_at: float | None = None,
 ) -> ApplyResult:
-    """Apply ``changes`` of one environment.
+    """Apply ``changes`` of one environment; ``observed_at`` (monotonic) is when their
+    ``from_digest`` were read.
 
     Raises:
         TagMoved: a tag changed since it was observed (the next pass re-plans).
@@ -80,10 +86,17 @@ def apply_changes(
     moves = [c for c in changes if c.action is not Action.DELETE]
     manifests = _bring_into_target(moves, registry_of, manifest_of, result, retry)
 
+    tried: set[str] = set()
+
     def move(change: Change) -> None:
         registry, repo = registry_of(change.repository)
         assert change.to_digest is not None
-        current = registry.resolve(repo, change.tag)
+        fresh = observed_at is not None and time.monotonic() - observed_at <= FRESH_S
+        if fresh and change.tag not in tried:
+            current = change.from_digest  # read a moment ago by this pass
+        else:
+            current = registry.resolve(repo, change.tag)
+        tried.add(change.tag)
         if current == change.to_digest:
             return  # done by an earlier, interrupted pass
         if current != change.from_digest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -321,6 +322,7 @@ class _Pass:
     def _environment(self, name: str, outcome: EnvOutcome) -> None:
         """observe -> plan -> gate -> apply -> record."""
         observed = self.observe(name)
+        observed_at = time.monotonic()
         outcome.record = observed.record
         plan = plan_environment(self.state, name, observed, self.index, self.claimed)
         outcome.plan = plan
@@ -348,7 +350,9 @@ class _Pass:
         key = self.signing_key(name)  # before any tag moves: the record must be writable
         registry, _ = self.registry_of(self.state.target_of(name))
         concurrency = self.registries.settings.for_host(registry.name).concurrency
-        applied = apply_changes(plan.changes, self.registry_of, self.manifest, concurrency)
+        applied = apply_changes(
+            plan.changes, self.registry_of, self.manifest, concurrency, observed_at=observed_at
+        )
         outcome.applied = applied
         if key is not None:
             self.summarise(name, plan, receipt, key)
