@@ -28,6 +28,12 @@ def _isolated_cache(
 
 
 @pytest.fixture(autouse=True)
+def _offline_sigstore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's environment can never make the suite refresh the root over TUF."""
+    monkeypatch.delenv("RECONCILER_SIGSTORE_REFRESH", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _record_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records are signed in every test, with the session's key (subprocesses too)."""
     monkeypatch.setenv("RECONCILER_RECORD_KEY", str(session_key()[0]))
