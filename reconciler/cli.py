@@ -265,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--discover-interval",
         type=_seconds,
-        default=300.0,
         metavar="S",
-        help="discovery and follow: latest proposals every S seconds (0: never; default 300)",
+        help="discovery and follow: latest proposals every S seconds (0: never; default: "
+        "the --drift-interval)",
     )
 
     keygen = _command(

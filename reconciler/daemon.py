@@ -68,6 +68,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from reconciler import discover, notify
 from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.events import EventQueue
 from reconciler.events import parse as parse_events
@@ -479,6 +480,10 @@ class Daemon:
         self._active: bool | None = None
         self._unknown: frozenset[str] = frozenset()
         self.metrics.set_health(None, Health.OK)
+        # Telling people (settings.notify) and proposing branches (discover, follow):
+        # reconciler/notify.py and reconciler/discover.py; neither can fail a pass.
+        self.notifier = notify.Notifier(reconciler.identity, reconciler.source.display)
+        self.proposer = discover.Proposer(reconciler, drift_interval, self.notifier.proposed, clock)
 
     # -- scheduling
 
@@ -533,6 +538,7 @@ class Daemon:
                     result = "failed" if self.source.health is not Health.OK else "idle"
                 else:
                     result = self._environments(state, started)
+                    self.proposer.tick(state, started)
         except Exception:  # a bug must not kill the loop; the next pass tries again
             log.exception("internal error in a pass")
             result = "failed"
@@ -587,6 +593,7 @@ class Daemon:
         except Stalled as exc:
             self._source_failed(src.stalled(now, inputs, exc.message), exc)
             return None
+        self.notifier.source(None, state.commit)
         if src.succeeded():
             log.info("git source recovered", extra={"event": "recovered", "environment": SOURCE})
             self.metrics.set_health(None, Health.OK)
@@ -601,6 +608,7 @@ class Daemon:
         return state
 
     def _source_failed(self, transition: bool, exc: ReconcilerError) -> None:
+        self.notifier.source(exc)
         src = self.source
         self.metrics.set_health(None, src.health)
         if transition:
@@ -718,6 +726,7 @@ class Daemon:
 
     def _outcome(self, state: DesiredState, o: EnvOutcome, inputs: Hashable, now: float) -> bool:
         """Update backoff and metrics from one environment's outcome; log transitions."""
+        self.notifier.outcome(state, o)  # queued; sent once per transition
         name, backoff, m = o.environment, self.envs[o.environment], self.metrics
         changes = o.plan.changes if o.plan is not None else ()
         extra: dict[str, Any] = {"environment": name, "commit": state.commit}
@@ -995,6 +1004,8 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     daemon = Daemon(
         reconciler, policy, args.env, args.active_file, drift_interval=args.drift_interval
     )
+    if getattr(args, "discover_interval", None) is not None:
+        daemon.proposer.interval = args.discover_interval
     window = max(3 * args.interval * (1 + args.jitter), 30.0)
     token = os.environ.get(TOKEN_ENV, "").strip().encode() or None
     try:
@@ -1048,6 +1059,7 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     finally:
         server.shutdown()
         server.server_close()
+        daemon.notifier.close()
         reconciler.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -227,7 +227,7 @@ def follow_latest(
 # --------------------------------------------------------------------------- the daemon
 
 
-Listener = Callable[[Finding], None]
+Listener = Callable[[Finding], object]
 
 
 class Proposer:

@@ -274,6 +274,13 @@ class Notifier:
 
     def outcome(self, state: DesiredState, o: EnvOutcome) -> Event | None:
         """One environment's outcome of a pass; an event when it is a transition."""
+        try:
+            return self._outcome(state, o)
+        except Exception:  # telling must never fail a pass
+            log.exception("notifications: internal error")
+            return None
+
+    def _outcome(self, state: DesiredState, o: EnvOutcome) -> Event | None:
         self.configure(state.settings.notify)
         event = classify(state, o)
         if event is None:
@@ -291,6 +298,13 @@ class Notifier:
 
     def source(self, error: ReconcilerError | None, commit: str = "") -> Event | None:
         """The git source: ``error`` (fetch or load failed) or None (it works again)."""
+        try:
+            return self._source(error, commit)
+        except Exception:
+            log.exception("notifications: internal error")
+            return None
+
+    def _source(self, error: ReconcilerError | None, commit: str) -> Event | None:
         if error is None:
             return self._recovered(SOURCE, commit)
         transient = isinstance(error, Transient)
@@ -304,6 +318,13 @@ class Notifier:
 
     def proposed(self, finding: Any) -> Event | None:
         """A branch the daemon opened (a :class:`reconciler.discover.Finding`)."""
+        try:
+            return self._proposed(finding)
+        except Exception:
+            log.exception("notifications: internal error")
+            return None
+
+    def _proposed(self, finding: Any) -> Event | None:
         if finding.kind == "release":
             summary = f"proposed release {finding.release} of {finding.catalog}"
         else:

@@ -1,7 +1,8 @@
 """Progress of long work on stderr, for people watching a terminal.
 
 The work itself does not know about progress: it logs what it does at INFO (a tag
-moved, an artifact copied, a record written, a tag resolved or a signature accepted),
+moved, an artifact copied, a record written) or, where a daemon would repeat it every
+run, at DEBUG in a module named in ``STEPS`` (a tag resolved, a signature accepted),
 and :class:`Progress` listens to those records under the ``reconciler`` logger for as
 long as a task runs. ``auto`` shows one status line, redrawn in place, only when
 stderr is a terminal; ``plain`` prints each step on a line of its own (for CI logs);
@@ -20,17 +21,19 @@ from collections.abc import Iterator
 from typing import TextIO
 
 MODES = ("auto", "plain", "none")
+STEPS = ("reconciler.releases",)  # loggers whose DEBUG records are steps too
 _COUNTED = {"moved ": "moved", "copied ": "copied", "recorded ": "recorded", "pruned ": "pruned"}
 _SPIN = "|/-\\"
 
 
 class _Listener(logging.Handler):
     def __init__(self, progress: Progress) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno != logging.INFO:
+        step = record.levelno == logging.DEBUG and record.name in STEPS
+        if record.levelno != logging.INFO and not step:
             return
         try:
             message = record.getMessage()
@@ -67,9 +70,11 @@ class Progress:
         self._started = time.monotonic()
         logger = logging.getLogger("reconciler")
         listener = _Listener(self)
-        before = logger.level
+        levels = {name: logging.getLogger(name).level for name in ("reconciler", *STEPS)}
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)  # the user's own handler keeps its level
+        for name in STEPS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
         logger.addHandler(listener)
         stop = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True, name="progress")
@@ -82,7 +87,8 @@ class Progress:
             if self.live:
                 ticker.join(timeout=1.0)
             logger.removeHandler(listener)
-            logger.setLevel(before)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
             self._finish()
 
     def step(self, message: str) -> None:

@@ -150,7 +150,7 @@ def resolve_item(registries: Registries, catalog: Catalog, item: str, ref: str) 
                 f"item {item!r}: no tag {tag!r} in {repository}",
                 "push the build first, or fix the tag",
             )
-    log.info("%s: %s is %s", item, f"{repository}:{tag}" if tag else repository, digest)
+    log.debug("%s: %s is %s", item, f"{repository}:{tag}" if tag else repository, digest)
     return NewItem(item, repository, digest, tag, in_source)
 
 
@@ -189,7 +189,7 @@ def verify_items(
             evidence += discover(other, other_repo, new.digest)
         what = f"{catalog.name} {release}/{new.item} (catalog signers)"
         judged = judge(signers, new.digest, evidence, what)
-        log.info("%s: signed: %s", new.item, judged.signature)
+        log.debug("%s: signed: %s", new.item, judged.signature)
         attested = "".join(f"; attested: {m}" for m in judged.attestations)
         verified[new.digest] = f"{how}; catalog signer: {judged.signature}{attested}"
     return verified

@@ -9,11 +9,8 @@ import hmac
 import itertools
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
 import pytest
@@ -33,53 +30,16 @@ from reconciler.model import (
 from reconciler.notify import SIGNATURE_HEADER, Event, Notifier, RetryPolicy
 from reconciler.reconcile import EnvOutcome, Status
 from reconciler.verify import Refused, Waiting
+from tests.support.receiver import Receiver, receiving
 
 SECRET = "a-notification-secret-0123456789"
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
-@dataclass
-class Receiver:
-    """Records every POST; answers with ``statuses`` in turn (then 200)."""
-
-    statuses: list[int] = field(default_factory=list)
-    delay: float = 0.0
-    got: list[tuple[str, dict[str, str], bytes, float]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def bodies(self) -> list[dict[str, object]]:
-        return [json.loads(body) for _, _, body, _ in self.got]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.got.append((self.path, dict(self.headers), body, time.monotonic()))
-            time.sleep(state.delay)
-            status = state.statuses.pop(0) if state.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with receiving() as state:
+        yield state
 
 
 def notifier(*targets: NotifyTarget, **env: str) -> Notifier:
