@@ -20,8 +20,10 @@ each and names the one that held, for the receipt. Regexps here match the WHOLE 
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from cryptography.x509 import (
     Certificate,
@@ -34,16 +36,9 @@ from cryptography.x509 import (
     UnrecognizedExtension,
 )
 from sigstore.errors import VerificationError
-from sigstore.verify.policy import (
-    AllOf,
-    GitHubWorkflowName,
-    GitHubWorkflowRef,
-    GitHubWorkflowRepository,
-    GitHubWorkflowSHA,
-    GitHubWorkflowTrigger,
-    OIDCBuildSignerURI,
-    VerificationPolicy,
-)
+
+if TYPE_CHECKING:  # importing sigstore.verify loads the whole verifier: only when used
+    from sigstore.verify.policy import AllOf, VerificationPolicy
 
 from reconciler.model import Identity
 
@@ -51,35 +46,36 @@ _SUBJECT_OTHERNAME = ObjectIdentifier("1.3.6.1.4.1.57264.1.7")
 _ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 
-# Identity field -> (the state file's field, cosign's flag, sigstore-python's class).
-CLAIMS: dict[str, tuple[str, str, type[VerificationPolicy]]] = {
+# Identity field -> (the state file's field, cosign's flag, sigstore-python's class name
+# in sigstore.verify.policy).
+CLAIMS: dict[str, tuple[str, str, str]] = {
     "github_workflow_repository": (
         "githubWorkflowRepository",
         "--certificate-github-workflow-repository",
-        GitHubWorkflowRepository,
+        "GitHubWorkflowRepository",
     ),
     "github_workflow_ref": (
         "githubWorkflowRef",
         "--certificate-github-workflow-ref",
-        GitHubWorkflowRef,
+        "GitHubWorkflowRef",
     ),
     "github_workflow_trigger": (
         "githubWorkflowTrigger",
         "--certificate-github-workflow-trigger",
-        GitHubWorkflowTrigger,
+        "GitHubWorkflowTrigger",
     ),
     "github_workflow_sha": (
         "githubWorkflowSha",
         "--certificate-github-workflow-sha",
-        GitHubWorkflowSHA,
+        "GitHubWorkflowSHA",
     ),
     "github_workflow_name": (
         "githubWorkflowName",
         "--certificate-github-workflow-name",
-        GitHubWorkflowName,
+        "GitHubWorkflowName",
     ),
     # cosign has no flag for it; Fulcio's extension 1.3.6.1.4.1.57264.1.9.
-    "build_signer_uri": ("buildSignerURI", "", OIDCBuildSignerURI),
+    "build_signer_uri": ("buildSignerURI", "", "OIDCBuildSignerURI"),
 }
 
 
@@ -142,11 +138,13 @@ def certificate_policy(identity: Identity) -> AllOf:
         Issuer(identity.issuer, identity.issuer_regexp),
         Subject(identity.subject, identity.subject_regexp),
     ]
+    policies: Any = importlib.import_module("sigstore.verify.policy")
     for field, (name, _, policy) in CLAIMS.items():
         value = getattr(identity, field)
         if value is not None:
-            checks.append(_Claim(name, policy(value)))  # type: ignore[call-arg]
-    return AllOf(checks)
+            checks.append(_Claim(name, getattr(policies, policy)(value)))
+    all_of: AllOf = policies.AllOf(checks)
+    return all_of
 
 
 def describe(identity: Identity) -> str:
