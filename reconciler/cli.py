@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import re
 import shutil
@@ -779,7 +778,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     reconciler = make_reconciler(args)
     shown = redact_url(args.repo) if is_url(args.repo) else args.repo
     if args.worktree:
-        head, tree, changed = worktree_tree(reconciler.source)
+        head, tree, changed = worktree_tree(reconciler.source, args.path)
         snap = snapshot_of(reconciler.source, head, tree, args.path, "(work tree)")
         state = reconciler.loader.load(snap)
         where = f"the work tree ({len(changed)} changed file{'s' if len(changed) != 1 else ''})"
@@ -801,19 +800,17 @@ def _warn_if_worktree_differs(
     reconciler: Reconciler, args: argparse.Namespace, state: DesiredState
 ) -> None:
     """A checkout whose files differ from what was validated: say so (on stderr)."""
-    if is_url(args.repo) or os.environ.get("RECONCILER_NO_WORKTREE_CHECK"):
+    if is_url(args.repo):
         return
     try:
-        head, tree, changed = worktree_tree(reconciler.source)
+        head, tree, changed = worktree_tree(reconciler.source, args.path)
         snap = snapshot_of(reconciler.source, head, tree, args.path, "(work tree)")
     except ReconcilerError:
         return  # a bare repository, an unborn HEAD, no such --path in the work tree
     if snap.tree_id == state.tree:
         return
-    prefix = args.path.strip("/")
-    edits = [p for p in changed if not prefix or p.startswith(prefix + "/")]
-    what = f"edits to {', '.join(edits[:3])}{' …' if len(edits) > 3 else ''}" if edits else None
-    if what is None:
+    what = f"edits to {', '.join(changed[:3])}{' …' if len(changed) > 3 else ''}"
+    if not changed:
         what = f"HEAD at {head[:12]}, not {args.ref} ({state.commit[:12]})"
     print(
         f"warning: validated {args.ref} ({state.commit[:12]}), but the work tree differs: "

@@ -106,9 +106,10 @@ def _replace(repo: pygit2.Repository, tree: pygit2.Tree, path: str, data: bytes)
     return builder.write()
 
 
-def worktree_tree(source: GitSource) -> tuple[str, str, list[str]]:
+def worktree_tree(source: GitSource, under: str = "") -> tuple[str, str, list[str]]:
     """(HEAD's commit, the tree ``git add -A`` would record from the work tree, the
-    paths that differ from HEAD): what ``validate --worktree`` checks.
+    paths that differ from HEAD): what ``validate --worktree`` checks. Only changes
+    ``under`` a directory are taken (the state's ``--path``); elsewhere HEAD's tree stays.
 
     The work tree and the index are only read; the blobs of changed files are written
     to the object database (as ``git hash-object -w`` would), nothing else.
@@ -125,8 +126,9 @@ def worktree_tree(source: GitSource) -> tuple[str, str, list[str]]:
     tree: Any = head.tree
     changed = []
     ignored = pygit2.enums.FileStatus.IGNORED
+    prefix = under.strip("/") + "/" if under.strip("/") else ""
     for path, flags in sorted(repo.status().items()):
-        if flags & ignored:
+        if flags & ignored or not path.startswith(prefix):
             continue
         full = os.path.join(workdir, path)
         oid, mode = None, pygit2.enums.FileMode.BLOB
