@@ -36,6 +36,7 @@ from reconciler.registry import (
     DEFAULT_CONCURRENCY,
     Manifest,
     Registry,
+    RegistryRefused,
     Unsupported,
     copy_artifact,
 )
@@ -106,7 +107,7 @@ def apply_changes(
                 "another writer changed it; the next pass re-plans",
             )
         manifest = manifests[(change.repository, change.to_digest)]
-        registry.put_manifest(repo, change.tag, manifest.data, manifest.media_type)
+        _put_tag(registry, repo, change.tag, manifest, sleep)
         confirmed = registry.resolve(repo, change.tag)
         if confirmed != change.to_digest:
             raise TagMoved(
@@ -116,7 +117,11 @@ def apply_changes(
         result.moved.append(change.tag)
         log.info("moved %s:%s to %s", change.repository, change.tag, change.to_digest)
 
-    _each(moves, lambda change: retry(f"move {change.tag}", lambda: move(change)), concurrency)
+    # Tags of single manifests first, then of indexes: a registry validating an index's
+    # children while one of them is being re-tagged can answer 400 (distribution 2.8).
+    for phase in (False, True):
+        batch = [c for c in moves if manifests[(c.repository, c.to_digest or "")].is_index is phase]
+        _each(batch, lambda change: retry(f"move {change.tag}", lambda: move(change)), concurrency)
     for change in (c for c in changes if c.action is Action.DELETE):
         registry, repo = registry_of(change.repository)
 
@@ -159,6 +164,26 @@ class _Retry:
                     raise
                 log.info("%s: %s; retrying in %.1fs", what, exc.message, delay)
                 self.sleep(delay)
+
+
+def _put_tag(
+    registry: Registry, repo: str, tag: str, manifest: Manifest, sleep: Callable[[float], None]
+) -> None:
+    """PUT ``manifest`` under ``tag``. An index refused because a child is "unknown" while
+    every child is in fact present is a registry storage race (distribution's filesystem
+    driver rewrites a child's link as another tag moves to it): tried again, briefly."""
+    for attempt in range(4):
+        try:
+            registry.put_manifest(repo, tag, manifest.data, manifest.media_type)
+            return
+        except RegistryRefused as exc:
+            raced = "MANIFEST_BLOB_UNKNOWN" in exc.message or "DIGEST_INVALID" in exc.message
+            if not (manifest.is_index and raced and attempt < 3):
+                raise
+            if not all(registry.manifest_exists(repo, c.digest) for c in manifest.children()):
+                raise
+            log.info("%s:%s: index refused while its children exist; again", repo, tag)
+            sleep(0.1 * (attempt + 1))
 
 
 def _bring_into_target(
