@@ -483,7 +483,9 @@ class Daemon:
         # Telling people (settings.notify) and proposing branches (discover, follow):
         # reconciler/notify.py and reconciler/discover.py; neither can fail a pass.
         self.notifier = notify.Notifier(reconciler.identity, reconciler.source.display)
-        self.proposer = discover.Proposer(reconciler, drift_interval, self.notifier.proposed, clock)
+        self.proposer = discover.Proposer(
+            reconciler, drift_interval, self.notifier.proposed, clock, only
+        )
 
     # -- scheduling
 

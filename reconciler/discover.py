@@ -244,8 +244,10 @@ class Proposer:
         interval: float,
         listener: Listener | None = None,
         clock: Callable[[], float] = time.monotonic,
+        only: Sequence[str] | None = None,
     ) -> None:
         self.reconciler = reconciler
+        self.only = list(only) if only else None  # a shard's environments (follow)
         self.interval = interval
         self.listener = listener
         self.clock = clock
@@ -269,7 +271,7 @@ class Proposer:
         findings: list[Finding] = []
         try:
             findings += discover_releases(flows, state, push=push)
-            findings += follow_latest(flows, state, push=push)
+            findings += follow_latest(flows, state, push=push, only=self.only)
         except Exception as exc:  # a bug must not stop the daemon's passes
             log.exception("proposals: internal error: %s", exc.__class__.__name__)
         for finding in findings:
