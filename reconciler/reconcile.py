@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHAIN_LIMIT = 200  # records read back when looking for an older release of a requirement
+STATES_KEPT = 16  # earlier commits' desired states kept (the policies in force)
 ENV_WORKERS = 8  # environments in flight at once; each host's own limit bounds requests
 
 
@@ -147,15 +148,26 @@ class Reconciler:
         self._owns_registries = registries is None
         self.identity = identity or reconciler_identity()
         self.record_key = record_key
+        self._states: dict[str, DesiredState] = {}
+        self._states_lock = threading.Lock()
         self.anchors = anchors if anchors is not None else Anchors(source.cache_dir)
+        self.record_cache = records.RecordCache(source.cache_dir)
 
     def load(self) -> DesiredState:
         self.source.fetch()
         return self.loader.load(self.source.snapshot(self.ref, self.path))
 
     def state_at(self, commit: str) -> DesiredState:
-        """The desired state of an earlier commit (its cue result is cached by tree)."""
-        return self.loader.load(self.source.snapshot(commit, self.path))
+        """The desired state of an earlier commit: a commit's state never changes, so the
+        few recent ones (the last applied commits the gate judges by) are kept."""
+        with self._states_lock:  # held while loading: environments ask at once
+            state = self._states.get(commit)
+            if state is None:
+                state = self.loader.load(self.source.snapshot(commit, self.path))
+                self._states[commit] = state
+                while len(self._states) > STATES_KEPT:
+                    self._states.pop(next(iter(self._states)))
+        return state
 
     @property
     def history(self) -> History:
@@ -412,7 +424,7 @@ class _Pass:
 
         def chain() -> records.Chain:
             registry, repo = self.registry_of(self.state.target_of(name))
-            return records.walk(registry, repo, head, limit=CHAIN_LIMIT)
+            return records.walk(registry, repo, head, CHAIN_LIMIT, self.owner.record_cache)
 
         # The chain is hash-linked from a trusted head: each link is vouched for by it.
         yield from self.once.get(("chain", name, head.digest), chain).records[1:]
@@ -431,10 +443,16 @@ class _Pass:
         registry, repo = self.registry_of(repository)
         stored = None
         if present is None or record_tag(name) in present:
-            stored = records.read_head(registry, repo, name)
+            stored = records.read_head(registry, repo, name, self.owner.record_cache)
         anchor = self.anchor(name)
         head = records.establish(
-            registry, repo, name, stored, anchor.digest if anchor else None, self.trust(name)
+            registry,
+            repo,
+            name,
+            stored,
+            anchor.digest if anchor else None,
+            self.trust(name),
+            cache=self.owner.record_cache,
         )
         if head is not None:
             self.owner.anchors.set(
@@ -637,7 +655,14 @@ class _Pass:
         record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
         previous = observed.record
-        digest = records.write(registry, repo, record, previous.digest if previous else None, key)
+        digest = records.write(
+            registry,
+            repo,
+            record,
+            previous.digest if previous else None,
+            key,
+            self.owner.record_cache,
+        )
         anchored = canonical_repository(record.repository)
         self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))
         return replace(record, digest=digest, signer=key.keyid if key else None)

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from reconciler.errors import Stalled, Transient
 from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
-from reconciler.registry import OCI_MANIFEST, NotFound, Registry, sha256_digest
+from reconciler.registry import OCI_MANIFEST, Manifest, NotFound, Registry, sha256_digest
+from reconciler.registry.oci import media_type_of
 from reconciler.signing import (
     EnvelopeInvalid,
     SigningKey,
@@ -107,15 +111,59 @@ def encode(record: Record, key: SigningKey | None) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------------------- read
 
 
-def read_head(registry: Registry, repository: str, env: str) -> Record | None:
+class RecordCache:
+    """Records by digest in the cache directory. Content-addressed and checked again on
+    every read, so it is never trusted: a no-op pass reads each head with one HEAD."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.directory = cache_dir / "records" if cache_dir else None
+
+    def get(self, digest: str) -> tuple[bytes, bytes] | None:
+        if self.directory is None:
+            return None
+        base = self.directory / digest.replace(":", "-")
+        try:
+            manifest, body = base.with_suffix(".manifest").read_bytes(), base.read_bytes()
+        except OSError:
+            return None
+        return (manifest, body) if sha256_digest(manifest) == digest else None
+
+    def put(self, digest: str, manifest: bytes, body: bytes) -> None:
+        if self.directory is None:
+            return
+        base = self.directory / digest.replace(":", "-")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for path, data in ((base, body), (base.with_suffix(".manifest"), manifest)):
+                fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+        except OSError as exc:  # a cache that cannot be written only costs requests
+            log.debug("cannot cache record %s: %s", digest, exc)
+
+
+def read_head(
+    registry: Registry, repository: str, env: str, cache: RecordCache | None = None
+) -> Record | None:
     """The newest record of ``env`` in ``repository`` as stored (not yet trusted)."""
     digest = registry.resolve(repository, record_tag(env))
-    return None if digest is None else read_at(registry, repository, env, digest)
+    return None if digest is None else read_at(registry, repository, env, digest, cache)
 
 
-def read_at(registry: Registry, repository: str, env: str, digest: str) -> Record:
+def read_at(
+    registry: Registry,
+    repository: str,
+    env: str,
+    digest: str,
+    cache: RecordCache | None = None,
+) -> Record:
     """One record by digest; its signature is kept for :func:`verify`, not checked here."""
-    manifest = registry.get_manifest(repository, digest)  # verifies the digest
+    cached = cache.get(digest) if cache else None
+    if cached is not None:
+        manifest = Manifest(cached[0], media_type_of(cached[0]))
+    else:
+        manifest = registry.get_manifest(repository, digest)  # verifies the digest
     doc = manifest.document()
     layers = doc.get("layers")
     if doc.get("artifactType") != RECORD_MEDIA_TYPE or not isinstance(layers, list) or not layers:
@@ -126,7 +174,12 @@ def read_at(registry: Registry, repository: str, env: str, digest: str) -> Recor
     layer = manifest.blobs()[-1]
     if layer.size > MAX_RECORD_BYTES:
         raise RecordCorrupt(f"apply record {digest} is {layer.size} bytes, too large")
-    body = registry.read_blob(repository, layer.digest, MAX_RECORD_BYTES)  # capped, checked
+    if cached is not None and sha256_digest(cached[1]) == layer.digest:
+        body = cached[1]
+    else:
+        body = registry.read_blob(repository, layer.digest, MAX_RECORD_BYTES)  # capped, checked
+        if cache is not None:
+            cache.put(digest, manifest.data, body)
     try:
         if layer.media_type == DSSE_MEDIA_TYPE:
             payload, signatures = open_envelope(json.loads(body))
@@ -170,7 +223,13 @@ class Chain:
     gap: str | None = None  # the digest that could not be read
 
 
-def walk(registry: Registry, repository: str, head: Record | None, limit: int = 1000) -> Chain:
+def walk(
+    registry: Registry,
+    repository: str,
+    head: Record | None,
+    limit: int = 1000,
+    cache: RecordCache | None = None,
+) -> Chain:
     """Follow ``previous`` from ``head``; a missing link ends the chain as a visible gap."""
     found: list[Record] = []
     current = head
@@ -179,7 +238,7 @@ def walk(registry: Registry, repository: str, head: Record | None, limit: int = 
         if current.previous is None:
             break
         try:
-            current = read_at(registry, repository, current.environment, current.previous)
+            current = read_at(registry, repository, current.environment, current.previous, cache)
         except NotFound:
             log.warning(
                 "%s: apply record %s is gone (garbage-collected?): the chain ends there",
@@ -203,6 +262,7 @@ def establish(
     anchor: str | None,
     trust: Trust,
     limit: int = 1000,
+    cache: RecordCache | None = None,
 ) -> Record | None:
     """The trusted head of ``env`` (steps 2 and 3 above), or Refused (rule records)."""
     if head is None:
@@ -224,7 +284,7 @@ def establish(
         if current.previous == anchor:
             return head
         try:
-            current = verify(read_at(registry, repository, env, current.previous), trust)
+            current = verify(read_at(registry, repository, env, current.previous, cache), trust)
         except NotFound:
             break
     raise Refused(
@@ -244,6 +304,7 @@ def write(
     record: Record,
     expected_head: str | None,
     key: SigningKey | None = None,
+    cache: RecordCache | None = None,
 ) -> str:
     """Store ``record`` (signed with ``key``) and move the head tag to it, if the head is
     still at ``expected_head``.
@@ -270,6 +331,8 @@ def write(
     registry.put_manifest(repository, tag, manifest, OCI_MANIFEST)
     if registry.resolve(repository, tag) != digest:
         raise RecordConflict(f"{repository}:{tag} did not take the new record {digest}")
+    if cache is not None:
+        cache.put(digest, manifest, body)
     log.info("recorded %s: %s at %s", record.environment, record.release, digest[:19])
     return digest
 
