@@ -189,6 +189,13 @@ def test_registry_outage_backs_off_then_converges_with_nothing_lost(
     eventually(
         converged(world, dev="v1.1", staging="v1.1", prod="v1.1"), within(2), "start", daemon
     )
+    # Tags in place is not the end of the pass: records and summaries come after them.
+    eventually(
+        lambda: all(daemon.events("applied", env) for env in ("dev", "staging", "prod")),
+        within(1),
+        "the first pass finished",
+        daemon,
+    )
 
     registry.stop()
     try:
