@@ -4,48 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pygit2
 import pytest
 
 from reconciler.cli import main
 from tests.support import recordkeys
+from tests.support.publish import Origin as Remote
 from tests.support.registry_servers import RegistryServer
-from tests.support.world import World, build_world, desired_only, expected_tags
-
-
-class Remote:
-    """A bare 'origin' that the reconciler reads by URL and merge requests land in."""
-
-    def __init__(self, world: World, path: Path) -> None:
-        self.world = world
-        self.repo = pygit2.clone_repository(str(world.repo.path), str(path), bare=True)
-        self.url = f"file://{path}"
-
-    def run(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
-        code = main([*args, "--repo", self.url, "--json"])
-        out, err = capsys.readouterr()
-        return code, json.loads(out) if out.strip() else {"stderr": err}
-
-    def merge(self, branch: str) -> str:
-        """Fast-forward main to the branch, as merging the merge request does."""
-        head = self.repo.references[f"refs/heads/{branch}"].target
-        main_ref = self.repo.references["refs/heads/main"]
-        assert self.repo.descendant_of(head, main_ref.target), "not a fast-forward"
-        main_ref.set_target(head)
-        return str(head)
-
-    def branches(self) -> set[str]:
-        return {
-            r.removeprefix("refs/heads/")
-            for r in self.repo.references
-            if r.startswith("refs/heads/")
-        }
-
-    def file(self, path: str, ref: str = "main") -> str:
-        commit = self.repo.revparse_single(ref).peel(pygit2.Commit)
-        return commit.tree[path].data.decode()
+from tests.support.world import build_world, desired_only, expected_tags
 
 
 @pytest.fixture
