@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.model import Action, Change, DesiredState, Drift, EnvPlan, Observed
-from reconciler.registry import RegistryError, parse_reference
+from reconciler.registry import canonical_repository
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ def claimed_tags(state: DesiredState) -> dict[str, str]:
         for t in tags:
             claimed.setdefault(canonical_tag(t.repository, t.tag), env)
     return claimed
-
-
-def canonical_repository(repository: str) -> str:
-    """One spelling per repository (host case, Docker Hub aliases, layout paths)."""
-    try:
-        return str(parse_reference(repository))
-    except RegistryError:
-        return repository
 
 
 def canonical_tag(repository: str, tag: str) -> str:

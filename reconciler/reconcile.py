@@ -30,7 +30,6 @@ from reconciler.git.history import History
 from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
 from reconciler.plan import (
     CatalogIndex,
-    canonical_repository,
     claimed_tags,
     owned_after,
     plan_environment,
@@ -41,6 +40,7 @@ from reconciler.registry import (
     Registries,
     Registry,
     RegistrySettings,
+    canonical_repository,
     parse_reference,
 )
 from reconciler.signing import SigningKey

@@ -31,9 +31,8 @@ from reconciler.git.branches import (
 )
 from reconciler.git.history import History
 from reconciler.model import Catalog, DesiredState, ItemRef, Record, Release, frozen_map
-from reconciler.plan import canonical_repository
 from reconciler.reconcile import Mode, Reconciler, Status
-from reconciler.registry import Registry, parse_reference
+from reconciler.registry import Registry, canonical_repository, parse_reference
 from reconciler.verify import Refused
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from reconciler.desired.build import Builder, canonical_repository
+from reconciler.desired.build import Builder
 from reconciler.desired.cue import (
     CueCache,
     Evaluation,
@@ -42,6 +42,7 @@ from reconciler.desired.sources import SourceMap, merge
 from reconciler.errors import InvalidState
 from reconciler.git import Snapshot
 from reconciler.model import DesiredState
+from reconciler.registry import canonical_repository
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,8 @@ it an in-memory reader. Which file defines what comes from the ``SourceMap``.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -42,7 +40,7 @@ from reconciler.model import (
     record_tag,
 )
 from reconciler.registry.errors import InvalidReference
-from reconciler.registry.reference import LAYOUT_PREFIX, parse_reference
+from reconciler.registry.reference import canonical_repository, parse_reference
 
 # Predicate types whose builder id and build type a policy may pin (SLSA v1 and v0.2).
 SLSA_PROVENANCE = ("https://slsa.dev/provenance/v1", "https://slsa.dev/provenance/v0.2")
@@ -57,26 +55,6 @@ class Snapshotish(StateReader, Protocol):
     @property
     def tree_id(self) -> str: ...
     def inputs(self) -> frozenset[str]: ...
-
-
-@lru_cache(maxsize=4096)
-def canonical_repository(repository: str) -> str:
-    """One spelling per repository, for "no two environments write one tag".
-
-    Hosts are case-insensitive; ``docker.io``, ``index.docker.io``,
-    ``registry-1.docker.io`` and no host at all are Docker Hub, whose one-component names
-    get ``library/``; an OCI layout is its normalised directory.
-    """
-    if repository.startswith(LAYOUT_PREFIX):
-        path = repository[len(LAYOUT_PREFIX) :]
-        return LAYOUT_PREFIX + (posixpath.normpath(path) if path else path)
-    first, sep, rest = repository.partition("/")
-    text = f"{first.lower()}/{rest}" if sep else repository
-    try:
-        ref = parse_reference(text)
-    except InvalidReference:
-        return text
-    return f"{ref.registry.lower()}/{ref.repository}"
 
 
 class Builder:

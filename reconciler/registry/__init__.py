@@ -50,7 +50,12 @@ from reconciler.registry.oci import (
     referrers_tag,
     sha256_digest,
 )
-from reconciler.registry.reference import LAYOUT_PREFIX, Reference, parse_reference
+from reconciler.registry.reference import (
+    LAYOUT_PREFIX,
+    Reference,
+    canonical_repository,
+    parse_reference,
+)
 from reconciler.registry.transport import RequestStats
 
 __all__ = [
@@ -86,6 +91,7 @@ __all__ = [
     "TLSFailure",
     "Unsupported",
     "api_host",
+    "canonical_repository",
     "copy_artifact",
     "open_registry",
     "parse_reference",

@@ -7,8 +7,10 @@ repository, and the text after the last ``:`` that follows the last ``/`` is the
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from reconciler.registry.errors import InvalidReference
 from reconciler.registry.oci import check_digest, check_tag
@@ -114,3 +116,24 @@ def _parse_layout(body: str, text: str) -> Reference:
             f"invalid layout reference {text[:200]!r}", "write oci:/directory[:tag]"
         )
     return Reference(LAYOUT_PREFIX, os.path.abspath(rest), tag, digest)
+
+
+@lru_cache(maxsize=4096)
+def canonical_repository(repository: str) -> str:
+    """One spelling per repository: for "no two environments write one tag", prune,
+    and the keys of local anchors.
+
+    Hosts are case-insensitive; ``docker.io``, ``index.docker.io``,
+    ``registry-1.docker.io`` and no host at all are Docker Hub, whose one-component names
+    get ``library/``; an OCI layout is its normalised directory.
+    """
+    if repository.startswith(LAYOUT_PREFIX):
+        path = repository[len(LAYOUT_PREFIX) :]
+        return LAYOUT_PREFIX + (posixpath.normpath(path) if path else path)
+    first, sep, rest = repository.partition("/")
+    text = f"{first.lower()}/{rest}" if sep else repository
+    try:
+        ref = parse_reference(text)
+    except InvalidReference:
+        return text
+    return f"{ref.registry.lower()}/{ref.repository}"

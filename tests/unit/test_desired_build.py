@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.desired.build import Builder, canonical_repository
+from reconciler.desired.build import Builder
 from reconciler.desired.sources import Position, SourceMap
 from reconciler.errors import InvalidState
+from reconciler.registry import canonical_repository
 
 D = "sha256:" + "a" * 64
 
