@@ -715,8 +715,9 @@ class Daemon:
             inputs = (state.commit, state.policy_fingerprint(name))
             if self._outcome(state, outcome, inputs, now):
                 self.clean[name] = prints[name]
-                if reason != "event":  # a full observation: the next scan is an interval away
-                    self.next_drift[name] = now + self.drift_interval
+                if reason == "drift":  # its next turn, keeping its place in the interval
+                    turn = self.next_drift[name] + self.drift_interval
+                    self.next_drift[name] = turn if turn > now else now + self.drift_interval
             else:
                 self.clean.pop(name, None)
                 ok = False
