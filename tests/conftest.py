@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ def _isolated_cache(
 def _offline_sigstore(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's environment can never make the suite refresh the root over TUF."""
     monkeypatch.delenv("RECONCILER_SIGSTORE_REFRESH", raising=False)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification is offline: any connection attempt fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture(autouse=True)

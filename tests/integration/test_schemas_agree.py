@@ -10,27 +10,15 @@ it, the loader runs both, and cue's positions name the file that wrote it.
 from __future__ import annotations
 
 import json
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
 from reconciler.desired import schema_dir
+from tests.support.schemas import assert_agree, cat, cue_verdicts, env
 
 D = "sha256:" + "c" * 64
-CAT: dict[str, Any] = {"name": "example.org/a", "source": "r.example:5000/a/b", "releases": []}
-ENV: dict[str, Any] = {"catalog": "example.org/a", "release": "v1"}
-
-
-def cat(**kw: Any) -> dict[str, Any]:
-    return {"catalogs": {"example.org/a": {**CAT, **kw}}}
-
-
-def env(**kw: Any) -> dict[str, Any]:
-    return {"environments": {"dev": {**ENV, **kw}}}
 
 
 CASES: dict[str, tuple[bool, dict[str, Any]]] = {
@@ -121,35 +109,15 @@ CASES: dict[str, tuple[bool, dict[str, Any]]] = {
 }
 
 
-def cue_verdict(cue: str, doc: dict[str, Any], workdir: Path) -> bool:
-    (workdir / "case.json").write_text(json.dumps(doc))
-    (workdir / "schema.cue").write_text((schema_dir() / "reconciler.cue").read_text())
-    proc = subprocess.run(
-        [cue, "export", "schema.cue", "case.json"],
-        cwd=workdir,
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
-    return proc.returncode == 0
-
-
 @pytest.fixture(scope="module")
-def cue_verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
-    def one(name: str) -> tuple[str, bool]:
-        return name, cue_verdict(cue_bin, CASES[name][1], tmp_path_factory.mktemp(name))
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CASES))
+def verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
+    return cue_verdicts(cue_bin, CASES, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_cue_and_json_schema_agree(name: str, cue_verdicts: dict[str, bool]) -> None:
+def test_cue_and_json_schema_agree(name: str, verdicts: dict[str, bool]) -> None:
     expected, doc = CASES[name]
-    schema = json.loads((schema_dir() / "reconciler.schema.json").read_text())
-    json_ok = jsonschema.Draft202012Validator(schema).is_valid(doc)
-    assert json_ok is expected, f"JSON Schema says {json_ok}"
-    assert cue_verdicts[name] is expected, f"cue says {cue_verdicts[name]}"
+    assert_agree(expected, doc, verdicts[name])
 
 
 def test_json_schema_is_valid_draft_2020_12() -> None:

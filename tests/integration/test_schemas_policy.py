@@ -4,15 +4,11 @@ attestations."""
 
 from __future__ import annotations
 
-import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jsonschema
 import pytest
 
-from reconciler.desired import schema_dir
-from tests.integration.test_schemas_agree import cat, cue_verdict, env
+from tests.support.schemas import assert_agree, cat, cue_verdicts, env
 
 ISSUER = "https://token.actions.githubusercontent.com"
 
@@ -84,18 +80,11 @@ CASES: dict[str, tuple[bool, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module")
-def cue_verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
-    def one(name: str) -> tuple[str, bool]:
-        return name, cue_verdict(cue_bin, CASES[name][1], tmp_path_factory.mktemp(name))
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CASES))
+def verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
+    return cue_verdicts(cue_bin, CASES, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_policy_fields_agree(name: str, cue_verdicts: dict[str, bool]) -> None:
+def test_policy_fields_agree(name: str, verdicts: dict[str, bool]) -> None:
     expected, doc = CASES[name]
-    schema = json.loads((schema_dir() / "reconciler.schema.json").read_text())
-    json_ok = jsonschema.Draft202012Validator(schema).is_valid(doc)
-    assert json_ok is expected, f"JSON Schema says {json_ok}"
-    assert cue_verdicts[name] is expected, f"cue says {cue_verdicts[name]}"
+    assert_agree(expected, doc, verdicts[name])

@@ -3,30 +3,17 @@ cue and JSON Schema agree on each case; the builder names what neither can check
 
 from __future__ import annotations
 
-import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
-from reconciler.desired import schema_dir
 from reconciler.errors import InvalidState
 from reconciler.model import NOTIFY_EVENTS, Discovery, NotifyTarget
-from tests.integration.test_schemas_agree import cue_verdict
+from tests.support.schemas import assert_agree, cat, cue_verdicts, env
 from tests.unit.test_desired_build import build, document
 
-CAT: dict[str, Any] = {"name": "example.org/a", "source": "r.example:5000/a/b", "releases": []}
 DISCOVER = {"tag": "^(v[0-9.]+)$", "items": {"web": "web-", "api": "r.example/a/api:rel-"}}
-
-
-def cat(**kw: Any) -> dict[str, Any]:
-    return {"catalogs": {"example.org/a": {**CAT, **kw}}}
-
-
-def env(**kw: Any) -> dict[str, Any]:
-    return {"environments": {"dev": {"catalog": "example.org/a", "release": "v1", **kw}}}
 
 
 def notify(*receivers: dict[str, Any]) -> dict[str, Any]:
@@ -64,22 +51,14 @@ CASES: dict[str, tuple[bool, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module")
-def cue_verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
-    def one(name: str) -> tuple[str, bool]:
-        return name, cue_verdict(cue_bin, CASES[name][1], tmp_path_factory.mktemp(name))
-
-    tmp_path_factory.getbasetemp()  # made once, before the threads ask for it
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CASES))
+def verdicts(cue_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
+    return cue_verdicts(cue_bin, CASES, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_cue_and_json_schema_agree(name: str, cue_verdicts: dict[str, bool]) -> None:
+def test_cue_and_json_schema_agree(name: str, verdicts: dict[str, bool]) -> None:
     expected, doc = CASES[name]
-    schema = json.loads((schema_dir() / "reconciler.schema.json").read_text())
-    json_ok = jsonschema.Draft202012Validator(schema).is_valid(doc)
-    assert json_ok is expected, f"JSON Schema says {json_ok}"
-    assert cue_verdicts[name] is expected, f"cue says {cue_verdicts[name]}"
+    assert_agree(expected, doc, verdicts[name])
 
 
 def with_catalog(**extra: Any) -> dict[str, Any]:

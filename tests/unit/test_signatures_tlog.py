@@ -8,8 +8,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,14 +29,7 @@ OTHER = "sha256:" + hashlib.sha256(b"another manifest").hexdigest()
 ZERO = base64.b64encode(bytes(32)).decode()
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    yield
+pytestmark = pytest.mark.usefixtures("offline")  # verification never goes online
 
 
 @pytest.fixture(scope="module")

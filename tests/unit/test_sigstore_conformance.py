@@ -12,8 +12,6 @@ fix upstream shows up here.
 from __future__ import annotations
 
 import hashlib
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,16 +37,7 @@ REFUSED_BUT_VALID = {
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "bundle.sigstore.json").exists())
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Verification is offline: any connection attempt fails the test."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    yield
+pytestmark = pytest.mark.usefixtures("offline")  # verification never goes online
 
 
 def policy_for(case: Path) -> Policy:
