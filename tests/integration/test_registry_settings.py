@@ -19,9 +19,9 @@ from reconciler.errors import InvalidState
 from reconciler.git import GitSource
 from reconciler.reconcile import registry_settings
 from reconciler.registry import HostConfig, HttpRegistry
-from tests.support.schemas import cue_verdict
 from tests.support import recordkeys
 from tests.support.registry_servers import RegistryFactory, RegistryServer, build_image, push
+from tests.support.schemas import cue_verdict
 from tests.support.staterepo import StateRepo
 
 pytestmark = pytest.mark.integration
