@@ -31,6 +31,7 @@ from reconciler.desired import Loader
 from reconciler.git import GitSource
 from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries, RegistrySettings
+from reconciler.verify.root import TrustRoot
 
 
 class Clock:
@@ -89,7 +90,12 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, str, 
     registries = Registries(
         RegistrySettings(hosts={host: HostConfig(plain_http=True, concurrency=args.threads)})
     )
-    reconciler = Reconciler(GitSource(str(state), cache), Loader(cache), registries=registries)
+    reconciler = Reconciler(
+        GitSource(str(state), cache),
+        Loader(cache),
+        registries=registries,
+        trust_root=TrustRoot.on_first_use(),
+    )
     clock = Clock()
     daemon = Daemon(reconciler, BackoffPolicy(), clock=clock, drift_interval=args.drift_interval)
     stats = registries.stats

@@ -43,6 +43,7 @@ from reconciler.git import GitSource
 from reconciler.reconcile import Mode, Reconciler
 from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry, Registries, RegistrySettings
 from reconciler.registry.oci import MANIFEST_ACCEPT, referrers_tag
+from reconciler.verify.root import TrustRoot
 
 
 def sha(data: bytes) -> str:
@@ -269,7 +270,12 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
         RegistrySettings(hosts={host: HostConfig(plain_http=True, concurrency=args.threads)})
     )
     loader = Loader(cache)
-    reconciler = Reconciler(GitSource(str(tmp / "state"), cache), loader, registries=registries)
+    reconciler = Reconciler(
+        GitSource(str(tmp / "state"), cache),
+        loader,
+        registries=registries,
+        trust_root=TrustRoot.on_first_use(),
+    )
     start = time.perf_counter()
     again = reconciler.run(Mode.APPLY)
     noop_in_process = time.perf_counter() - start

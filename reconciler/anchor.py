@@ -1,10 +1,16 @@
-"""The local anchor: the last apply record this host trusted, per environment.
+"""The local anchors: the commit in force per state repository, and the last apply
+record this host trusted per environment.
 
 Like TUF's trusted metadata on disk, it makes the registry unable to take the
 reconciler back in time: a head that is missing, or that does not chain back to the
 anchored record, is refused, whoever wrote it. It lives in the cache directory (keep
 that on a volume), written atomically; the anchor also remembers the record's commit,
-whose settings say which record keys are in force.
+whose settings said which record keys were in force.
+
+The repository's anchor is the last commit whose trail this host judged
+(:mod:`reconciler.verify.inforce`): the policy in force, from which every later commit
+and every environment, new or old, is judged. Only commands that apply write anchors;
+read-only ones judge in memory.
 """
 
 from __future__ import annotations
@@ -55,10 +61,37 @@ class Anchors:
         path = self.path(repository, env)
         if path is None or self.get(repository, env) == anchor:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"repository": repository, "environment": env, **anchor.__dict__}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
+        _write(path, {"repository": repository, "environment": env, **anchor.__dict__})
         log.debug("%s: anchored at %s", env, anchor.digest[:19])
+
+    def policy(self, repository: str) -> str | None:
+        """The commit in force for ``repository`` (the state repository's location and
+        directory), None if this host has judged nothing of it."""
+        path = self.path(_POLICY, repository)
+        if path is None:
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return str(doc["commit"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise OSError(f"the local anchor {path} is unreadable: {exc}") from None
+
+    def set_policy(self, repository: str, commit: str) -> None:
+        path = self.path(_POLICY, repository)
+        if path is None or self.policy(repository) == commit:
+            return
+        _write(path, {"repository": repository, "commit": commit})
+        log.info("policy in force for %s: commit %s", repository, commit[:12])
+
+
+_POLICY = "\0policy"  # the anchor key of a repository's policy (no environment is named so)
+
+
+def _write(path: Path, doc: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)

@@ -29,13 +29,14 @@ from reconciler.desired import Loader, cue_command
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
-from reconciler.model import Action, DesiredState
+from reconciler.model import Action, DesiredState, PublicKey
 from reconciler.progress import MODES as PROGRESS_MODES
 from reconciler.progress import Progress
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
 from reconciler.registry import set_auth_file
 from reconciler.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
 from reconciler.verify import disposition
+from reconciler.verify.root import ROOT_ENV, TOFU_ENV, TrustRoot, trust_root_from, write_trust_root
 from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
@@ -52,9 +53,12 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "json": False,
     "cache_dir": None,
     "authfile": None,
+    "trust_root": None,
+    "trust_on_first_use": False,
 }
 _STATE = ("repo", "ref", "path", "cache_dir")
-_READS = (*_STATE, "json", "authfile")  # loads the state and reads registries
+_TRUST = ("trust_root", "trust_on_first_use")  # judges commits and trusts records
+_READS = (*_STATE, "json", "authfile", *_TRUST)  # loads the state and reads registries
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "validate": (*_STATE, "env", "json"),
     "plan": (*_READS, "env"),
@@ -65,7 +69,7 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "rollback": _READS,
     "release add": _READS,
     "discover": (*_READS, "env"),
-    "run": (*_STATE, "env", "authfile"),
+    "run": (*_STATE, "env", "authfile", *_TRUST),
     "keygen": (),
     "version": ("json",),
     "completion": (),
@@ -74,6 +78,8 @@ _WHY = {
     "env": "{command} does not work per environment",
     "json": "{command} has no JSON output",
     "authfile": "{command} reads no registry",
+    "trust_root": "{command} judges no commit",
+    "trust_on_first_use": "{command} judges no commit",
     "promote env": "promote names its environment as an argument, not with --env",
     "rollback env": "rollback names its environment as an argument, not with --env",
     "release add env": "a release belongs to a catalog, not to an environment",
@@ -116,6 +122,27 @@ def _common(parser: argparse.ArgumentParser, hidden: Sequence[str] = ()) -> None
         metavar="FILE",
         default=s,
         help=h("authfile", "registry credentials (auth.json / config.json), consulted first"),
+    )
+    parser.add_argument(
+        "--trust-root",
+        type=Path,
+        metavar="FILE",
+        default=s,
+        help=h(
+            "trust_root",
+            f"the deployment's pinned commit signers and record keys (default: ${ROOT_ENV}); "
+            "a host that has judged nothing starts from it",
+        ),
+    )
+    parser.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        default=s,
+        help=h(
+            "trust_on_first_use",
+            f"without a trust root, trust the newest commit as it is on first contact "
+            f"(or ${TOFU_ENV}=1); said loudly, see docs/trust.md",
+        ),
     )
 
 
@@ -276,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--type", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256", dest="key_type"
     )
+    keygen.add_argument(
+        "--write-trust-root",
+        type=Path,
+        metavar="FILE",
+        dest="write_root",
+        help="also write a trust root pinning the new public key as the record key",
+    )
+    keygen.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="with --write-trust-root: the SSH allowed-signers file of who may sign commits",
+    )
 
     _command(sub, "version", "the versions of reconciler and of the tools it runs", cmd_version)
 
@@ -431,7 +471,10 @@ def make_reconciler(args: argparse.Namespace) -> Reconciler:
     source = GitSource(args.repo, cache_dir=cache_dir)
     # Only the commands that write records load the key (a bad key fails them, not validate).
     key = signing_key_from(args.record_key) if hasattr(args, "record_key") else None
-    return Reconciler(source, Loader(cache_dir), ref=args.ref, path=args.path, record_key=key)
+    root = trust_root_from(args.trust_root, args.trust_on_first_use)
+    return Reconciler(
+        source, Loader(cache_dir), ref=args.ref, path=args.path, record_key=key, trust_root=root
+    )
 
 
 def load_state(args: argparse.Namespace) -> DesiredState:
@@ -442,8 +485,25 @@ def load_state(args: argparse.Namespace) -> DesiredState:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.allowed_signers and not args.write_root:
+        raise Stalled("--allowed-signers goes into a trust root: add --write-trust-root FILE")
+    signers = None
+    if args.allowed_signers:
+        try:
+            signers = args.allowed_signers.read_bytes()
+        except OSError as exc:
+            raise Stalled(f"cannot read {args.allowed_signers}: {exc.strerror}") from None
     private, public = generate(args.key, args.key_type)
     print(f"wrote {private} (private, mode 0600) and {public}")
+    if args.write_root:
+        pem = public.read_text(encoding="utf-8")
+        root = TrustRoot(str(args.write_root), signers, (PublicKey(str(public), pem),))
+        write_trust_root(args.write_root, root)
+        print(
+            f"wrote {args.write_root}: the trust root (record key {public.name}"
+            + (f", commit signers of {args.allowed_signers}" if signers else ", no commit signers")
+            + f"); give it to every host with --trust-root or ${ROOT_ENV}"
+        )
     if not args.quiet:
         print(
             f"  commit {public.name} to the state repository (e.g. as keys/records.pub), list "
@@ -563,10 +623,14 @@ def plan_markdown(result: PassResult) -> str:
         "|---|---|---|---|---|",
     ]
     for o in result.outcomes:
-        env = state.environments[o.environment]
+        env = result.environment(o.environment)
         changes = len(o.plan.changes) if o.plan else 0
-        policy = state.policies[o.environment]
-        verify = "⚠️ UNVERIFIED" if policy.insecure_skip_signatures else policy.describe()
+        policy = state.policies.get(o.environment)
+        verify = (
+            "⚠️ UNVERIFIED"
+            if result.unverified(o.environment)
+            else (policy.describe() if policy else "(not in force)")
+        )
         status = f"{mark.get(o.status.value, '❌')} {o.status.value}"
         lines.append(
             f"| {_cell(o.environment)} | {_cell(env.catalog)} `{_cell(env.release)}` | "
@@ -834,8 +898,13 @@ def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:
         return
     state = result.state
     print(f"{what}: commit {state.commit[:12]}  tree {state.tree[:12]}")
+    if result.proposed is not None and result.proposed.commit != state.commit:
+        print(
+            f"  commit {result.proposed.commit[:12]} is refused; the commit in force is "
+            f"{state.commit[:12]}"
+        )
     for o in result.outcomes:
-        print_outcome(o, state, sys.stdout)
+        print_outcome(o, result, sys.stdout)
     counts: dict[str, int] = {}
     for o in result.outcomes:
         counts[o.status.value] = counts.get(o.status.value, 0) + 1
@@ -845,10 +914,9 @@ def _report(args: argparse.Namespace, result: PassResult, what: str) -> None:
 _SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
 
 
-def print_outcome(o: EnvOutcome, state: DesiredState, out: TextIO) -> None:
-    env = state.environments[o.environment]
-    policy = state.policies[o.environment]
-    verify = " UNVERIFIED" if policy.insecure_skip_signatures else ""
+def print_outcome(o: EnvOutcome, result: PassResult, out: TextIO) -> None:
+    env = result.environment(o.environment)
+    verify = " UNVERIFIED" if result.unverified(o.environment) else ""
     print(f"\n{o.environment}  {env.catalog} {env.release}  {o.status.value}{verify}", file=out)
     if o.note:
         print(f"  {o.note}", file=out)
@@ -897,7 +965,7 @@ def pass_json(result: PassResult) -> dict[str, Any]:
     state = result.state
     envs = []
     for o in result.outcomes:
-        env = state.environments[o.environment]
+        env = result.environment(o.environment)
         plan = o.plan
         envs.append(
             {
@@ -905,7 +973,7 @@ def pass_json(result: PassResult) -> dict[str, Any]:
                 "catalog": env.catalog,
                 "release": env.release,
                 "status": o.status.value,
-                "unverified": state.policies[o.environment].insecure_skip_signatures,
+                "unverified": result.unverified(o.environment),
                 "changes": [
                     {
                         "action": c.action.value,

@@ -76,6 +76,7 @@ from reconciler.model import DesiredState
 from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
 from reconciler.verify import Disposition, Refused, disposition
+from reconciler.verify.inforce import Judgement, PolicyInForce
 
 log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
 
@@ -183,7 +184,7 @@ def env_fingerprint(state: DesiredState, name: str) -> str:
         [repr(t) for t in state.tags[name]],
         state.policy_fingerprint(name),
         repr(release),
-        repr(state.settings),
+        repr(state.proposed_settings),  # the daemon fingerprints trusted states only
     ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -477,6 +478,8 @@ class Daemon:
         self._forced = False  # the next pass may skip the git source's backoff
         self._stopping = threading.Event()
         self._commit = ("", "")
+        self._candidate: DesiredState | None = None  # the newest commit's state, as judged
+        self._judgement: Judgement | None = None
         self._active: bool | None = None
         self._unknown: frozenset[str] = frozenset()
         self.metrics.set_health(None, Health.OK)
@@ -567,7 +570,11 @@ class Daemon:
         return active
 
     def _load(self, now: float, forced: bool) -> DesiredState | None:
-        """Fetch and load the desired state, honouring the git source's backoff."""
+        """Fetch, load and judge the desired state, honouring the git source's backoff.
+
+        Answers the *trusted* state (the newest commit's when it passed the repository's
+        judgement, else the commit in force's); notifications are configured from the
+        policy in force, never from a commit that is being judged."""
         src = self.source
         if src.health is Health.BACKOFF and not forced and not src.due(now):
             return None
@@ -595,6 +602,24 @@ class Daemon:
         except Stalled as exc:
             self._source_failed(src.stalled(now, inputs, exc.message), exc)
             return None
+        try:
+            judgement = reconciler.judge(state, persist=True)
+        except Stalled as exc:  # no trust root, an unreadable anchor or policy in force
+            self._source_failed(src.stalled(now, inputs, exc.message), exc)
+            return None
+        if judgement.policy.state is None:
+            refusal = judgement.refusal or Stalled("nothing of the state repository is trusted")
+            self._source_failed(src.stalled(now, inputs, refusal.message), refusal)
+            return None
+        self._candidate, self._judgement = state, judgement
+        self.notifier.configure(judgement.policy.settings.notify)
+        if not judgement.passed and judgement.refusal is not None:
+            log.warning(
+                "commit %s is refused; the commit in force stays %s: %s",
+                state.commit[:12], (judgement.policy.commit or "")[:12], judgement.refusal,
+                extra={"event": "refused", "commit": state.commit},
+            )  # fmt: skip
+        state = judgement.policy.state
         self.notifier.source(None, state.commit)
         if src.succeeded():
             log.info("git source recovered", extra={"event": "recovered", "environment": SOURCE})
@@ -608,6 +633,20 @@ class Daemon:
             self.metrics.commit.labels(state.commit, state.tree).set(1)
             self._commit = (state.commit, state.tree)
         return state
+
+    @property
+    def _policy(self) -> PolicyInForce:
+        assert self._judgement is not None, "a pass runs only after a judgement"
+        return self._judgement.policy
+
+    def _held(self) -> str:
+        """The newest commit while it is refused ('' when it is in force): part of every
+        environment's inputs, so a refused commit is reported once and a new one is
+        judged again."""
+        judgement, candidate = self._judgement, self._candidate
+        if judgement is None or candidate is None or judgement.passed:
+            return ""
+        return candidate.commit
 
     def _source_failed(self, transition: bool, exc: ReconcilerError) -> None:
         self.notifier.source(exc)
@@ -648,8 +687,9 @@ class Daemon:
           the environments' turns spread over the interval.
         """
         names = self._selected(state)
-        inputs = {n: (state.commit, state.policy_fingerprint(n)) for n in names}
-        prints = {n: env_fingerprint(state, n) for n in names}
+        held = self._held()
+        inputs = {n: (state.commit, held, state.policy_fingerprint(n)) for n in names}
+        prints = {n: env_fingerprint(state, n) + held for n in names}
         for i, name in enumerate(names):
             if name not in self.envs:
                 self.envs[name] = Backoff(self.policy)
@@ -665,7 +705,7 @@ class Daemon:
         ]
         if not (changed or targeted or drifted):
             return "idle"
-        self.metrics.requests.stats = self.reconciler.registries(state).stats
+        self.metrics.requests.stats = self.reconciler.registries(self._policy).stats
         ok = True
         if changed:
             # The first pass (and every pass with nothing held back) runs the whole state.
@@ -695,11 +735,13 @@ class Daemon:
         prints: Mapping[str, str],
         now: float,
     ) -> bool:
-        stats = self.reconciler.registries(state).stats
+        stats = self.reconciler.registries(self._policy).stats
         before = stats.total()
         due = envs if envs is not None else sorted(state.environments)
         try:
-            result = self.reconciler.run(Mode.APPLY, envs, state, only)
+            result = self.reconciler.run(
+                Mode.APPLY, envs, self._candidate, only, judgement=self._judgement
+            )
         except ReconcilerError as exc:  # before any environment ran (e.g. registry settings)
             outcomes = [EnvOutcome(n, Status.FAILED, error=exc) for n in due]
         except Exception as exc:
@@ -712,7 +754,7 @@ class Daemon:
         ok = True
         for outcome in outcomes:
             name = outcome.environment
-            inputs = (state.commit, state.policy_fingerprint(name))
+            inputs = (state.commit, self._held(), state.policy_fingerprint(name))
             if self._outcome(state, outcome, inputs, now):
                 self.clean[name] = prints[name]
                 if reason == "drift":  # its next turn, keeping its place in the interval

@@ -129,7 +129,7 @@ def discover_releases(
     New means newer (:func:`version_key`) than every release the catalog has, so a
     release deleted from the catalog is not proposed again.
     """
-    registries = flows.reconciler.registries(state)
+    registries = flows.reconciler.registries(flows.reconciler.in_force(state))
     findings: list[Finding] = []
     for name in sorted(state.catalogs):
         catalog = state.catalogs[name]

@@ -6,10 +6,11 @@ here, in one place: an environment's tag template, hazards, suspend and prune.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -142,6 +143,7 @@ class Settings:
     record_keys: tuple[PublicKey, ...] = ()  # settings.records.keys: whose records count
     records_insecure_unsigned: bool = False  # settings.records.insecureUnsigned
     notify: tuple[NotifyTarget, ...] = ()  # settings.notify
+    unsigned_paths: tuple[str, ...] = ()  # settings.git.unsignedPaths: may change unsigned
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,9 @@ class DesiredState:
 
     commit: str
     tree: str
-    settings: Settings
+    # What this commit asks for. In force only once the commit is judged: read settings
+    # through the policy in force (reconciler.verify.inforce), never from here.
+    proposed_settings: Settings
     catalogs: Mapping[str, Catalog]
     environments: Mapping[str, Environment]
     tags: Mapping[str, tuple[DesiredTag, ...]]
@@ -282,6 +286,15 @@ class DesiredState:
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def matches_paths(path: str, patterns: Iterable[str]) -> bool:
+    """``path`` (from the repository root) matches a glob of ``settings.git.unsignedPaths``:
+    ``*`` and ``**`` match across ``/``, ``dir/**`` everything under ``dir``."""
+    return any(
+        fnmatch.fnmatchcase(path, p) or (p.endswith("/**") and path.startswith(p[:-2]))
+        for p in patterns
+    )
 
 
 def expand_tag(template: str, env: str, item: str, release: str) -> str:

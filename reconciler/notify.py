@@ -281,7 +281,6 @@ class Notifier:
             return None
 
     def _outcome(self, state: DesiredState, o: EnvOutcome) -> Event | None:
-        self.configure(state.settings.notify)
         event = classify(state, o)
         if event is None:
             if o.status in (Status.IN_SYNC, Status.APPLIED, Status.SUSPENDED, Status.PENDING):

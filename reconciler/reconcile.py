@@ -1,4 +1,10 @@
-"""One reconcile pass: for each environment, observe -> plan -> verify -> apply -> record.
+"""One reconcile pass: judge the commit, then for each environment observe -> plan ->
+verify -> apply -> record.
+
+The commit is judged first, for the whole repository, with nothing but git: the pass
+then uses only the trusted state the judgement hands out (the candidate's when it passed,
+else the last judged commit's, towards which drift is still corrected). Nothing of an
+unjudged commit reaches the registry layer.
 
 Environments are isolated: an error in one is caught, classified and reported, and
 the others still converge. They run in promotion order (an environment after those it
@@ -27,7 +33,7 @@ from reconciler.desired import Loader
 from reconciler.errors import GitSourceError, ReconcilerError, Stalled, Transient
 from reconciler.git import GitSource
 from reconciler.git.history import History
-from reconciler.model import DesiredState, EnvPlan, Observed, Record, record_tag
+from reconciler.model import DesiredState, Environment, EnvPlan, Observed, Record
 from reconciler.plan import (
     CatalogIndex,
     claimed_tags,
@@ -45,7 +51,8 @@ from reconciler.registry import (
 )
 from reconciler.signing import SigningKey
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
-from reconciler.verify.commits import CommitTrail, trail
+from reconciler.verify.inforce import Judge, Judgement, PolicyInForce
+from reconciler.verify.root import TrustRoot, no_trust_root
 from reconciler.verify.signatures import Evidence, discover, key_id
 
 log = logging.getLogger(__name__)
@@ -91,8 +98,26 @@ class EnvOutcome:
 
 @dataclass
 class PassResult:
+    """``state`` is the trusted state the pass reconciled towards (see ``judgement``)."""
+
     state: DesiredState
     outcomes: list[EnvOutcome]
+    judgement: Judgement | None = None
+    proposed: DesiredState | None = None  # the newest commit's state, when not in force
+
+    def environment(self, name: str) -> Environment:
+        """An environment as shown: as in force, else as the refused commit proposes it."""
+        for state in (self.state, self.proposed):
+            if state is not None and name in state.environments:
+                return state.environments[name]
+        raise KeyError(name)
+
+    def unverified(self, name: str) -> bool:
+        """The environment skips its own signature policy (shown as UNVERIFIED)."""
+        for state in (self.state, self.proposed):
+            if state is not None and name in state.policies:
+                return state.policies[name].insecure_skip_signatures
+        return False
 
     @property
     def ok(self) -> bool:
@@ -103,8 +128,8 @@ class PassResult:
         return all(o.status in (Status.IN_SYNC, Status.SUSPENDED) for o in self.outcomes)
 
 
-def registry_settings(state: DesiredState) -> RegistrySettings:
-    """The registry layer's settings from the state repository's ``settings.registries``.
+def registry_settings(policy: PolicyInForce) -> RegistrySettings:
+    """The registry layer's settings from ``settings.registries`` of the policy in force.
 
     ``caFile`` arrives as the bytes read from the commit's tree (``ca_data``), never as
     a path on this machine; unset values take the registry layer's defaults.
@@ -120,7 +145,7 @@ def registry_settings(state: DesiredState) -> RegistrySettings:
             read_timeout=r.read_timeout or base.read_timeout,
             retry=replace(base.retry, attempts=r.attempts or base.retry.attempts),
         )
-        for host, r in state.settings.registries.items()
+        for host, r in policy.settings.registries.items()
     }
     return RegistrySettings(hosts=hosts)
 
@@ -142,6 +167,7 @@ class Reconciler:
         identity: str | None = None,
         record_key: SigningKey | None = None,
         anchors: Anchors | None = None,
+        trust_root: TrustRoot | None = None,
     ) -> None:
         self.source, self.loader, self.ref, self.path = source, loader, ref, path
         self._registries = registries
@@ -152,6 +178,53 @@ class Reconciler:
         self._states_lock = threading.Lock()
         self.anchors = anchors if anchors is not None else Anchors(source.cache_dir)
         self.record_cache = records.RecordCache(source.cache_dir)
+        self.trust_root = trust_root
+        self._judge: Judge | None = None
+        self._trails: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    @property
+    def repository(self) -> str:
+        """The state repository as anchored: its location and directory."""
+        return f"{self.source.display}#{self.path.strip('/')}"
+
+    def judge(self, candidate: DesiredState, persist: bool = False) -> Judgement:
+        """Judge ``candidate`` from the policy in force (the local anchor, else the trust
+        root); ``persist`` (apply, the daemon) moves the anchor to the new policy.
+
+        Raises:
+            TrustRootProblem: nothing judged yet and no trust root (nor first use asked).
+            Refused: the anchor or the policy in force cannot be read.
+        """
+        try:
+            base = self.anchors.policy(self.repository)
+        except OSError as exc:
+            raise Refused(
+                Rule.COMMITS, str(exc), "repair or remove it (docs/trust.md, 'Recovery')"
+            ) from None
+        if base is None and self.trust_root is None:
+            raise no_trust_root(self.source.display)
+        if self._judge is None:
+            root = self.trust_root or TrustRoot("none given (this host's local anchor)")
+            self._judge = Judge(self.history, root, self.state_at, self.path)
+        judge = self._judge
+        judgement = judge.judge(judge.policy(base), candidate)
+        commit = judgement.policy.commit
+        if commit is not None and judgement.judged:
+            self._trails[commit] = judgement.judged
+        if persist and commit is not None and commit != base:
+            self.anchors.set_policy(self.repository, commit)
+        return judgement
+
+    def in_force(self, candidate: DesiredState | None = None) -> PolicyInForce:
+        """The policy in force after judging ``candidate`` (default: the ref's newest
+        commit), without persisting anything: what read-only commands and proposals use.
+        """
+        return self.judge(candidate or self.load()).policy
+
+    def trail_of(self, judgement: Judgement) -> tuple[tuple[str, str], ...]:
+        """How the commit in force came to be: the trail judged now or earlier here."""
+        commit = judgement.policy.commit
+        return judgement.judged or (self._trails.get(commit, ()) if commit else ())
 
     def load(self) -> DesiredState:
         self.source.fetch()
@@ -173,9 +246,9 @@ class Reconciler:
     def history(self) -> History:
         return History(self.source.repo)
 
-    def registries(self, state: DesiredState) -> Registries:
-        """Registry clients for ``state``'s settings; rebuilt when the settings change."""
-        wanted = registry_settings(state)
+    def registries(self, policy: PolicyInForce) -> Registries:
+        """Registry clients for the settings in force; rebuilt when they change."""
+        wanted = registry_settings(policy)
         if self._registries is not None and (
             not self._owns_registries or self._registries.settings == wanted
         ):
@@ -191,16 +264,35 @@ class Reconciler:
         envs: Sequence[str] | None = None,
         state: DesiredState | None = None,
         only_tags: Mapping[str, Collection[str]] | None = None,
+        judgement: Judgement | None = None,
     ) -> PassResult:
         """One pass over ``envs`` (default all) in promotion order.
+
+        ``state`` is the candidate (default: the ref's newest commit), judged first
+        unless ``judgement`` (of that candidate) is given. Only ``apply`` persists the
+        judgement. When the candidate is refused, every environment says so, and drift is
+        corrected towards the commit in force.
 
         ``only_tags`` narrows the observation of the environments it names to those
         tags (a registry event said they changed): the others are taken to be as
         desired, and nothing is pruned. The gate still runs in full before any move.
         """
-        state = state or self.load()
-        names = promotion_order(state, envs)
-        run = _Pass(self, state, mode, only_tags or {})
+        candidate = state or self.load()
+        if judgement is None or judgement.candidate != candidate.commit:
+            judgement = self.judge(candidate, persist=mode is Mode.APPLY)
+        if judgement.policy.state is None:  # first contact refused: nothing is trusted
+            refused = judgement.refusal or Refused(Rule.COMMITS, "nothing is in force")
+            names = promotion_order(candidate, envs)
+            nothing = [EnvOutcome(n, Status.REFUSED, error=refused) for n in names]
+            return PassResult(candidate, nothing, judgement, candidate)
+        trusted = judgement.policy.state
+        wanted = envs or sorted(set(trusted.environments) | set(candidate.environments))
+        unjudged = [n for n in wanted if n not in trusted.environments]
+        names = promotion_order(trusted, [n for n in wanted if n in trusted.environments] or None)
+        if envs and not [n for n in envs if n in trusted.environments]:
+            names = []
+        promotion_order(candidate, unjudged)  # unknown to both: a usage error
+        run = _Pass(self, trusted, judgement, mode, only_tags or {})
         outcomes: dict[str, EnvOutcome] = {}
         with (
             ThreadPoolExecutor(max_workers=16, thread_name_prefix="observe") as pool,
@@ -209,13 +301,34 @@ class Reconciler:
             run.pool = pool
             # Environments of one level require nothing of each other: run them together;
             # a level starts when the ones it may require have finished.
-            for level in promotion_levels(state, names):
+            for level in promotion_levels(trusted, names):
                 outcomes.update(zip(level, envs_pool.map(run.environment, level), strict=True))
-        return PassResult(state, [outcomes[name] for name in names])
+        result = [outcomes[name] for name in names]
+        if not judgement.passed:
+            refusal = judgement.refusal or Refused(Rule.COMMITS, "the commit is not in force")
+            result = [_held_back(o, refusal, judgement) for o in result]
+            result += [EnvOutcome(n, Status.REFUSED, error=refusal) for n in unjudged]
+        proposed = None if judgement.passed else candidate
+        return PassResult(trusted, result, judgement, proposed)
 
     def close(self) -> None:
         if self._registries is not None:
             self._registries.close()
+
+
+def _held_back(outcome: EnvOutcome, refusal: Refused, judgement: Judgement) -> EnvOutcome:
+    """An environment's outcome of a pass towards the commit in force, while the newest
+    commit is refused: the refusal, and what drift correction did meanwhile."""
+    commit = judgement.policy.commit or ""
+    moved = outcome.applied.moved if outcome.applied else ()
+    outcome.note = (
+        f"commit {judgement.candidate[:12]} is refused; "
+        + (f"drift corrected towards commit {commit[:12]}, the commit in force ({len(moved)} "
+           "tags moved)" if moved else f"the commit in force stays {commit[:12]}")
+    )  # fmt: skip
+    if outcome.error is None:  # an environment's own refusal or failure says more
+        outcome.status, outcome.error = Status.REFUSED, refusal
+    return outcome
 
 
 def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> list[str]:
@@ -301,11 +414,14 @@ class _Pass:
         self,
         owner: Reconciler,
         state: DesiredState,
+        judgement: Judgement,
         mode: Mode,
         only_tags: Mapping[str, Collection[str]],
     ) -> None:
         self.owner, self.state, self.mode, self.only_tags = owner, state, mode, only_tags
-        self.registries = owner.registries(state)
+        self.judgement, self.policy = judgement, judgement.policy
+        self.persist = mode is Mode.APPLY  # read-only passes write no anchor
+        self.registries = owner.registries(self.policy)
         self.index = CatalogIndex.of(state)
         self.claimed = claimed_tags(state)
         self.once = _Once()
@@ -345,7 +461,7 @@ class _Pass:
             outcome.status = Status.SUSPENDED if plan.suspended else Status.PENDING
             return
         gate = Gate(self.state, name, observed.record)
-        gate.records(self.trust(name).signed)
+        gate.records(self.trust.signed, self.policy.settings.records_insecure_unsigned)
         self.judge_history(gate, observed.record)
         if plan.suspended:  # honoured only when the change that suspends passed the gate
             outcome.status = Status.SUSPENDED
@@ -437,91 +553,59 @@ class _Pass:
     # ------------------------------------------------------------------ records
 
     def trusted_head(self, name: str, present: frozenset[str] | None = None) -> Record | None:
-        """The newest record of ``name`` that counts (signed by a key in force, chained to
-        the local anchor), or Refused (rule records); the anchor then moves to it."""
+        """The newest record of ``name`` that counts (:class:`records.RecordTrust`), or
+        Refused (rule records); an applying pass moves the local anchor to it."""
         repository = self.state.target_of(name)
         registry, repo = self.registry_of(repository)
-        stored = None
-        if present is None or record_tag(name) in present:
-            stored = records.read_head(registry, repo, name, self.owner.record_cache)
-        anchor = self.anchor(name)
-        head = records.establish(
-            registry,
-            repo,
-            name,
-            stored,
-            anchor.digest if anchor else None,
-            self.trust(name),
-            cache=self.owner.record_cache,
-        )
-        if head is not None:
-            self.owner.anchors.set(
-                canonical_repository(repository), name, Anchor(head.digest, head.commit)
-            )
+        anchored = canonical_repository(repository)
+        head = self.record_trust.head(registry, repo, name, present, anchored)
+        if head is not None and self.persist:
+            self.owner.anchors.set(anchored, name, Anchor(head.digest, head.commit))
         return head
 
-    def anchor(self, name: str) -> Anchor | None:
-        try:
-            return self.owner.anchors.get(canonical_repository(self.state.target_of(name)), name)
-        except OSError as exc:
-            raise Refused(
-                Rule.RECORDS, str(exc), f"repair or remove it; {records.RECOVERY}"
-            ) from None
+    @property
+    def trust(self) -> records.Trust:
+        """The record keys in force: one set for the repository, from its policy."""
+        return records.Trust(self.policy.record_keys)
 
-    def trust(self, name: str) -> records.Trust:
-        """The record keys in force for ``name``: those of the commit of the last record this
-        host trusted (so a commit cannot swap the keys that judge the records behind it),
-        else, on first contact, those of the state being applied."""
-
-        def keys() -> records.Trust:
-            anchor = self.anchor(name)
-            if anchor is None:
-                return records.Trust(self.state.settings.record_keys)
-            try:
-                return records.Trust(self.owner.state_at(anchor.commit).settings.record_keys)
-            except ReconcilerError as exc:
-                raise Refused(
-                    Rule.RECORDS,
-                    f"cannot read the record keys in force at {anchor.commit[:12]}, the commit "
-                    f"of the last trusted record: {exc.message.splitlines()[0]}",
-                    records.RECOVERY,
-                ) from None
-
-        return self.once.get(("trust", name), keys)
+    @property
+    def record_trust(self) -> records.RecordTrust:
+        return records.RecordTrust(
+            self.trust, self.owner.anchors, self.owner.record_cache, self.once.get
+        )
 
     def signing_key(self, name: str) -> SigningKey | None:
         """The key the new record is signed with; Refused when records must be signed and
-        it cannot be (no key, or one the keys in force or the new settings do not list)."""
+        it cannot be (no key, or one the keys in force do not list)."""
         key = self.owner.record_key
-        wanted = self.state.settings.record_keys
-        in_force = self.trust(name).keys
-        if not wanted and not in_force:
+        in_force = self.policy.record_keys
+        if not in_force:
             return key
         if key is None:
             raise Refused(
                 Rule.RECORDS,
-                f"apply records of {name} must be signed (settings.records.keys), but this "
+                f"apply records of {name} must be signed (record keys are in force), but this "
                 "reconciler has no record key",
                 "pass --record-key FILE or set RECONCILER_RECORD_KEY (reconciler keygen makes one)",
             )
-        for keys, where in ((wanted, "settings.records.keys"), (in_force, "the keys in force")):
-            if keys and key.keyid not in {key_id(k) for k in keys}:
-                raise Refused(
-                    Rule.RECORDS,
-                    f"this reconciler's record key {key.keyid} is not among {where}: its "
-                    "records would not count",
-                    "add its public key to settings.records.keys (docs/trust.md: rotation)",
-                )
+        if key.keyid not in {key_id(k) for k in in_force}:
+            raise Refused(
+                Rule.RECORDS,
+                f"this reconciler's record key {key.keyid} is not among the record keys in "
+                "force: its records would not count",
+                "add its public key to settings.records.keys in a signed commit, or to the "
+                "trust root (docs/trust.md: rotation)",
+            )
         return key
 
     # ------------------------------------------------------------------ verify
 
     def judge_history(self, gate: Gate, last: Record | None) -> None:
-        """Gate steps (1) and (2): where the commit comes from, and who signed the way."""
+        """Gate steps (1) and (2): where the commit comes from, and whether the
+        repository's judgement put it in force."""
         history = self.owner.history
         gate.history(last is None or history.descends(self.state.commit, last.commit))
-        key = ("trail", last.commit if last else None)
-        gate.commits(self.once.get(key, partial(self.commit_trail, last)))
+        gate.commits(self.judgement, self.owner.trail_of(self.judgement))
 
     def verify(self, gate: Gate, name: str) -> Receipt:
         """Gate steps (3) to (5) for every digest the environment would point at.
@@ -566,37 +650,6 @@ class _Pass:
         policies = (self.state.policies[name], self.state.catalogs[env.catalog].signers)
         named = {p.signatures_repository for p in policies if p and p.signatures_repository}
         return [source, *sorted(named - {source})]
-
-    def commit_trail(self, last: Record | None) -> CommitTrail:
-        """The facts for the commit rule, judged by the policy of the last applied commit.
-
-        That commit's settings name the allowed-signers file (by path) and its tree holds
-        the content in force; loosening or moving the rule is itself a change judged by
-        it. Every file either commit's state is built from is an input.
-        """
-        policy = self.state
-        if last is not None:
-            try:
-                policy = self.owner.state_at(last.commit)
-            except (GitSourceError, ReconcilerError) as exc:
-                raise Refused(
-                    Rule.COMMITS,
-                    f"cannot read the policy in force at {last.commit[:12]}, the last applied "
-                    f"commit: {exc.message.splitlines()[0]}",
-                    "restore that commit in the state repository, or start the environment "
-                    "afresh from a signed commit (see docs/trust.md)",
-                ) from None
-        signers = policy.settings.allowed_signers
-        prefix = self.owner.path.strip("/")
-        path = f"{prefix}/{signers}" if prefix and signers else signers
-        return trail(
-            self.owner.history,
-            last.commit if last else None,
-            self.state.commit,
-            policy.inputs | self.state.inputs,
-            path,
-            policy.settings.allowed_signers_data,
-        )
 
     def manifest(self, repository: str, digest: str) -> Manifest:
         """A manifest by digest, read once per pass (content addressed: it cannot change)."""
@@ -664,7 +717,7 @@ class _Pass:
             self.owner.record_cache,
         )
         anchored = canonical_repository(record.repository)
-        self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))
+        self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))  # applying
         return replace(record, digest=digest, signer=key.keyid if key else None)
 
     def summarise(self, name: str, plan: EnvPlan, receipt: Receipt, key: SigningKey) -> None:

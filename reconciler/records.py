@@ -15,7 +15,13 @@ Verification steps (:func:`establish`), numbered as the docs name them:
     record (rule ``records``);
 (3) with a local anchor (the last record this host trusted), the head is the anchor or
     chains back to it, each newer record verifying too: a missing head, a rewind or a
-    forged branch is refused.
+    forged branch is refused;
+(4) without one (a fresh host, a new replica, a lost volume), no record that counts
+    names the head as the one before it: a head re-tagged to an older record is a replay.
+
+The keys in force are the repository's (:class:`~reconciler.verify.inforce.PolicyInForce`),
+never a commit's that is being judged; :class:`RecordTrust` is the one place that decides
+which records count, for apply, plan, status, audit and promote alike.
 Records written before signing existed (a plain JSON layer) read as unsigned.
 """
 
@@ -25,10 +31,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reconciler.anchor import Anchors
 from reconciler.errors import Stalled, Transient
 from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
 from reconciler.registry import OCI_MANIFEST, Manifest, NotFound, Registry, sha256_digest
@@ -154,7 +161,7 @@ def read_head(
 def read_at(
     registry: Registry,
     repository: str,
-    env: str,
+    env: str | None,
     digest: str,
     cache: RecordCache | None = None,
 ) -> Record:
@@ -167,9 +174,10 @@ def read_at(
     doc = manifest.document()
     layers = doc.get("layers")
     if doc.get("artifactType") != RECORD_MEDIA_TYPE or not isinstance(layers, list) or not layers:
+        tag = record_tag(env) if env else history_tag(digest)
         raise RecordCorrupt(
-            f"{repository}@{digest} tagged {record_tag(env)} is not an apply record",
-            f"the tag {record_tag(env)} is reserved for the reconciler; {RECOVERY}",
+            f"{repository}@{digest} tagged {tag} is not an apply record",
+            f"the tag {tag} is reserved for the reconciler; {RECOVERY}",
         )
     layer = manifest.blobs()[-1]
     if layer.size > MAX_RECORD_BYTES:
@@ -192,7 +200,7 @@ def read_at(
             record = Record.from_json(json.loads(body), digest)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RecordCorrupt(f"apply record {digest} is malformed: {exc}") from None
-    if record.environment != env:
+    if env is not None and record.environment != env:
         raise RecordCorrupt(
             f"apply record {digest} under {record_tag(env)} belongs to {record.environment!r}",
             "records are per environment; someone copied a record by hand",
@@ -274,8 +282,13 @@ def establish(
                 f"restore the tag to that record, or {RECOVERY}",
             )
         return None
+    if head.digest == anchor:
+        try:
+            return verify(head, trust)
+        except Refused:  # verified when anchored; the keys rotated since (docs/trust.md)
+            return head
     head = verify(head, trust)
-    if anchor is None or head.digest == anchor:
+    if anchor is None:
         return head
     current = head
     for _ in range(limit):
@@ -337,5 +350,87 @@ def write(
     return digest
 
 
-def signers_of(chain: Sequence[Record]) -> list[str]:
-    return sorted({r.signer for r in chain if r.signer})
+class RecordTrust:
+    """The one place that decides which records count (steps 1 to 4 above).
+
+    ``trust``: the record keys of the policy in force; ``anchors``: this host's local
+    anchors (read here, written only by the applying pass); ``once``: shares the
+    replay scan of a repository between the environments of one pass.
+    """
+
+    def __init__(
+        self,
+        trust: Trust,
+        anchors: Anchors,
+        cache: RecordCache | None = None,
+        once: Callable[[object, Callable[[], Successors]], Successors] | None = None,
+    ) -> None:
+        self.trust, self.anchors, self.cache = trust, anchors, cache
+        self.once = once or (lambda _key, compute: compute())
+
+    def head(
+        self,
+        registry: Registry,
+        repository: str,
+        env: str,
+        present: frozenset[str] | None,
+        anchored: str,
+    ) -> Record | None:
+        """The trusted head of ``env`` in ``repository`` (``present``: its tags;
+        ``anchored``: the repository as the anchors name it).
+
+        Raises:
+            Refused: (rule records) the head does not count, or is a rewind or a replay.
+        """
+        stored = (
+            read_head(registry, repository, env, self.cache)
+            if present is None or record_tag(env) in present
+            else None
+        )
+        try:
+            anchor = self.anchors.get(anchored, env)
+        except OSError as exc:
+            raise Refused(Rule.RECORDS, str(exc), f"repair or remove it; {RECOVERY}") from None
+        head = establish(
+            registry,
+            repository,
+            env,
+            stored,
+            anchor.digest if anchor else None,
+            self.trust,
+            cache=self.cache,
+        )
+        if head is not None and anchor is None and self.trust.signed:
+            key = ("successors", registry.name, repository)
+            tags = present if present is not None else frozenset(registry.list_tags(repository))
+            later = self.once(key, lambda: self.successors(registry, repository, tags))
+            newer = sorted(d for e, d in later.get(head.digest, ()) if e == env)
+            if newer:
+                raise Refused(
+                    Rule.RECORDS,
+                    f"the apply record {record_tag(env)} of {env} is {head.digest}, but the "
+                    f"signed record {newer[0]} chains past it: the head was moved back "
+                    "(a replay)",
+                    f"restore {record_tag(env)} to the newest record, or {RECOVERY}",
+                )
+        return head
+
+    def successors(
+        self, registry: Registry, repository: str, present: frozenset[str]
+    ) -> Successors:
+        """previous digest -> (environment, digest) of every record that counts, read
+        from the history tags (each record keeps one): who chains past whom."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        prefix = history_tag("sha256:")
+        for tag in sorted(t for t in present if t.startswith(prefix)):
+            digest = "sha256:" + tag.removeprefix(prefix)
+            try:
+                record = verify(read_at(registry, repository, None, digest, self.cache), self.trust)
+            except (Refused, RecordCorrupt, NotFound):
+                continue  # not a record that counts: it vouches for nothing
+            if record.previous:
+                found.setdefault(record.previous, []).append((record.environment, digest))
+        return {k: tuple(v) for k, v in found.items()}
+
+
+Successors = dict[str, tuple[tuple[str, str], ...]]

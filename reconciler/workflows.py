@@ -34,6 +34,7 @@ from reconciler.model import Catalog, DesiredState, ItemRef, Record, Release, fr
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import Registry, canonical_repository, parse_reference
 from reconciler.verify import Refused
+from reconciler.verify.inforce import PolicyInForce
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Workflows:
             )
         if not items:
             raise WorkflowRefused(f"release {release} names no item", "pass ITEM=TAG …")
-        registries = self.reconciler.registries(state)
+        registries = self.reconciler.registries(self.reconciler.in_force(state))
         try:
             new = [releases.resolve_item(registries, found, i, ref) for i, ref in items.items()]
             verified = releases.verify_items(registries, found, release, new)
@@ -525,13 +526,14 @@ def audit(
         raise WorkflowRefused(f"unknown environment(s): {', '.join(unknown)}")
     history = flows.history
     head = str(flows.source.resolve(reconciler.ref).id)
-    registries = reconciler.registries(state)
+    policy = reconciler.in_force(state)
+    registries = reconciler.registries(policy)
     timelines: dict[str, list[AuditEntry]] = {}
     anomalies_of: dict[str, list[AuditEntry]] = {}
     for name in names:
         path = state.environments[name].file
         target = parse_reference(state.target_of(name))
-        chain, anomalies = _records(registries.get(target), target.repository, name, state)
+        chain, anomalies = _records(registries.get(target), target.repository, name, policy)
         anchor = reconciler.anchors.get(canonical_repository(state.target_of(name)), name)
         if anchor is not None and all(r.digest != anchor.digest for r in chain):
             why = (
@@ -587,11 +589,12 @@ def audit(
 
 
 def _records(
-    registry: Registry, repository: str, env: str, state: DesiredState
+    registry: Registry, repository: str, env: str, policy: PolicyInForce
 ) -> tuple[list[Record], list[AuditEntry]]:
-    """The records of ``env`` that count (signed by settings.records.keys, when set), and
-    entries for those that do not: untrusted (forged, unsigned) records and gaps."""
-    trust = records.Trust(state.settings.record_keys)
+    """The records of ``env`` that count (signed by the record keys in force, when there
+    are any), and entries for those that do not: untrusted (forged, unsigned) records
+    and gaps."""
+    trust = records.Trust(policy.record_keys)
     anomalies: list[AuditEntry] = []
 
     def anomaly(commit: str, when: str, status: str, why: str, digest: str | None) -> None:

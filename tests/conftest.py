@@ -51,6 +51,14 @@ def _record_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECONCILER_RECORD_KEY", str(session_key()[0]))
 
 
+@pytest.fixture(autouse=True)
+def _first_contact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts trust the state repository on first use unless a test gives a trust root
+    (tests of the trust root take this away: ``monkeypatch.delenv``)."""
+    monkeypatch.delenv("RECONCILER_TRUST_ROOT", raising=False)
+    monkeypatch.setenv("RECONCILER_TRUST_ON_FIRST_USE", "1")
+
+
 @pytest.fixture(scope="session")
 def cue_bin() -> str:
     """The real cue executable; a missing one fails with the fix, never skips."""

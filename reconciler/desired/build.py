@@ -37,6 +37,7 @@ from reconciler.model import (
     Settings,
     expand_tag,
     frozen_map,
+    matches_paths,
     record_tag,
 )
 from reconciler.registry.errors import InvalidReference
@@ -101,12 +102,20 @@ class Builder:
                 policies[env.name] = policy
         self._check_requires(envs)
         self._check_unique_targets(tags)
+        for path in sorted(self.snap.inputs()):
+            if matches_paths(path, settings.unsigned_paths):
+                self.problem(
+                    ("settings", "git", "unsignedPaths"),
+                    f"{path} is read by the desired state, but matches an unsigned path, "
+                    "which any commit may change without a signature",
+                    f"move {path} out of the unsigned paths, or narrow the pattern",
+                )
         if self.problems:
             raise InvalidState(self.problems)
         return DesiredState(
             commit=self.snap.commit,
             tree=self.snap.tree_id,
-            settings=settings,
+            proposed_settings=settings,
             catalogs=MappingProxyType(catalogs),
             environments=MappingProxyType(envs),
             tags=MappingProxyType(tags),
@@ -142,6 +151,7 @@ class Builder:
             record_keys=record_keys,
             records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
             notify=self._notify(raw.get("notify") or []),
+            unsigned_paths=tuple((raw.get("git") or {}).get("unsignedPaths") or ()),
         )
 
     def _registry(self, host: str, r: dict[str, Any]) -> RegistrySettings:

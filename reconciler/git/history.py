@@ -157,6 +157,46 @@ class History:
             ) from None
         return found
 
+    def changed_files(self, rev: str) -> dict[str, tuple[Entry | None, ...]]:
+        """Every file ``rev`` changes, whatever it is, with its entries in the parents.
+
+        Unlike :meth:`changes`, a merge is compared with its *first* parent only: a path
+        that equals the side branch's is still a change to the branch the merge lands
+        on (an old commit merged in can bring back old files). A root commit changes
+        every file it has.
+        """
+        commit = self._commit(rev)
+        try:
+            parents = list(commit.parents)
+            base = parents[0].tree if parents else None
+            diff = (
+                base.diff_to_tree(commit.tree)
+                if base is not None
+                else commit.tree.diff_to_tree(swap=True)
+            )
+            paths = {d.new_file.path for d in diff.deltas} | {d.old_file.path for d in diff.deltas}
+            return {path: tuple(_entry(p.tree, path) for p in parents) for path in sorted(paths)}
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise GitSourceError(
+                f"cannot read {_label(commit)} or its parents: {exc}",
+                "the state repository is incomplete or corrupt; re-clone it",
+            ) from None
+
+    def clean_merge(self, rev: str) -> bool:
+        """``rev`` is a merge of two parents whose tree is exactly what a clean three-way
+        merge of them gives: it adds nothing that no parent's author wrote."""
+        commit = self._commit(rev)
+        if len(commit.parents) != 2:
+            return False
+        try:
+            ours, theirs = commit.parent_ids
+            merged = self.repo.merge_commits(ours, theirs)
+            if merged.conflicts is not None:
+                return False
+            return bool(merged.write_tree(self.repo) == commit.tree_id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
     def touching(self, commits: Sequence[str], paths: Sequence[str]) -> list[str]:
         """Those of ``commits`` that change any of ``paths`` (see :meth:`changes`)."""
         return [c for c in commits if self.changes(c, paths)]

@@ -7,10 +7,9 @@ SSH signature (the ``gpgsig`` header git writes with ``gpg.format=ssh``) in name
 ``git verify-commit`` runs, so what a person verifies locally is what the reconciler
 verifies.
 
-This module gathers the facts (:func:`trail`: which commits change which inputs, and
-who signed them); the gate (:mod:`reconciler.verify.gate`) judges them. Which
-allowed-signers file is in force is the caller's decision, and it matters: the one of
-the last *applied* commit, by path and content, never the one of the change judged.
+This module answers one question, who signed a commit; the policy in force
+(:mod:`reconciler.verify.inforce`) decides which commits must be signed and by whom:
+the signers of the last *judged* commit, never those of the change judged.
 
 Fail closed: an unsigned commit, a GPG or X.509 signature, a bad signature, a key not in
 the file (or not allowed in namespace ``git``), a commit that cannot be read, a missing
@@ -24,12 +23,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.errors import GitSourceError
-from reconciler.git.history import Commit, Entry, History, clean_path
+from reconciler.git.history import History
 from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)
@@ -55,70 +52,6 @@ _INSTALL_HINT = (
     "install OpenSSH's ssh-keygen 8.2 or newer (Debian/Ubuntu: apt-get install "
     "openssh-client) and make it available on PATH"
 )
-
-
-@dataclass(frozen=True)
-class CommitFact:
-    """One commit since the last applied one, as the gate needs to judge it."""
-
-    commit: Commit
-    # The input files it changes, each with its entries in the parents (empty: none).
-    changes: Mapping[str, tuple[Entry | None, ...]] = field(default_factory=dict)
-    # Its tree at every input path, to tell whether it undoes an earlier commit.
-    entries: Mapping[str, Entry | None] = field(default_factory=dict)
-    signer: str | None = None  # the principal the policy in force accepts
-    problem: str = ""  # why there is no signer (unsigned, unknown key, ...)
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class CommitTrail:
-    """The commits between the last applied one and the one judged, and the policy in force."""
-
-    signers_path: str | None  # the allowed-signers file in force; None: no rule in force
-    policy_commit: str | None  # the commit the policy comes from (the last applied one)
-    first_apply: bool
-    commits: tuple[CommitFact, ...] = ()  # newest first (topological)
-
-
-def trail(
-    history: History,
-    last: str | None,
-    new: str,
-    inputs: Iterable[str],
-    signers_path: str | None,
-    signers: bytes | None,
-) -> CommitTrail:
-    """The facts for the commit rule: every commit in ``last..new``, what input files each
-    changes, and whose signature ``signers`` (the file in force) accepts on it.
-
-    Raises:
-        Refused: the history cannot be read.
-    """
-    if signers_path is None or signers is None:
-        return CommitTrail(None, last, last is None)
-    paths = sorted({clean_path(p) for p in inputs})
-    try:
-        ids = history.between(last, new)
-        facts = []
-        for i, commit_id in enumerate(ids):
-            commit = history.commit(commit_id)
-            changes = history.changes(commit_id, paths)
-            entries = {p: history.entry(commit_id, p) for p in paths}
-            fact = CommitFact(commit, changes, entries)
-            if changes or (last is None and i == 0):
-                try:
-                    fact = CommitFact(
-                        commit, changes, entries, verify_commit(history, commit_id, signers)
-                    )
-                except Refused as exc:
-                    fact = CommitFact(commit, changes, entries, None, exc.reason, exc.hint)
-            facts.append(fact)
-            if last is None:
-                break  # a first apply judges the newest commit only
-    except GitSourceError as exc:
-        raise Refused(RULE, exc.message, exc.hint) from None
-    return CommitTrail(signers_path, last, last is None, tuple(facts))
 
 
 def verify_commit(

@@ -2,8 +2,9 @@
 
 (0) records: an environment that relies on records (requires, prune) has signed ones.
 (1) history: the commit descends from the last applied one (no force-push back in time).
-(2) commits: with signed commits in force, every change since the last applied commit
-    is signed by the policy of that commit, or undone by a later signed commit.
+(2) commits: the repository's judgement put this commit in force (every commit since
+    the last judged one signed under the policy in force, a clean merge, or undone:
+    :mod:`reconciler.verify.inforce`).
 (3) hazards: the release has none, or the environment accepts them (with an OpenVEX
     attestation rule in force, judged at (5) together with the VEX statements).
 (4) requires: each required environment ran exactly the digests this one would apply.
@@ -25,8 +26,8 @@ from typing import Any
 
 from reconciler.model import DesiredState, Policy, Record
 from reconciler.verify.attestations import VexStatement, is_openvex, judge_vex, latest
-from reconciler.verify.commits import CommitFact, CommitTrail
 from reconciler.verify.errors import Refused, Rule, Waiting
+from reconciler.verify.inforce import Judgement
 from reconciler.verify.signatures import Evidence, Match, judge
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
@@ -94,6 +95,7 @@ class Receipt:
     commit: str
     descends_from: str | None  # the last applied commit (None: first apply)
     commits: tuple[tuple[str, str], ...] = ()  # (commit, "signed by P" / "undone by C")
+    trust: str = ""  # where trust started: "trust root FILE", "trust on first use" (loud)
     hazards: Mapping[str, str] = field(default_factory=dict)  # accepted with allowHazards
     requires: tuple[tuple[str, str], ...] = ()  # (environment, digest of its record)
     artifacts: tuple[ArtifactReceipt, ...] = ()
@@ -116,6 +118,7 @@ class Receipt:
             "commit": self.commit,
             "descendsFrom": self.descends_from,
             "commits": [{"commit": c, "how": how} for c, how in self.commits],
+            "trust": self.trust,
             "hazards": dict(sorted(self.hazards.items())),
             "requires": [{"environment": e, "record": d} for e, d in self.requires],
             "artifacts": [a.to_json() for a in self.artifacts],
@@ -130,6 +133,7 @@ class Gate:
         self.env = state.environments[env]
         self._step = Step.NEW
         self._commits: tuple[tuple[str, str], ...] = ()
+        self._trust = ""
         self._hazards: Mapping[str, str] = {}
         self._requires: list[tuple[str, str]] = []
         self._artifacts: tuple[ArtifactReceipt, ...] = ()
@@ -140,8 +144,9 @@ class Gate:
 
     # (0) ----------------------------------------------------------------- records
 
-    def records(self, signed: bool) -> None:
-        """``signed``: records count only when signed by a key in force.
+    def records(self, signed: bool, insecure_unsigned: bool = False) -> None:
+        """``signed``: records count only when signed by a key in force;
+        ``insecure_unsigned``: the policy in force accepts unsigned records knowingly.
 
         ``requires`` and ``prune`` act on what other records say; unsigned, anyone with
         push to the registry could say it.
@@ -151,7 +156,7 @@ class Gate:
         """
         self._enter(Step.RECORDS)
         uses = [w for w, on in (("requires", self.env.requires), ("prune", self.env.prune)) if on]
-        if uses and not signed and not self.state.settings.records_insecure_unsigned:
+        if uses and not signed and not insecure_unsigned:
             raise Refused(
                 Rule.RECORDS,
                 f"{self.name} uses {' and '.join(uses)}, which trusts apply records, but no "
@@ -183,15 +188,23 @@ class Gate:
 
     # (2) ----------------------------------------------------------------- commits
 
-    def commits(self, trail: CommitTrail) -> None:
-        """Judge the commits since the last applied one by the policy in force then.
+    def commits(self, judgement: Judgement, trail: tuple[tuple[str, str], ...] = ()) -> None:
+        """``judgement``: the repository's verdict on its newest commit; ``trail``: how
+        the commit in force was judged (for the receipt).
 
         Raises:
-            Refused: a commit changing an input is neither signed by an allowed signer
-                nor undone by a later signed commit.
+            Refused: this commit is not the one in force.
         """
         self._enter(Step.COMMITS)
-        self._commits = judge_commits(trail)
+        if judgement.policy.commit != self.state.commit:
+            raise judgement.refusal or Refused(
+                Rule.COMMITS, f"commit {self.state.commit[:12]} is not in force"
+            )
+        self._commits = trail
+        root = judgement.policy.root
+        self._trust = judgement.first_contact or (
+            "trust on first use" if root.first_use else f"trust root {root.origin}"
+        )
         self._step = Step.COMMITS
 
     # (3) ----------------------------------------------------------------- hazards
@@ -350,73 +363,8 @@ class Gate:
             commit=self.state.commit,
             descends_from=self.last.commit if self.last else None,
             commits=self._commits,
+            trust=self._trust,
             hazards=self._hazards,
             requires=tuple(self._requires),
             artifacts=self._artifacts,
         )
-
-
-def judge_commits(trail: CommitTrail) -> tuple[tuple[str, str], ...]:
-    """(commit, how it passed) for each commit that changes an input; Refused otherwise.
-
-    An unsigned commit is excused only by a later signed commit that descends from it
-    and whose tree holds, at every path it changed, what its parents held: undone by
-    content, whatever the messages say. The newest offending commit is named.
-    """
-    if trail.signers_path is None:
-        return ()
-    if trail.first_apply:
-        if not trail.commits:
-            raise Refused(Rule.COMMITS, "there is no commit to judge")
-        newest = trail.commits[0]
-        if newest.signer is None:
-            raise Refused(
-                Rule.COMMITS,
-                f"{newest.problem} (a first apply trusts the history up to the newest "
-                "commit only if that commit is signed)",
-                newest.hint,
-            )
-        return ((newest.commit.id, f"signed by {newest.signer}"),)
-    ancestors = _ancestors(trail.commits)
-    judged: list[tuple[str, str]] = []
-    for fact in trail.commits:
-        if not fact.changes:
-            continue
-        if fact.signer is not None:
-            judged.append((fact.commit.id, f"signed by {fact.signer}"))
-            continue
-        undo = next((s for s in trail.commits if _undoes(s, fact, ancestors)), None)
-        if undo is not None:
-            judged.append((fact.commit.id, f"undone by {undo.commit.short}"))
-            continue
-        changed = ", ".join(sorted(fact.changes)[:5]) + (", …" if len(fact.changes) > 5 else "")
-        since = f" as of commit {trail.policy_commit[:12]}" if trail.policy_commit else ""
-        raise Refused(
-            Rule.COMMITS,
-            f"{fact.problem} (it changes {changed}; the policy in force is "
-            f"{trail.signers_path}{since})",
-            (fact.hint + "; or " if fact.hint else "")
-            + "undo it with a signed commit that restores those files (reconciler rollback, "
-            "git revert -S)",
-        )
-    return tuple(judged)
-
-
-def _ancestors(commits: Sequence[CommitFact]) -> dict[str, set[str]]:
-    """Each commit's ancestors among ``commits`` (newest first, so walk them reversed)."""
-    known: dict[str, set[str]] = {}
-    for fact in reversed(commits):
-        mine: set[str] = set()
-        for parent in fact.commit.parents:
-            if parent in known:
-                mine |= {parent} | known[parent]
-        known[fact.commit.id] = mine
-    return known
-
-
-def _undoes(later: CommitFact, earlier: CommitFact, ancestors: Mapping[str, set[str]]) -> bool:
-    return (
-        later.signer is not None
-        and earlier.commit.id in ancestors.get(later.commit.id, set())
-        and all(later.entries.get(p) in before for p, before in earlier.changes.items())
-    )

@@ -80,7 +80,7 @@ def test_ca_file_is_read_from_the_tree_and_every_field_reaches_the_registry_laye
     repo.commit({**state_files(HOST, "a/b", "sha256:" + "a" * 64, settings), "keys/ca.pem": pem})
     state = load(repo, tmp_path)
     assert "keys/ca.pem" in state.inputs  # the commit-signature rule guards it
-    registry = state.settings.registries[HOST]
+    registry = state.proposed_settings.registries[HOST]
     assert registry.ca_data == pem.encode()
     host = registry_settings(state).for_host(HOST)
     assert host.ca_pem == pem.encode() and host.ca_file is None

@@ -79,7 +79,7 @@ def test_the_builder_models_the_fields() -> None:
     assert found.location("web", "r.example/acme/shop") == ("r.example/acme/shop", "web-")
     assert found.location("api", "r.example/acme/shop") == ("r.example/a/api", "rel-")
     assert state.environments["dev"].follow == "latest"
-    assert state.settings.notify == (
+    assert state.proposed_settings.notify == (
         NotifyTarget("https://hooks.example/x", ("applied",), "generic", "S"),
         NotifyTarget(None, NOTIFY_EVENTS, "slack", None, "SLACK_URL"),
     )

@@ -19,6 +19,7 @@ from reconciler.git import GitSource
 from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries
 from reconciler.signing import signing_key_from
+from reconciler.verify.root import trust_root_from
 from tests.support import recordkeys
 from tests.support.registry_servers import Built, build_image, build_index, push
 from tests.support.staterepo import StateRepo
@@ -70,11 +71,13 @@ class World:
             Loader(self.cache),
             registries=registries,
             record_key=signing_key_from(None),
+            trust_root=trust_root_from(None),
         )
 
     def cli(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
         code = main([*args, "--repo", str(self.repo.path), "--json"])
-        out = capsys.readouterr().out
+        out, err = capsys.readouterr()
+        assert out, f"`reconciler {' '.join(args)}` printed no JSON (exit {code}): {err}"
         return code, json.loads(out)
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from reconciler.git import history as git_history
 from reconciler.git.history import History
-from reconciler.verify.commits import trail
 from reconciler.verify.commits import verify_commit as verify_with_history
 from reconciler.verify.errors import Refused
-from reconciler.verify.gate import judge_commits
+from reconciler.verify.inforce import Judge
+from reconciler.verify.root import TrustRoot
 from tests.support.sshsign import (
     SshKey,
     commit_content,
@@ -63,11 +63,24 @@ def verify_commit(
 
 
 def check_commits(
-    repo: pygit2.Repository, old: str | None, new: str, paths: list[str], allowed: bytes
+    repo: pygit2.Repository,
+    old: str | None,
+    new: str,
+    allowed: bytes,
+    unsigned: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """The commit rule as the gate applies it: {commit: principal} of the signed changes."""
-    judged = judge_commits(trail(History(repo), old, new, paths, "allowed_signers", allowed))
+    """The commit rule as the policy in force applies it to one step of a trail:
+    {commit: principal} of the signed commits. ``old`` None: first contact, where the
+    newest commit alone must be signed."""
+    if old is None:
+        return {new: verify_commit(repo, new, allowed)}
+    judge = Judge(History(repo), TrustRoot("test"), load=_no_states)
+    judged = judge.trail(old, new, allowed, unsigned)
     return {c: how.removeprefix("signed by ") for c, how in judged if how.startswith("signed by")}
+
+
+def _no_states(commit: str) -> object:
+    raise AssertionError("a trail is judged from git alone")
 
 
 def touching(repo: pygit2.Repository, commits: list[str], paths: list[str]) -> list[str]:
@@ -96,7 +109,7 @@ def test_commit_signed_by_allowed_signer_passes_and_names_the_principal(
     tip = commit_ssh_signed(repo, alice, {DEV: "release: v1"}, "dev: v1")
 
     assert verify_commit(repo, tip, allowed) == "alice@example.org"
-    assert check_commits(repo, None, tip, ENVS, allowed) == {tip: "alice@example.org"}
+    assert check_commits(repo, None, tip, allowed) == {tip: "alice@example.org"}
 
 
 def test_unsigned_commit_is_refused_naming_commit_subject_and_rule(
@@ -105,7 +118,7 @@ def test_unsigned_commit_is_refused_naming_commit_subject_and_rule(
     tip = commit_unsigned(repo, {DEV: "release: v1"}, "dev: v1\n\nbody text")
 
     with pytest.raises(Refused) as excinfo:
-        check_commits(repo, None, tip, ENVS, allowed)
+        check_commits(repo, None, tip, allowed)
 
     text = refusal(excinfo, tip, "dev: v1")
     assert "is not signed" in text
@@ -213,40 +226,41 @@ def test_commit_that_cannot_be_read_is_refused(repo: pygit2.Repository, allowed:
     assert "0123456789 cannot be read" in excinfo.value.message
 
     with pytest.raises(Refused):
-        check_commits(repo, None, missing, ENVS, allowed)
+        check_commits(repo, None, missing, allowed)
 
 
 def test_allowed_signers_without_signers_is_refused(repo: pygit2.Repository, alice: SshKey) -> None:
     tip = commit_ssh_signed(repo, alice, {DEV: "release: v1"}, "dev: v1")
 
     with pytest.raises(Refused, match="lists no signers"):
-        check_commits(repo, None, tip, ENVS, b"# nobody yet\n\n")
+        check_commits(repo, None, tip, b"# nobody yet\n\n")
 
 
 # --- which commits are checked ------------------------------------------------------
 
 
-def test_commit_not_touching_the_paths_is_not_checked_even_if_unsigned(
+def test_unsigned_commit_is_refused_whatever_it_touches_unless_declared_unsigned(
     repo: pygit2.Repository, alice: SshKey, allowed: bytes
 ) -> None:
     base = commit_ssh_signed(repo, alice, {DEV: "release: v1"}, "dev: v1")
     docs = commit_unsigned(repo, {"README.md": "hello"}, "docs")
 
-    assert check_commits(repo, base, docs, ENVS, allowed) == {}
-    with pytest.raises(Refused, match="first apply"):  # a first apply needs the tip signed
-        check_commits(repo, None, docs, ENVS, allowed)
+    with pytest.raises(Refused) as excinfo:
+        check_commits(repo, base, docs, allowed)
+    refusal(excinfo, docs, "docs")
+    assert check_commits(repo, base, docs, allowed, unsigned=("README.md",)) == {}
+    assert check_commits(repo, base, docs, allowed, unsigned=("*.md",)) == {}
+    with pytest.raises(Refused):  # a pattern that misses the file excuses nothing
+        check_commits(repo, base, docs, allowed, unsigned=("docs/**",))
 
 
-def test_only_commits_after_the_applied_one_are_checked(
+def test_only_commits_after_the_judged_one_are_checked(
     repo: pygit2.Repository, alice: SshKey, allowed: bytes
 ) -> None:
     applied = commit_unsigned(repo, {DEV: "release: v1"}, "before signing was required")
     tip = commit_ssh_signed(repo, alice, {DEV: "release: v2"}, "dev: v2")
 
-    assert check_commits(repo, applied, tip, ENVS, allowed) == {tip: "alice@example.org"}
-    assert check_commits(repo, None, tip, ENVS, allowed) == {tip: "alice@example.org"}
-    with pytest.raises(Refused, match="first apply"):
-        check_commits(repo, None, applied, ENVS, allowed)
+    assert check_commits(repo, applied, tip, allowed) == {tip: "alice@example.org"}
 
 
 def test_newest_offending_commit_is_named(
@@ -258,7 +272,7 @@ def test_newest_offending_commit_is_named(
     tip = commit_unsigned(repo, {"environments/prod.cue": "release: v1"}, "prod: v1")
 
     with pytest.raises(Refused) as excinfo:
-        check_commits(repo, base, tip, ENVS, allowed)
+        check_commits(repo, base, tip, allowed)
     refusal(excinfo, tip, "prod: v1")
 
 
@@ -272,7 +286,10 @@ def test_unsigned_merge_of_signed_changes_passes(
     merge = commit_unsigned(repo, {DEV: "release: v2"}, "Merge dev: v2", parents=[docs, feature])
 
     assert touching(repo, [merge], ENVS) == []
-    assert check_commits(repo, base, merge, ENVS, allowed) == {feature: "alice@example.org"}
+    # The docs commit is unsigned: excused only where the policy declares README unsigned.
+    assert check_commits(repo, base, merge, allowed, ("README.md",)) == {
+        feature: "alice@example.org"
+    }
 
 
 def test_merge_that_changes_environments_itself_must_be_signed(
@@ -286,11 +303,11 @@ def test_merge_that_changes_environments_itself_must_be_signed(
 
     assert touching(repo, [merge], ENVS) == [merge]
     with pytest.raises(Refused) as excinfo:
-        check_commits(repo, base, merge, ENVS, allowed)
+        check_commits(repo, base, merge, allowed)
     refusal(excinfo, merge, "Merge evil")
 
     signed = commit_ssh_signed(repo, alice, {DEV: "release: v9"}, "Merge", parents=[other, feature])
-    assert check_commits(repo, base, signed, ENVS, allowed) == {
+    assert check_commits(repo, base, signed, allowed) == {
         signed: "alice@example.org",
         other: "alice@example.org",
         feature: "alice@example.org",
@@ -306,7 +323,7 @@ def test_merge_bringing_an_unsigned_change_is_refused_naming_that_change(
     merge = commit_ssh_signed(repo, alice, {DEV: "release: v2"}, "Merge", parents=[docs, sneaky])
 
     with pytest.raises(Refused) as excinfo:
-        check_commits(repo, base, merge, ENVS, allowed)
+        check_commits(repo, base, merge, allowed)
     refusal(excinfo, sneaky, "dev: v2 unsigned")
 
 
@@ -352,4 +369,4 @@ def test_unknown_applied_commit_is_refused(repo: pygit2.Repository) -> None:
     tip = commit_unsigned(repo, {DEV: "v1"}, "v1")
 
     with pytest.raises(Refused, match="cannot be read"):
-        check_commits(repo, "f" * 40, tip, ENVS, b"alice ssh-ed25519 AAAA\n")
+        check_commits(repo, "f" * 40, tip, b"alice ssh-ed25519 AAAA\n")

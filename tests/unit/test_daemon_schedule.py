@@ -24,6 +24,8 @@ from reconciler.model import (
 )
 from reconciler.reconcile import EnvOutcome, Mode, PassResult, Status
 from reconciler.registry import RequestStats
+from reconciler.verify.inforce import Judgement, PolicyInForce
+from tests.support.judged import in_force
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 NAMES = ("a", "b", "c", "d")
@@ -38,7 +40,7 @@ def state(digest: str = D1, commit: str = "c" * 40) -> DesiredState:
     return DesiredState(
         commit=commit,
         tree="t" * 40,
-        settings=Settings(),
+        proposed_settings=Settings(),
         catalogs=MappingProxyType({"shop": Catalog("shop", "reg.example/team/app", (release,))}),
         environments=MappingProxyType(envs),
         tags=MappingProxyType(tags),
@@ -58,7 +60,7 @@ class FakeReconciler:
         self.passes: list[tuple[list[str], dict[str, Collection[str]]]] = []
         self.stats = RequestStats()
 
-    def registries(self, _: DesiredState) -> Any:
+    def registries(self, _: PolicyInForce) -> Any:
         return self
 
     def run(
@@ -67,6 +69,7 @@ class FakeReconciler:
         envs: Sequence[str] | None,
         state: DesiredState,
         only_tags: Mapping[str, Collection[str]] | None = None,
+        judgement: Judgement | None = None,
     ) -> PassResult:
         names = sorted(envs) if envs is not None else sorted(state.environments)
         self.passes.append((names, dict(only_tags or {})))
@@ -81,6 +84,12 @@ class Clock:
         return self.now
 
 
+def poll(d: Daemon, judged: DesiredState, now: float) -> str:
+    """One poll of a daemon whose newest commit was judged and is in force."""
+    d._candidate, d._judgement = judged, in_force(judged)
+    return d._environments(judged, now)
+
+
 def daemon() -> tuple[Daemon, FakeReconciler, Clock]:
     fake, clock = FakeReconciler(), Clock()
     d = Daemon(fake, BackoffPolicy(), clock=clock, drift_interval=400.0)  # type: ignore[arg-type]
@@ -89,41 +98,41 @@ def daemon() -> tuple[Daemon, FakeReconciler, Clock]:
 
 def test_first_pass_runs_everything_then_an_unchanged_commit_runs_nothing() -> None:
     d, fake, clock = daemon()
-    assert d._environments(state(), clock()) == "ok"
+    assert poll(d, state(), clock()) == "ok"
     assert fake.passes == [(list(NAMES), {})]
     clock.now += 60
-    assert d._environments(state(), clock()) == "idle"
+    assert poll(d, state(), clock()) == "idle"
     assert len(fake.passes) == 1
 
 
 def test_drift_scans_take_turns_spread_over_the_interval() -> None:
     d, fake, clock = daemon()
-    d._environments(state(), clock())
+    poll(d, state(), clock())
     fake.passes.clear()
     scanned: list[list[str]] = []
     for _ in range(8):  # two intervals of 400 s in steps of 100 s
         clock.now += 100
         before = len(fake.passes)
-        d._environments(state(), clock())
+        poll(d, state(), clock())
         scanned.append([n for names, _ in fake.passes[before:] for n in names])
     assert scanned == [["a"], ["b"], ["c"], ["d"], ["a"], ["b"], ["c"], ["d"]]
 
 
 def test_a_new_commit_replans_only_what_changed() -> None:
     d, fake, clock = daemon()
-    d._environments(state(), clock())
+    poll(d, state(), clock())
     clock.now += 1
     changed = state(commit="e" * 40)
     tags = dict(changed.tags)
     tags["b"] = (replace(tags["b"][0], digest=D2),)
-    d._environments(replace(changed, tags=MappingProxyType(tags)), clock())
+    poll(d, replace(changed, tags=MappingProxyType(tags)), clock())
     assert fake.passes[-1] == (["b"], {})
 
 
 def test_an_event_checks_only_the_tags_it_names() -> None:
     d, fake, clock = daemon()
-    d._environments(state(), clock())
+    poll(d, state(), clock())
     d.events.offer([Event("push", "team/app", "c-web", D2), Event("pull", "team/app", "a-web", D1)])
     clock.now += 1
-    d._environments(state(), clock())
+    poll(d, state(), clock())
     assert fake.passes[-1] == (["c"], {"c": frozenset({"c-web"})})

@@ -130,7 +130,7 @@ def test_key_files_are_read_through_the_reader_so_they_are_inputs() -> None:
     reader = Reader({"keys/a.pub": pem, "signers": b"x"})
     state = build(doc, reader)
     assert {"keys/a.pub", "signers"} <= state.inputs
-    assert state.settings.allowed_signers_data == b"x"
+    assert state.proposed_settings.allowed_signers_data == b"x"
 
 
 def test_an_object_cue_gives_no_position_for_is_refused() -> None:

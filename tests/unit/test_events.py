@@ -24,7 +24,7 @@ def state() -> DesiredState:
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,
-        settings=Settings(),
+        proposed_settings=Settings(),
         catalogs=MappingProxyType({}),
         environments=MappingProxyType({}),
         tags=MappingProxyType(tags),

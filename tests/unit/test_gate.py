@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from reconciler.git.history import Commit, Entry
+from reconciler.git.history import Entry
 from reconciler.model import (
     Catalog,
     DesiredState,
@@ -26,10 +27,11 @@ from reconciler.model import (
     frozen_map,
 )
 from reconciler.verify import Gate, Refused, Rule, Waiting
-from reconciler.verify.commits import CommitFact, CommitTrail
 from reconciler.verify.errors import Disposition, disposition
-from reconciler.verify.gate import judge_commits
+from reconciler.verify.inforce import CommitFacts, Judgement, PolicyInForce, judge_trail
+from reconciler.verify.root import TrustRoot
 from reconciler.verify.signatures import Evidence
+from tests.support.judged import in_force
 
 OLD, NEW = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 SKIP = Policy(insecure_skip_signatures=True)
@@ -88,7 +90,7 @@ def state(
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,
-        settings=Settings(),
+        proposed_settings=Settings(),
         catalogs=MappingProxyType({"shop": catalog}),
         environments=MappingProxyType(envs),
         tags=MappingProxyType(tags),
@@ -113,13 +115,10 @@ def record(env: str, digest: str, release: str = "v1.2", commit: str = "b" * 40)
     )
 
 
-NO_RULE = CommitTrail(None, None, False)
-
-
 def through_requires(gate: Gate, ran: dict[str, list[Record]]) -> None:
     gate.records(True)
     gate.history(True)
-    gate.commits(NO_RULE)
+    gate.commits(in_force(gate.state))
     gate.hazards()
     gate.requires(lambda name: iter(ran.get(name, [])))
 
@@ -155,14 +154,14 @@ def test_hazards_are_refused_unless_the_environment_allows_them() -> None:
     gate = Gate(state(hazards={"CVE-1": "bad"}), "prod", None)
     gate.records(True)
     gate.history(True)
-    gate.commits(NO_RULE)
+    gate.commits(in_force(gate.state))
     with pytest.raises(Refused) as exc:
         gate.hazards()
     assert exc.value.rule is Rule.HAZARDS and "environments/prod.cue" in exc.value.hint
     allowed = Gate(state(hazards={"CVE-1": "bad"}, allow_hazards=True), "prod", None)
     allowed.records(True)
     allowed.history(True)
-    allowed.commits(NO_RULE)
+    allowed.commits(in_force(allowed.state))
     allowed.hazards()
 
 
@@ -204,7 +203,7 @@ def test_requires_reads_the_chain_only_when_the_head_does_not_satisfy() -> None:
     gate = Gate(state(NEW), "prod", None)
     gate.records(True)
     gate.history(True)
-    gate.commits(NO_RULE)
+    gate.commits(in_force(gate.state))
     gate.hazards()
     gate.requires(ran)
     assert asked == ["head"]
@@ -242,90 +241,95 @@ PATH = "environments/prod.cue"
 def fact(
     cid: str,
     parents: tuple[str, ...],
-    changes: dict[str, tuple[Entry | None, ...]],
+    changed: dict[str, Entry | None],
     entries: dict[str, Entry | None],
     signer: str | None = None,
-) -> CommitFact:
-    commit = Commit(
-        cid * 40, tuple(p * 40 for p in parents), "m", "a", "c", 0, f'commit {cid * 10} "m"'
-    )
+) -> CommitFacts:
+    """A commit of a trail: what it changed (with the first parent's entries), its own
+    entries where others changed things, and who signed it."""
     problem = "" if signer else f'commit {cid * 10} "m" is not signed'
-    return CommitFact(commit, changes, entries, signer, problem)
-
-
-def trail(*facts: CommitFact, first: bool = False) -> CommitTrail:
-    return CommitTrail("allowed_signers", None if first else "a" * 40, first, facts)
-
-
-def test_no_signers_file_in_force_means_no_commit_rule() -> None:
-    assert judge_commits(NO_RULE) == ()
-
-
-def test_signed_changes_pass_and_commits_changing_no_input_need_nothing() -> None:
-    judged = judge_commits(
-        trail(
-            fact("3", ("2",), {}, {PATH: E1}),  # e.g. a README change: unsigned, not an input
-            fact("2", ("a",), {PATH: (E0,)}, {PATH: E1}, signer="alice"),
-        )
+    return CommitFacts(
+        cid * 40,
+        f'commit {cid * 10} "m"',
+        tuple(p * 40 for p in parents),
+        changed,
+        False,
+        signer,
+        problem,
+        entries=entries,
     )
-    assert judged == (("2" * 40, "signed by alice"),)
+
+
+SOURCE = "allowed_signers as of commit aaaaaaaaaaaa"
+
+
+def test_signed_commits_pass_and_name_their_signer() -> None:
+    judged = judge_trail([fact("2", ("a",), {PATH: E0}, {PATH: E1}, signer="alice")], SOURCE)
+    assert judged == [("2" * 40, "signed by alice")]
 
 
 def test_an_unsigned_change_is_refused_naming_commit_files_and_policy() -> None:
     with pytest.raises(Refused) as exc:
-        judge_commits(trail(fact("2", ("a",), {PATH: (E0,)}, {PATH: E1})))
+        judge_trail([fact("2", ("a",), {PATH: E0}, {PATH: E1})], SOURCE)
     error = exc.value
     assert error.rule is Rule.COMMITS
     assert "2222222222" in error.message and PATH in error.message
-    assert "allowed_signers as of commit aaaaaaaaaaaa" in error.message
+    assert SOURCE in error.message
     assert "signed commit that restores those files" in error.hint
 
 
 def test_a_later_signed_commit_that_restores_the_content_excuses_it() -> None:
-    judged = judge_commits(
-        trail(
-            fact("3", ("2",), {PATH: (E1,)}, {PATH: E0}, signer="alice"),
-            fact("2", ("a",), {PATH: (E0,)}, {PATH: E1}),
-        )
+    judged = judge_trail(
+        [
+            fact("3", ("2",), {PATH: E1}, {PATH: E0}, signer="alice"),
+            fact("2", ("a",), {PATH: E0}, {PATH: E1}),
+        ],
+        SOURCE,
     )
-    assert judged == (("3" * 40, "signed by alice"), ("2" * 40, "undone by 3333333333"))
+    assert judged == [("3" * 40, "signed by alice"), ("2" * 40, "undone by 3333333333")]
 
 
 def test_a_signed_commit_that_does_not_restore_the_content_excuses_nothing() -> None:
-    """Attack 5: the message says "This reverts commit <sha>"; the tree says otherwise."""
+    """The message says "This reverts commit <sha>"; the tree says otherwise."""
     with pytest.raises(Refused, match="2222222222"):
-        judge_commits(
-            trail(
-                fact("3", ("2",), {PATH: (E1,)}, {PATH: E2}, signer="alice"),
-                fact("2", ("a",), {PATH: (E0,)}, {PATH: E1}),
-            )
+        judge_trail(
+            [
+                fact("3", ("2",), {PATH: E1}, {PATH: E2}, signer="alice"),
+                fact("2", ("a",), {PATH: E0}, {PATH: E1}),
+            ],
+            SOURCE,
         )
 
 
 def test_an_undo_must_descend_from_what_it_undoes() -> None:
     """A signed commit on a side branch holding the old content does not excuse."""
     with pytest.raises(Refused, match="2222222222"):
-        judge_commits(
-            trail(
-                fact("2", ("a",), {PATH: (E0,)}, {PATH: E1}),
-                fact("3", ("a",), {"other": (None,)}, {PATH: E0, "other": E2}, signer="alice"),
-            )
+        judge_trail(
+            [
+                fact("2", ("a",), {PATH: E0}, {PATH: E1}),
+                fact("3", ("a",), {"other": None}, {PATH: E0, "other": E2}, signer="alice"),
+            ],
+            SOURCE,
         )
 
 
-def test_first_apply_needs_the_newest_commit_signed() -> None:
-    with pytest.raises(Refused, match="first apply"):
-        judge_commits(trail(fact("2", ("a",), {}, {PATH: E1}), first=True))
-    signed_tip = fact("2", ("a",), {}, {PATH: E1}, signer="alice")
-    assert judge_commits(trail(signed_tip, first=True)) == (("2" * 40, "signed by alice"),)
+def test_a_clean_merge_needs_no_signature_an_unclean_one_does() -> None:
+    merge = replace(fact("4", ("2", "3"), {PATH: E0}, {}), clean_merge=True)
+    assert judge_trail([merge], SOURCE) == [("4" * 40, "clean merge (adds nothing)")]
+    with pytest.raises(Refused, match="4444444444"):
+        judge_trail([replace(merge, clean_merge=False)], SOURCE)
 
 
-def test_the_gate_stops_at_the_commit_rule() -> None:
+def test_the_gate_stops_at_a_commit_that_is_not_in_force() -> None:
     gate = Gate(state(), "prod", record("prod", OLD))
     gate.records(True)
     gate.history(True)
-    with pytest.raises(Refused):
-        gate.commits(trail(fact("2", ("a",), {PATH: (E0,)}, {PATH: E1})))
+    refused = Refused(Rule.COMMITS, "commit 2222222222 is not signed")
+    judgement = Judgement(
+        "c" * 40, PolicyInForce(TrustRoot("test"), "a" * 40, None), refusal=refused
+    )
+    with pytest.raises(Refused, match="2222222222"):
+        gate.commits(judgement)
     with pytest.raises(RuntimeError):
         gate.hazards()
 
@@ -336,11 +340,7 @@ def test_requires_and_prune_need_signed_records_unless_explicitly_insecure() -> 
         Gate(state(), "prod", None).records(False)
     assert exc.value.rule is Rule.RECORDS and "prod uses requires" in exc.value.message
     Gate(state(), "staging", None).records(False)  # relies on no record: applies
-    insecure = state()
-    insecure = DesiredState(
-        **{**insecure.__dict__, "settings": Settings(records_insecure_unsigned=True)}
-    )
-    Gate(insecure, "prod", None).records(False)
+    Gate(state(), "prod", None).records(False, insecure_unsigned=True)
 
 
 def test_dispositions() -> None:

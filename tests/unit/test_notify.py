@@ -167,7 +167,7 @@ def state(target: NotifyTarget) -> DesiredState:
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,
-        settings=Settings(notify=(target,)),
+        proposed_settings=Settings(notify=(target,)),
         catalogs=MappingProxyType({}),
         environments=MappingProxyType({"prod": Environment("prod", "example.org/shop", "v1.2")}),
         tags=MappingProxyType({}),

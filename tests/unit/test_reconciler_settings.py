@@ -1,4 +1,4 @@
-"""The reconciler follows the registry settings of the commit it applies."""
+"""The reconciler follows the registry settings of the policy in force."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from reconciler.desired import Loader
 from reconciler.git import GitSource
 from reconciler.model import DesiredState, RegistrySettings, Settings
 from reconciler.reconcile import Reconciler
+from tests.support.judged import in_force
 
 
 def state(plain_http: bool) -> DesiredState:
@@ -16,7 +17,7 @@ def state(plain_http: bool) -> DesiredState:
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,
-        settings=Settings(registries=MappingProxyType(hosts)),
+        proposed_settings=Settings(registries=MappingProxyType(hosts)),
         catalogs=MappingProxyType({}),
         environments=MappingProxyType({}),
         tags=MappingProxyType({}),
@@ -27,9 +28,9 @@ def state(plain_http: bool) -> DesiredState:
 def test_registry_clients_are_rebuilt_when_the_settings_change(tmp_path: Path) -> None:
     """A daemon must not keep the registry settings of its first commit forever."""
     reconciler = Reconciler(GitSource(str(tmp_path)), Loader(None))
-    first = reconciler.registries(state(plain_http=True))
-    assert reconciler.registries(state(plain_http=True)) is first
-    second = reconciler.registries(state(plain_http=False))
+    first = reconciler.registries(in_force(state(plain_http=True)).policy)
+    assert reconciler.registries(in_force(state(plain_http=True)).policy) is first
+    second = reconciler.registries(in_force(state(plain_http=False)).policy)
     assert second is not first
     assert not second.settings.for_host("reg.example:5000").plain_http
     assert first.settings.for_host("reg.example:5000").plain_http

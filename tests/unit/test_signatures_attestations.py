@@ -29,8 +29,8 @@ from reconciler.model import (
 )
 from reconciler.verify import Gate, Receipt, Refused, Rule
 from reconciler.verify.attestations import VexStatement, judge_vex, latest, vex_statements
-from reconciler.verify.commits import CommitTrail
 from reconciler.verify.signatures import Evidence
+from tests.support.judged import in_force
 from tests.support.sigstore_instance import cosign_key_pair, in_toto_statement, sign_dsse_with_key
 
 WEB = "sha256:" + hashlib.sha256(b"web").hexdigest()
@@ -70,7 +70,7 @@ def state(
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,
-        settings=Settings(),
+        proposed_settings=Settings(),
         catalogs=MappingProxyType({"shop": catalog}),
         environments=MappingProxyType({"prod": env}),
         tags=MappingProxyType({"prod": tags}),
@@ -121,7 +121,7 @@ def gate_through(state_: DesiredState, evidence: Mapping[str, list[Evidence]]) -
     gate = Gate(state_, "prod", None)
     gate.records(True)
     gate.history(True)
-    gate.commits(CommitTrail(None, None, False))
+    gate.commits(in_force(gate.state))
     gate.hazards()
     gate.requires(lambda name: iter(()))
     gate.artifacts(dict.fromkeys(evidence, 1), evidence)
@@ -254,7 +254,7 @@ def test_without_a_vex_rule_hazards_are_refused_at_step_3(signer: tuple[Any, Pub
     gate = Gate(state(key, [], hazards={"CVE-2026-1": "bad"}), "prod", None)
     gate.records(True)
     gate.history(True)
-    gate.commits(CommitTrail(None, None, False))
+    gate.commits(in_force(gate.state))
     with pytest.raises(Refused) as exc:
         gate.hazards()
     assert exc.value.rule is Rule.HAZARDS
