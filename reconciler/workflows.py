@@ -34,7 +34,7 @@ from reconciler.model import Catalog, DesiredState, ItemRef, Record, Release, fr
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import Registry, canonical_repository, parse_reference
 from reconciler.verify import Refused
-from reconciler.verify.inforce import PolicyInForce
+from reconciler.verify.inforce import Judgement, PolicyInForce
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class Workflows:
         state = self.reconciler.loader.load(snap)
         if state.environments[env].release != release:
             raise WorkflowRefused(f"the edit did not set {env}'s release to {release}")
-        result = self.reconciler.run(Mode.PLAN, [env], state=state)
+        result = self.reconciler.run(Mode.PLAN, [env], state=state, judgement=self._as_if(state))
         outcome = result.outcomes[0]
         if outcome.status in (Status.REFUSED, Status.FAILED):
             assert outcome.error is not None
@@ -427,6 +427,23 @@ class Workflows:
                 f"{env} cannot take {release}: {outcome.error.message}", outcome.error.hint
             )
         return state, outcome.verified
+
+    def _as_if(self, proposed: DesiredState) -> Judgement:
+        """The verdict apply would reach if ``proposed`` (an edit of the release line on
+        top of its commit, not a commit yet) were signed and merged: the commit it builds
+        on must be in force, and the edit may change no setting (settings come only from
+        the policy in force)."""
+        head = self.reconciler.judge(self.reconciler.state_at(proposed.commit))
+        if not head.passed:
+            refusal = head.refusal
+            raise WorkflowRefused(
+                f"the commit this change builds on, {proposed.commit[:12]}, is not in force: "
+                + (refusal.message if refusal else "unknown"),
+                refusal.hint if refusal else "",
+            )
+        if proposed.proposed_settings != head.policy.settings:
+            raise WorkflowRefused("the edit changes settings, which a promotion must not")
+        return replace(head, policy=replace(head.policy, state=proposed))
 
     def _commit(self, proposal: Proposal, tree: str, head: str, push: bool) -> Proposal:
         try:

@@ -223,9 +223,11 @@ def main() -> int:
         )
         (state / "keys" / "cosign.pub").write_bytes(pem)
         (state / "catalogs" / "shop.cue").write_text(catalog_cue(f"oci:{source}", digests))
-        record_key = work / "records.key"
-        demo.run("keygen", str(record_key), repo=False)
+        record_key, root = work / "records.key", work / "trust-root.json"
+        # The trust root lives outside the repository it judges: every host gets it.
+        demo.run("keygen", str(record_key), "--write-trust-root", str(root), repo=False)
         demo.env["RECONCILER_RECORD_KEY"] = str(record_key)
+        demo.env["RECONCILER_TRUST_ROOT"] = str(root)
         shutil.copy(work / "records.key.pub", state / "keys" / "records.pub")
         (state / "reconciler.cue").write_text(
             "package reconciler\n\nsettings: {\n"

@@ -25,9 +25,10 @@ force advances to the newest step that passed; the commit judged is in force onl
 every step to it passed.
 
 First contact (no commit in force yet): with a trust root naming signers, the newest
-commit must be signed by one of them (its signer vouches for its tree); without signers
-pinned (an empty trust root, or trust on first use) the newest commit's own rule holds,
-and first use is said loudly.
+mainline commit signed by one of them is the start (its signer vouches for its tree),
+and the commits after it are judged from there like any trail; without signers pinned
+(an empty trust root, or trust on first use) the newest commit's own rule holds, and
+first use is said loudly.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from reconciler.verify.root import TrustRoot
 
 log = logging.getLogger(__name__)
 
+FIRST_CONTACT_DEPTH = 200  # mainline commits searched for one the trust root's signers signed
 _UNDO_HINT = (
     "undo it with a signed commit that restores those files (reconciler rollback, "
     "git revert -S), or have an allowed signer re-sign it"
@@ -305,12 +307,15 @@ class Judge:
     # ------------------------------------------------------------------ first contact
 
     def _first_contact(self, policy: PolicyInForce, candidate: DesiredState) -> Judgement:
+        """Where a host with nothing judged starts: the newest mainline commit signed by a
+        signer of the trust root (its signer vouches for its tree), judged forward from
+        there to the candidate like any trail. Without pinned signers (trust on first use,
+        or a trust root without them), the candidate's own rule is taken as it is."""
         root = self.root
         how = "trust on first use" if root.first_use else f"trust root {root.origin}"
         pinned = root.allowed_signers
         own = candidate.proposed_settings
         signers = pinned or (own.allowed_signers_data if own.allowed_signers else None)
-        start = PolicyInForce(root, candidate.commit, candidate, self.prefix)
         if signers is None:
             if root.first_use:
                 log.warning(
@@ -318,29 +323,53 @@ class Judge:
                     "is taken as it is, with no signed-commit rule to judge it by",
                     candidate.commit[:12],
                 )
+            start = PolicyInForce(root, candidate.commit, candidate, self.prefix)
             return Judgement(candidate.commit, start, ((candidate.commit, how),), None, how)
         source = f"the trust root ({root.origin})" if pinned else "its own allowed signers"
-        signer, problem, hint = self._signer(candidate.commit, signers)
-        if signer is None:
+        base, signer, newest = None, None, ("", "", "")
+        for commit in self.history.mainline(candidate.commit, FIRST_CONTACT_DEPTH):
+            found = self._signer(commit.id, signers)
+            newest = newest if newest[0] or found[0] else (commit.label, found[1], found[2])
+            if found[0] is not None:
+                base, signer = commit.id, found[0]
+                break
+        if base is None:
             return Judgement(
                 candidate.commit,
                 policy,
                 refusal=Refused(
                     Rule.COMMITS,
-                    f"{problem} (first contact: the newest commit must be signed by {source})",
-                    hint,
+                    f"first contact: no commit of the last {FIRST_CONTACT_DEPTH} on the "
+                    f"mainline is signed by {source} ({newest[1]})",
+                    newest[2] or "sign a commit on main with a key of the trust root",
                 ),
             )
         if root.first_use:
             log.warning(
                 "FIRST CONTACT with the state repository (trust on first use): commit %s, "
                 "signed by %s under its own allowed signers, is trusted as it is",
-                candidate.commit[:12],
+                base[:12],
                 signer,
             )
-        return Judgement(
-            candidate.commit, start, ((candidate.commit, f"signed by {signer}"),), None, how
-        )
+        try:
+            state = candidate if base == candidate.commit else self.load(base)
+        except (GitSourceError, ReconcilerError) as exc:
+            return Judgement(
+                candidate.commit,
+                policy,
+                refusal=Refused(
+                    Rule.COMMITS,
+                    f"first contact: commit {base[:12]}, signed by {signer}, does not load "
+                    f"({exc.message.splitlines()[0]})",
+                    "fix the state in a new commit signed by a signer of the trust root",
+                ),
+            )
+        start = PolicyInForce(root, base, state, self.prefix)
+        vouched = ((base, f"signed by {signer} ({how})"),)
+        if base == candidate.commit:
+            return Judgement(candidate.commit, start, vouched, None, how)
+        onward = self.judge(start, candidate)
+        return replace(onward, judged=vouched + onward.judged, first_contact=how)
 
 
 def judge_trail(facts: Sequence[CommitFacts], signers_source: str) -> list[tuple[str, str]]:

@@ -236,10 +236,27 @@ def test_one_unsigned_commit_cannot_remove_the_rule_on_a_fresh_host(
     before = world.tags()
     code, envs = rooted.apply(capsys)
     refused_everywhere(envs, COMMITS, commit)
-    assert "trust root" in envs["rogue"]["error"]["message"]
     assert world.tags() == before
     assert world.tags("elsewhere/app") == {}
     assert code == 1
+
+
+def test_a_fresh_host_starts_from_the_newest_commit_the_trust_root_signed(
+    rooted: SignedWorld,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Control for first contact: main ends in an unsigned clean merge of a branch alice
+    signed; a fresh host starts from alice's newest mainline commit and applies."""
+    world = rooted.world
+    branch = rooted.signed_aside({"environments/dev.cue": world.env("dev", "v1.2")}, "dev v1.2")
+    rooted.merge(branch, "Merge branch 'dev-v1.2'")
+    fresh_host(monkeypatch, tmp_path, "fresh")
+    code, envs = rooted.apply(capsys)
+    assert envs["dev"]["status"] == "applied", envs["dev"]
+    assert code == 0
+    assert envs["dev"]["receipt"]["trust"].startswith("trust root")
 
 
 # --------------------------------------------------------------------------- 3. rule turned on
@@ -334,7 +351,9 @@ def test_a_fresh_host_refuses_a_replayed_record_head(
     fresh_host(monkeypatch, tmp_path, "fresh2")
     before = world.tags()
     code, envs = rooted.apply(capsys)
-    refused_everywhere(envs, COMMITS, unsigned)
+    assert_refused(envs["dev"], RECORDS)  # its own refusal says more
+    for name in ("staging", "prod"):
+        assert_refused(envs[name], COMMITS, unsigned)
     assert world.tags() == before
 
 
