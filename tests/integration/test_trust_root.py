@@ -39,10 +39,12 @@ from tests.support.attack import (
     settings_cue,
 )
 from tests.support.registry_servers import RegistryServer
+from tests.support.sshsign import new_key as ssh_key
 from tests.support.signing import new_key, sign_legacy
 from tests.support.world import World, build_world
 
 COMMITS = "commit-signature"
+BOB = "bob@example.org"
 RECORDS = "records"
 
 
@@ -257,6 +259,31 @@ def test_a_fresh_host_starts_from_the_newest_commit_the_trust_root_signed(
     assert envs["dev"]["status"] == "applied", envs["dev"]
     assert code == 0
     assert envs["dev"]["receipt"]["trust"].startswith("trust root")
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+def test_a_signed_rotation_takes_effect_where_it_lands(
+    rooted: SignedWorld, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Alice adds bob to the signers and bob promotes dev, both in one fetch: applied
+    (each step is judged by the policy of the step before). Then alice rotates herself
+    out; her next promotion is refused."""
+    world = rooted.world
+    bob = ssh_key(tmp_path / "ssh", "bob")
+    rooted.signed({SIGNERS: rooted.alice.allowed(ALICE) + bob.allowed(BOB)}, "add bob")
+    rooted.signed({"environments/dev.cue": world.env("dev", "v1.2")}, "dev v1.2", by=bob)
+    code, envs = rooted.apply(capsys)
+    assert envs["dev"]["status"] == "applied", envs["dev"]
+    assert code == 0
+
+    rooted.signed({SIGNERS: bob.allowed(BOB)}, "alice hands over to bob")
+    before = world.tags()
+    late = rooted.signed({"environments/staging.cue": world.env("staging", "v1.2")}, "staging")
+    code, envs = rooted.apply(capsys)
+    refused_everywhere(envs, COMMITS, late)
+    assert world.tags() == before
 
 
 # --------------------------------------------------------------------------- 3. rule turned on
