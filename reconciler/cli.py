@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import __version__, completion, daemon, discover
-from reconciler.desired import Loader, cue_command
+from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
@@ -464,9 +465,14 @@ def versions() -> dict[str, str | None]:
     }
     if found["cuePath"]:
         try:
-            proc = subprocess.run(
-                [found["cuePath"], "version"], capture_output=True, text=True, timeout=20
-            )
+            with tempfile.TemporaryDirectory(prefix="reconciler-cue-home-") as home:
+                proc = subprocess.run(
+                    [found["cuePath"], "version"],
+                    env=cue_environment(Path(home)),
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
             m = re.search(r"cue version (\S+)", proc.stdout)
             found["cue"] = m.group(1) if m else None
         except (OSError, subprocess.TimeoutExpired):

@@ -17,9 +17,11 @@ from reconciler.notify import SIGNATURE_HEADER
 
 @dataclass
 class Receiver:
-    """Records every POST; answers with ``statuses`` in turn (then 200)."""
+    """Records every POST; answers with ``statuses`` in turn (then 200). ``connections``
+    counts every TCP connection accepted, whatever is (or is not) sent on it."""
 
     statuses: list[int] = field(default_factory=list)
+    connections: int = 0
     delay: float = 0.0
     got: list[tuple[str, dict[str, str], bytes, float]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
@@ -61,7 +63,12 @@ def receiving() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def verify_request(self, request: object, client_address: object) -> bool:
+            state.connections += 1
+            return True
+
+    server = Server(("127.0.0.1", 0), Handler)
     state.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
