@@ -73,6 +73,7 @@ from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.events import EventQueue
 from reconciler.events import parse as parse_events
 from reconciler.model import DesiredState
+from reconciler.receivers import ALLOW_PRIVATE_FLAG
 from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
 from reconciler.verify import Disposition, Refused, disposition
@@ -319,6 +320,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="observe every managed tag once per S seconds, spread over the interval "
         "(default %(default)s s); between scans only changes and registry events cost "
         "requests",
+    )
+    parser.add_argument(
+        ALLOW_PRIVATE_FLAG,
+        action="store_true",
+        help="let settings.notify receivers be on loopback or private addresses (RFC 1918, "
+        "fc00::/7); link-local and metadata addresses stay refused",
     )
     parser.add_argument(
         "--active-file",
@@ -1009,6 +1016,7 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     )
     if getattr(args, "discover_interval", None) is not None:
         daemon.proposer.interval = args.discover_interval
+    daemon.notifier.allow_private = bool(getattr(args, "notify_allow_private", False))
     window = max(3 * args.interval * (1 + args.jitter), 30.0)
     token = os.environ.get(TOKEN_ENV, "").strip().encode() or None
     try:

@@ -39,6 +39,7 @@ from reconciler import __version__
 from reconciler.desired.files import StateFiles
 from reconciler.desired.sources import Label, Position, SourceMap
 from reconciler.errors import InvalidState, Problem, Stalled, ToolMissing
+from reconciler.model import NOTIFY_ENV_HINT
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,13 @@ def cue_problems(errors: Sequence[CueError], sources: SourceMap) -> list[Problem
     return problems
 
 
+_FIELD_HINTS = {"secretEnv": NOTIFY_ENV_HINT, "urlEnv": NOTIFY_ENV_HINT}
+
+
 def _problem(error: CueError, sources: SourceMap) -> Problem:
     message, hint = error.message, _hint(error.message)
+    if error.path and str(error.path[-1]) in _FIELD_HINTS:
+        hint = _FIELD_HINTS[str(error.path[-1])]
     field_text = error.path_text
     if error.message == "field not allowed" and error.path:
         message = f"unknown field {str(error.path[-1])!r}"

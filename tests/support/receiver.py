@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -12,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reconciler.notify import SIGNATURE_HEADER
+from reconciler.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, BadSignature, verify
 
 
 @dataclass
@@ -38,10 +36,16 @@ class Receiver:
         return [b for b in self.bodies() if kind is None or b.get("event") == kind]
 
     def signed_by(self, secret: str) -> bool:
-        """Whether every body received carries a valid HMAC-SHA256 signature."""
+        """Whether every body received verifies (signature over timestamp.body, in time)."""
         for _, headers, body, _ in list(self.got):
-            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, ""), expected):
+            try:
+                verify(
+                    secret.encode(),
+                    body,
+                    headers.get(TIMESTAMP_HEADER),
+                    headers.get(SIGNATURE_HEADER),
+                )
+            except BadSignature:
                 return False
         return True
 
