@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,8 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__, completion, daemon, discover
-from reconciler.desired import Loader, cue_command
+from reconciler import __version__, completion, daemon, discover, receivers
+from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
@@ -524,9 +525,14 @@ def versions() -> dict[str, str | None]:
     }
     if found["cuePath"]:
         try:
-            proc = subprocess.run(
-                [found["cuePath"], "version"], capture_output=True, text=True, timeout=20
-            )
+            with tempfile.TemporaryDirectory(prefix="reconciler-cue-home-") as home:
+                proc = subprocess.run(
+                    [found["cuePath"], "version"],
+                    env=cue_environment(Path(home)),
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
             m = re.search(r"cue version (\S+)", proc.stdout)
             found["cue"] = m.group(1) if m else None
         except (OSError, subprocess.TimeoutExpired):
@@ -852,12 +858,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if not args.quiet:
             _warn_if_worktree_differs(reconciler, args, state)
     envs = _selected(state, args.env)
+    _warn_private_receivers(state)
     if args.json:
         _dump({"valid": True, **state_json(state, envs)}, sys.stdout)
     elif not args.quiet:
         print_state(state, envs, sys.stdout, header=f"{shown} {where}")
         print(f"\nvalid: {len(state.catalogs)} catalogs, {len(envs)} environments")
     return 0
+
+
+def _warn_private_receivers(state: DesiredState) -> None:
+    """A receiver on a loopback or private address is valid, but the daemon sends to it
+    only with --notify-allow-private, which validate cannot know: say so (on stderr)."""
+    for target in state.proposed_settings.notify:
+        host = receivers.literal_host(target.url or "")
+        if host is not None and receivers.classify(host)[0] is receivers.Reach.PRIVATE:
+            why = receivers.refusal(host, allow_private=False)
+            print(f"warning: settings.notify: {why}", file=sys.stderr)
 
 
 def _warn_if_worktree_differs(

@@ -68,11 +68,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from reconciler import discover, notify
+from reconciler import deliveries, discover, notify
 from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.events import EventQueue
 from reconciler.events import parse as parse_events
 from reconciler.model import DesiredState
+from reconciler.receivers import ALLOW_PRIVATE_FLAG
 from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
 from reconciler.verify import Disposition, Refused, disposition
@@ -320,6 +321,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="observe every managed tag once per S seconds, spread over the interval "
         "(default %(default)s s); between scans only changes and registry events cost "
         "requests",
+    )
+    parser.add_argument(
+        ALLOW_PRIVATE_FLAG,
+        action="store_true",
+        help="let settings.notify receivers be on loopback or private addresses (RFC 1918, "
+        "fc00::/7); link-local and metadata addresses stay refused",
     )
     parser.add_argument(
         "--active-file",
@@ -845,6 +852,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.reconciler_daemon, self.secret, self.ready_window = daemon, secret, window
         self.registry_token = registry_token
+        self.deliveries = deliveries.Deliveries()  # accepted /hooks/git requests: no replays
         self._busy = threading.BoundedSemaphore(self.workers)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -950,6 +958,16 @@ class _Handler(BaseHTTPRequestHandler):
             )  # fmt: skip
             self._reply(HTTPStatus.UNAUTHORIZED, b"bad or missing signature\n")
             return
+        refused = _replay_refusal(self.headers, body, self.server.deliveries)
+        if refused is not None:
+            status, result, text = refused
+            webhooks.labels(result).inc()
+            log.warning(
+                "webhook from %s refused: %s", self.client_address[0], text.decode().strip(),
+                extra={"event": "webhook-refused"},
+            )  # fmt: skip
+            self._reply(status, text)
+            return
         webhooks.labels("accepted").inc()
         log.info("webhook: pass triggered", extra={"event": "webhook"})
         daemon.trigger()
@@ -991,6 +1009,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _replay_refusal(
+    headers: deliveries.Headers, body: bytes, seen: deliveries.Deliveries
+) -> tuple[HTTPStatus, str, bytes] | None:
+    """Why an authenticated ``/hooks/git`` request is refused (status, metric, text).
+
+    A forge's delivery id is required and remembered, with the body's digest
+    (:mod:`reconciler.deliveries`). The body must be a JSON object, as every forge's
+    push is: whatever else the secret signs (a notification signs ``timestamp.body``)
+    is never a git webhook.
+    """
+    delivery = deliveries.delivery_id(headers)
+    if delivery is None:
+        names = ", ".join(deliveries.DELIVERY_HEADERS)
+        return (
+            HTTPStatus.BAD_REQUEST,
+            "bad_request",
+            f"a delivery id is required ({names})\n".encode(),
+        )
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        text = b"the body must be a JSON object (the webhook's content type: application/json)\n"
+        return HTTPStatus.BAD_REQUEST, "bad_request", text
+    if not seen.first(delivery, body):
+        return HTTPStatus.CONFLICT, "replayed", b"already delivered: a replay is refused\n"
+    return None
 
 
 # --------------------------------------------------------------------------- logging
@@ -1051,6 +1099,7 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     )
     if getattr(args, "discover_interval", None) is not None:
         daemon.proposer.interval = args.discover_interval
+    daemon.notifier.allow_private = bool(getattr(args, "notify_allow_private", False))
     window = max(3 * args.interval * (1 + args.jitter), 30.0)
     token = os.environ.get(TOKEN_ENV, "").strip().encode() or None
     try:

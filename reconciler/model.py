@@ -116,6 +116,16 @@ class RegistrySettings:
 
 NOTIFY_EVENTS = ("applied", "refused", "failed", "drift", "proposed", "recovered")
 NOTIFY_FORMATS = ("generic", "slack", "cloudevents")
+# secretEnv / urlEnv may name only these variables: a commit must never be able to name
+# the daemon's own secrets (RECONCILER_WEBHOOK_SECRET, registry credentials) as a
+# notification's signing key or address.
+NOTIFY_ENV_PREFIX = "RECONCILER_NOTIFY_"
+NOTIFY_ENV_RE = re.compile(rf"^{NOTIFY_ENV_PREFIX}[A-Za-z0-9_]+$")
+NOTIFY_ENV_HINT = (
+    f"name a variable that starts with {NOTIFY_ENV_PREFIX} (e.g. {NOTIFY_ENV_PREFIX}SECRET) "
+    "and set it in the reconciler's environment; other variables (the webhook secret, "
+    "registry credentials) are never a notification's"
+)
 
 
 @dataclass(frozen=True)

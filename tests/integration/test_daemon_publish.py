@@ -53,7 +53,7 @@ def merge(repo: pygit2.Repository, branch: str) -> None:
 def test_from_a_signed_build_to_an_applied_promotion_told_at_every_step(
     plain_registry: RegistryServer, tmp_path: Path, cue_bin: str, receiver: Receiver
 ) -> None:
-    notify = f'[{{url: "{receiver.url}/hooks/reconciler", secretEnv: "HOOK_SECRET"}}]'
+    notify = f'[{{url: "{receiver.url}/hooks/reconciler", secretEnv: "RECONCILER_NOTIFY_SECRET"}}]'
     world = build_world(
         plain_registry.host,
         tmp_path,
@@ -73,7 +73,7 @@ def test_from_a_signed_build_to_an_applied_promotion_told_at_every_step(
     bare = pygit2.Repository(str(remote.path))
     daemon = DaemonProcess(
         tmp_path / "daemon.log", remote.url, "--discover-interval", "1", "--drift-interval", "3",
-        env={"HOOK_SECRET": SECRET},
+        "--notify-allow-private", env={"RECONCILER_NOTIFY_SECRET": SECRET},
     )  # fmt: skip
     try:
         eventually(lambda: len(receiver.events("applied")) == 1, within(2), "first apply", daemon)

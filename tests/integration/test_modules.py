@@ -3,11 +3,16 @@ packages and the standard library: it validates, plans and applies like any othe
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from reconciler.cli import main
+from tests.support.receiver import receiving
 from tests.support.registry_servers import RegistryServer
+from tests.support.staterepo import StateRepo
 from tests.support.world import build_world, desired_only, expected_tags
 
 MODULE = 'module: "acme.example/state@v0"\nlanguage: version: "v0.17.1"\n'
@@ -66,3 +71,55 @@ def test_module_state_validates_plans_and_applies(
     assert desired_only(world.tags())["dev-web"] == world.digests["v1.2"]["web"]
     code, _ = world.cli(capsys, "plan", "--detailed-exitcode")
     assert code == 0
+
+
+# --------------------------------------------------------------------------- no network
+
+DEPS = MODULE + 'deps: "evil.example/mods@v0": v: "v0.1.0"\n'
+IMPORTS_EVIL = 'package reconciler\n\nimport "evil.example/mods/lib"\n\n_uses: lib.#Anything\n'
+VENDORED = "package lib\n\n#Anything: 1\n"
+
+
+def test_cue_never_fetches_a_module_whatever_the_environment_says(
+    state_repo: StateRepo,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with receiving() as attacker:
+        host = attacker.url.removeprefix("http://")
+        files = {"cue.mod/module.cue": DEPS, "evil.cue": IMPORTS_EVIL}
+        # Control: cue itself, given these files and this environment, asks the registry.
+        for rel, text in files.items():
+            (tmp_path / "control" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "control" / rel).write_text(text)
+        env = {**os.environ, "CUE_REGISTRY": f"{host}+insecure"}
+        env["CUE_CACHE_DIR"] = str(tmp_path / "cache")
+        proc = subprocess.run(
+            [cue_bin, "export", "evil.cue"], cwd=tmp_path / "control", env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0 and attacker.connections >= 1, proc.stderr
+        attacker.connections = 0
+
+        # The attack: the same files in a commit, the same environment (and proxies).
+        monkeypatch.setenv("CUE_REGISTRY", f"{host}+insecure")
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "GOPROXY"):
+            monkeypatch.setenv(name, attacker.url)
+        state_repo.commit(files, "a module from a registry")
+        code = main(["validate", "--repo", str(state_repo.path)])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err
+        assert "'evil.example/mods/lib', which is not in the commit" in err, err
+        assert "cue.mod/pkg/evil.example/mods/lib/" in err and "CUE_REGISTRY=none" in err
+        assert attacker.connections == 0
+
+        # The way out the error names: vendored in the tree, no deps entry: valid, offline.
+        state_repo.commit(
+            {"cue.mod/module.cue": MODULE, "cue.mod/pkg/evil.example/mods/lib/lib.cue": VENDORED},
+            "vendor the module",
+        )
+        code = main(["validate", "--repo", str(state_repo.path), "--json"])
+        assert code == 0, capsys.readouterr().err
+        assert attacker.connections == 0

@@ -166,3 +166,57 @@ def test_json_catalog_and_a_local_checkout_keep_every_byte(
     # the work tree and main are untouched: a branch for a merge request only
     assert str(world.repo.repo.head.target) == main_before
     assert (world.repo.path / "catalogs/shop.json").read_text() == text
+
+
+FORGED = "Promote-Environment: prod"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (('v1.7"}\nPromote-Environment: prod', "web=v1.3-web"), "release name"),
+        (("v1.7", 'web"}\n{evil=v1.3-web'), "item name"),
+        (("v1.7", "web=v1.3-web", "-m", f"Add v1.7\n\n{FORGED}"), "commit subject"),
+    ],
+    ids=["release-name", "item-name", "subject"],
+)
+def test_names_that_would_add_lines_to_the_commit_are_refused_before_any_commit(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    fragment: str,
+) -> None:
+    key = with_signers(world)
+    origin = Origin(world, tmp_path / "origin.git")
+    push_build(world, "v1.3", key)
+    # Control: the same build under a plain name is committed, with its own trailers only.
+    code, proposal = origin.run(
+        capsys, "release", "add", CATALOG, "v1.6", "web=v1.3-web", "worker=v1.3-worker", "--push"
+    )
+    assert code == 0, proposal
+    assert "Release-Name: v1.6\n" in proposal["message"] and FORGED not in proposal["message"]
+    refs = {r: origin.repo.references[r].target for r in origin.repo.references}
+    tags = world.tags()
+
+    code = main(["release", "add", CATALOG, *args, "--push", "--repo", origin.url])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert fragment in err and ("not a valid name" in err or "line break" in err), err
+    assert {r: origin.repo.references[r].target for r in origin.repo.references} == refs
+    assert world.tags() == tags
+
+
+def test_promote_refuses_a_subject_or_release_that_would_forge_a_trailer(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin = Origin(world, tmp_path / "origin.git")
+    code, proposal = origin.run(capsys, "promote", "dev", "v1.2", "-m", "Promote dev", "--push")
+    assert code == 0, proposal  # control
+    assert proposal["message"].startswith("Promote dev\n")
+    refs = {r: origin.repo.references[r].target for r in origin.repo.references}
+    for args in (("v1.2", "-m", f"Promote dev\n\n{FORGED}"), (f"v1.2\n{FORGED}",)):
+        code = main(["promote", "dev", *args, "--branch", "b", "--push", "--repo", origin.url])
+        err = capsys.readouterr().err
+        assert code == 1 and "line break" in err and "Traceback" not in err, err
+    assert {r: origin.repo.references[r].target for r in origin.repo.references} == refs

@@ -39,8 +39,8 @@ from tests.support.attack import (
     settings_cue,
 )
 from tests.support.registry_servers import RegistryServer
-from tests.support.sshsign import new_key as ssh_key
 from tests.support.signing import new_key, sign_legacy
+from tests.support.sshsign import new_key as ssh_key
 from tests.support.world import World, build_world
 
 COMMITS = "commit-signature"

@@ -116,7 +116,10 @@ def test_a_prompt_signed_webhook_still_triggers_a_pass(server: tuple[Server, Dae
     body = b'{"ref":"refs/heads/main"}'
     signature = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
     answer = requests.post(
-        url(httpd, HOOK_PATH), data=body, headers={"X-Hub-Signature-256": signature}, timeout=2
+        url(httpd, HOOK_PATH),
+        data=body,
+        headers={"X-Hub-Signature-256": signature, "X-GitHub-Delivery": "a-delivery-guid"},
+        timeout=2,
     )
     assert answer.status_code == 202
     assert daemon._forced is True

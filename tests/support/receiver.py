@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -12,14 +10,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reconciler.notify import SIGNATURE_HEADER
+from reconciler.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, BadSignature, verify
 
 
 @dataclass
 class Receiver:
-    """Records every POST; answers with ``statuses`` in turn (then 200)."""
+    """Records every POST; answers with ``statuses`` in turn (then 200). ``connections``
+    counts every TCP connection accepted, whatever is (or is not) sent on it."""
 
     statuses: list[int] = field(default_factory=list)
+    connections: int = 0
     delay: float = 0.0
     got: list[tuple[str, dict[str, str], bytes, float]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
@@ -36,10 +36,16 @@ class Receiver:
         return [b for b in self.bodies() if kind is None or b.get("event") == kind]
 
     def signed_by(self, secret: str) -> bool:
-        """Whether every body received carries a valid HMAC-SHA256 signature."""
+        """Whether every body received verifies (signature over timestamp.body, in time)."""
         for _, headers, body, _ in list(self.got):
-            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, ""), expected):
+            try:
+                verify(
+                    secret.encode(),
+                    body,
+                    headers.get(TIMESTAMP_HEADER),
+                    headers.get(SIGNATURE_HEADER),
+                )
+            except BadSignature:
                 return False
         return True
 
@@ -61,7 +67,12 @@ def receiving() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def verify_request(self, request: object, client_address: object) -> bool:
+            state.connections += 1
+            return True
+
+    server = Server(("127.0.0.1", 0), Handler)
     state.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -20,6 +20,7 @@ from reconciler.daemon import (
     read_secret,
     webhook_authorized,
 )
+from reconciler.deliveries import Deliveries, delivery_id
 from reconciler.errors import Stalled
 
 SECRET = b"0123456789abcdef-secret"
@@ -126,3 +127,26 @@ def test_json_log_lines_carry_the_daemon_fields() -> None:
     doc = json.loads(JsonFormatter().format(record))
     assert doc["message"] == "dev: applied"
     assert (doc["level"], doc["event"], doc["environment"]) == ("info", "applied", "dev")
+
+
+def test_deliveries_remember_ids_and_bodies_for_the_horizon_within_capacity() -> None:
+    now = [0.0]
+    seen = Deliveries(horizon=60.0, capacity=3, clock=lambda: now[0])
+    assert seen.first("a", b"1")  # control
+    assert not seen.first("a", b"2") and not seen.first("b", b"1")
+    assert seen.first("b", b"2")
+    now[0] = 61.0  # past the horizon: forgotten
+    assert seen.first("a", b"1")
+    for i in range(10):  # over capacity: the oldest are forgotten first, never the newest
+        assert seen.first(f"x{i}", f"x{i}".encode())
+    assert not seen.first("x9", b"new") and seen.first("x0", b"x0")
+
+
+def test_the_delivery_id_comes_from_any_forge_header() -> None:
+    assert delivery_id({"X-GitHub-Delivery": " 72d3162e "}) == "72d3162e"
+    assert delivery_id({"X-Gitea-Delivery": "g"}) == "g"
+    assert delivery_id({"X-Gitlab-Event-UUID": "l"}) == "l"
+    assert delivery_id({"Idempotency-Key": "k"}) == "k"
+    assert delivery_id({"X-Reconciler-Delivery": "ours"}) is None  # a notification's: no
+    assert delivery_id({"X-GitHub-Delivery": "x" * 201}) is None
+    assert delivery_id({}) is None

@@ -9,9 +9,11 @@ import hmac
 import itertools
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,16 @@ from reconciler.model import (
     NotifyTarget,
     Settings,
 )
-from reconciler.notify import SIGNATURE_HEADER, Event, Notifier, RetryPolicy
+from reconciler.notify import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    BadSignature,
+    Event,
+    Notifier,
+    RetryPolicy,
+    sign,
+    verify,
+)
 from reconciler.reconcile import EnvOutcome, Status
 from reconciler.verify import Refused, Waiting
 from tests.support.receiver import Receiver, receiving
@@ -47,7 +58,8 @@ def notifier(*targets: NotifyTarget, **env: str) -> Notifier:
         "reconciler/test@host",
         "https://git.example/state.git",
         RetryPolicy(attempts=4, base=0.05, cap=0.2, timeout=2.0),
-        environ={"HOOK_SECRET": SECRET, **env},
+        environ={"RECONCILER_NOTIFY_SECRET": SECRET, **env},
+        allow_private=True,  # the receiver is on loopback
     )
     n.configure(targets)
     return n
@@ -59,9 +71,11 @@ def event(kind: str = "applied") -> Event:
 
 def test_bodies_per_format_and_the_hmac_a_receiver_can_check(receiver: Receiver) -> None:
     n = notifier(
-        NotifyTarget(receiver.url + "/generic", secret_env="HOOK_SECRET"),
+        NotifyTarget(receiver.url + "/generic", secret_env="RECONCILER_NOTIFY_SECRET"),
         NotifyTarget(receiver.url + "/slack", format="slack"),
-        NotifyTarget(receiver.url + "/ce", format="cloudevents", secret_env="HOOK_SECRET"),
+        NotifyTarget(
+            receiver.url + "/ce", format="cloudevents", secret_env="RECONCILER_NOTIFY_SECRET"
+        ),
         NotifyTarget(receiver.url + "/only-failures", events=("failed",)),
     )
     assert n.send(event()) == 3
@@ -70,8 +84,11 @@ def test_bodies_per_format_and_the_hmac_a_receiver_can_check(receiver: Receiver)
     assert set(got) == {"/generic", "/slack", "/ce"}
 
     headers, body = got["/generic"]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    signed = headers[TIMESTAMP_HEADER].encode() + b"." + body
+    expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
+    assert abs(int(headers[TIMESTAMP_HEADER]) - time.time()) < 60
+    verify(SECRET.encode(), body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Reconciler-Event"] == "applied"
     doc = json.loads(body)
@@ -89,16 +106,13 @@ def test_bodies_per_format_and_the_hmac_a_receiver_can_check(receiver: Receiver)
     ce = json.loads(body)
     assert ce["specversion"] == "1.0" and ce["type"] == "dev.reconciler.applied"
     assert ce["subject"] == "prod" and ce["data"]["summary"] == "prod: applied shop v1.2"
-    assert hmac.compare_digest(
-        headers[SIGNATURE_HEADER],
-        "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
-    )
+    verify(SECRET.encode(), body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
     n.close()
 
 
 def test_5xx_and_429_are_retried_with_growing_delays(receiver: Receiver) -> None:
     receiver.statuses = [500, 429, 503]
-    n = notifier(NotifyTarget(receiver.url + "/hook", secret_env="HOOK_SECRET"))
+    n = notifier(NotifyTarget(receiver.url + "/hook", secret_env="RECONCILER_NOTIFY_SECRET"))
     n.send(event())
     assert n.flush(10)
     assert len(receiver.got) == 4 and n.sent == 1 and n.dropped == 0
@@ -114,7 +128,10 @@ def test_4xx_is_not_retried_and_no_url_secret_reaches_the_log(
 ) -> None:
     receiver.statuses = [404]
     secret_url = receiver.url + "/services/T000/B000/XXXXSECRETXXXX"
-    n = notifier(NotifyTarget(None, url_env="SLACK_URL"), SLACK_URL=secret_url + "?token=abc")
+    n = notifier(
+        NotifyTarget(None, url_env="RECONCILER_NOTIFY_SLACK"),
+        RECONCILER_NOTIFY_SLACK=secret_url + "?token=abc",
+    )
     with caplog.at_level(logging.DEBUG, logger="reconciler"):
         n.send(event("failed"))
         assert n.flush(10)
@@ -140,13 +157,15 @@ def test_a_receiver_that_is_down_is_given_up_on_without_leaking_the_url(
 def test_an_unset_secret_stops_the_receiver_instead_of_sending_unsigned(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    n = notifier(NotifyTarget(receiver.url, secret_env="NOT_SET"))
+    n = notifier(NotifyTarget(receiver.url, secret_env="RECONCILER_NOTIFY_NOT_SET"))
     with caplog.at_level(logging.WARNING, logger="reconciler"):
         assert n.send(event()) == 0
         assert n.send(event()) == 0
         n.close()
     assert receiver.got == []
-    assert caplog.text.count("$NOT_SET, the secret that signs them, is unset") == 1
+    assert (
+        caplog.text.count("$RECONCILER_NOTIFY_NOT_SET, the secret that signs them, is unset") == 1
+    )
 
 
 def test_a_slow_receiver_never_blocks_the_sender(receiver: Receiver) -> None:
@@ -249,3 +268,111 @@ def test_the_git_source_fails_and_recovers_once(receiver: Receiver) -> None:
         ("recovered", "(git)"),
     ]
     n.close()
+
+
+# --------------------------------------------------------------------------- receivers
+
+
+def test_a_receiver_on_loopback_hears_nothing_without_the_operators_flag(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    allowed = notifier(NotifyTarget(receiver.url + "/hook"))  # control: the flag is given
+    allowed.send(event())
+    assert allowed.flush(10) and len(receiver.got) == 1
+    allowed.close()
+    before = receiver.connections
+
+    for url in (receiver.url, receiver.url.replace("127.0.0.1", "localhost")):
+        n = notifier(NotifyTarget(url + "/hook"))
+        n.allow_private = False
+        with caplog.at_level(logging.WARNING, logger="reconciler"):
+            assert n.send(event()) == 1  # queued; refused where it resolves
+            assert n.flush(10)
+            n.close()
+        assert n.sent == 0 and n.dropped == 1
+    assert receiver.connections == before and len(receiver.got) == 1
+    assert "is loopback: a notification goes there only when the daemon runs with " in caplog.text
+    assert "--notify-allow-private" in caplog.text
+
+
+def test_a_metadata_address_is_refused_even_with_the_flag_and_never_connected_to(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    connected: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        connected.append(address)
+        real_connect(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    n = notifier(
+        NotifyTarget("http://169.254.169.254/latest/meta-data/iam"),
+        NotifyTarget("http://[fd00:ec2::254]/latest"),
+    )
+    with caplog.at_level(logging.WARNING, logger="reconciler"):
+        n.send(event())
+        assert n.flush(10)
+        n.close()
+    assert connected == [] and n.dropped == 2 and n.sent == 0
+    assert caplog.text.count("a cloud metadata endpoint: never a notification receiver") == 2
+    assert "meta-data" not in caplog.text  # paths are never logged
+
+
+def test_dns_rebinding_between_the_check_and_the_connection_gains_nothing(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The name first resolves to a public address (the check), then to loopback (the
+    connection): the address actually connected to is checked before a byte is sent."""
+    real = socket.getaddrinfo
+    answers = itertools.chain([("93.184.216.34",)], itertools.repeat(("127.0.0.1",)))
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> Any:
+        if host != "rebind.example":
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        (address,) = next(answers)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    port = receiver.url.rsplit(":", 1)[1]
+    n = notifier(NotifyTarget(f"http://rebind.example:{port}/hook"))
+    n.allow_private = False
+    with caplog.at_level(logging.WARNING, logger="reconciler"):
+        n.send(event())
+        assert n.flush(10)
+        n.close()
+    assert receiver.got == [] and n.sent == 0 and n.dropped == 1
+    assert "127.0.0.1 is loopback" in caplog.text
+
+
+def test_variables_outside_the_notify_prefix_are_never_read(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = notifier(
+        NotifyTarget(receiver.url, secret_env="RECONCILER_WEBHOOK_SECRET"),
+        NotifyTarget(None, url_env="AWS_SECRET_ACCESS_KEY"),
+        RECONCILER_WEBHOOK_SECRET=SECRET,
+        AWS_SECRET_ACCESS_KEY=receiver.url,
+    )
+    with caplog.at_level(logging.WARNING, logger="reconciler"):
+        assert n.send(event()) == 0
+        n.close()
+    assert receiver.got == [] and receiver.connections == 0
+    assert "starts with RECONCILER_NOTIFY_" in caplog.text and SECRET not in caplog.text
+
+
+def test_a_receiver_refuses_an_old_a_tampered_or_an_unsigned_notification() -> None:
+    body, now = b'{"event":"applied"}', 1_700_000_000
+    good = sign(SECRET.encode(), body, str(now))
+    verify(SECRET.encode(), body, str(now), good, now=now + 299)  # control
+    cases = [
+        (body, str(now), good, now + 301, "outside the 300 s window"),
+        (body + b" ", str(now), good, now, "does not match"),
+        (body, str(now + 1), good, now, "does not match"),
+        (body, None, good, now, "unsigned"),
+        (body, str(now), None, now, "unsigned"),
+        (body, "-5", good, now, "not unix seconds"),
+    ]
+    for data, stamp, signature, at, fragment in cases:
+        with pytest.raises(BadSignature, match=fragment):
+            verify(SECRET.encode(), data, stamp, signature, now=at)

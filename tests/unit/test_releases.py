@@ -8,6 +8,7 @@ import json
 import pytest
 
 from reconciler.releases import CannotEdit, Entry, insert_release, version_key
+from reconciler.workflows import WorkflowRefused, check_name, one_line
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 NEW = Entry("v1.3", {"web": D1, "linux-amd64": "r.example/acme/x@" + D2}, {"semver": "1.3"})
@@ -171,3 +172,19 @@ def test_release_names_sort_as_versions() -> None:
     ]
     assert version_key("1.2") == version_key("v1.2.0")
     assert version_key("2026-11-30") > version_key("2026-11-02")
+
+
+@pytest.mark.parametrize(
+    "value", ["a\nb", "a\rb", "a\x85b", "a\u2028b", "a\u2029b", "a\x00b", "a\x1bb", "a\tb"]
+)
+def test_a_value_with_any_line_break_or_control_character_is_refused(value: str) -> None:
+    assert one_line("v1.7 of example.org/acme/shop", "release") == "v1.7 of example.org/acme/shop"
+    with pytest.raises(WorkflowRefused, match="line break or a control character"):
+        one_line(value, "release")
+
+
+@pytest.mark.parametrize("name", ["v1.7 ", "", "-x", "a/b", "a:b", "x" * 129, 'v1"}'])
+def test_new_names_follow_the_tag_grammar(name: str) -> None:
+    assert check_name("v1.7-rc_1", "release name") == "v1.7-rc_1"
+    with pytest.raises(WorkflowRefused, match="not a valid name"):
+        check_name(name, "release name")
