@@ -129,7 +129,9 @@ def discover_releases(
     New means newer (:func:`version_key`) than every release the catalog has, so a
     release deleted from the catalog is not proposed again.
     """
-    registries = flows.reconciler.registries(flows.reconciler.in_force(state))
+    policy = flows.reconciler.in_force(state)
+    state = policy.trusted  # catalogs and their registries as the policy in force has them
+    registries = flows.reconciler.registries(policy)
     findings: list[Finding] = []
     for name in sorted(state.catalogs):
         catalog = state.catalogs[name]

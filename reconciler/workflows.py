@@ -289,7 +289,8 @@ class Workflows:
         if message is not None:
             one_line(message, "commit subject")
         self._require_push_for_urls(push)
-        state = self.reconciler.load()
+        policy = self.reconciler.in_force()
+        state = policy.trusted  # the catalog's sources are read as the policy in force has them
         found = state.catalogs.get(catalog)
         if found is None:
             raise WorkflowRefused(
@@ -304,7 +305,7 @@ class Workflows:
             )
         if not items:
             raise WorkflowRefused(f"release {release} names no item", "pass ITEM=TAG …")
-        registries = self.reconciler.registries(self.reconciler.in_force(state))
+        registries = self.reconciler.registries(policy)
         try:
             new = [releases.resolve_item(registries, found, i, ref) for i, ref in items.items()]
             verified = releases.verify_items(registries, found, release, new)
@@ -586,14 +587,14 @@ def audit(
 ) -> list[AuditEntry]:
     """A timeline per environment: commits that changed its file, joined with its records."""
     reconciler = flows.reconciler
-    state = reconciler.load()
+    policy = reconciler.in_force()
+    state = policy.trusted  # targets and record keys as the policy in force has them
     names = sorted(envs or state.environments)
     unknown = [n for n in names if n not in state.environments]
     if unknown:
         raise WorkflowRefused(f"unknown environment(s): {', '.join(unknown)}")
     history = flows.history
     head = str(flows.source.resolve(reconciler.ref).id)
-    policy = reconciler.in_force(state)
     registries = reconciler.registries(policy)
     timelines: dict[str, list[AuditEntry]] = {}
     anomalies_of: dict[str, list[AuditEntry]] = {}
@@ -648,7 +649,7 @@ def audit(
     # tell a refused change from a pending one.
     waiting = [name for name, mine in timelines.items() if mine and mine[0].status == "pending"]
     if waiting:
-        for outcome in reconciler.run(Mode.PLAN, waiting, state=state).outcomes:
+        for outcome in reconciler.run(Mode.PLAN, waiting).outcomes:
             if outcome.status in (Status.REFUSED, Status.FAILED) and outcome.error is not None:
                 newest = timelines[outcome.environment][0]
                 newest.status, newest.reason = "refused", outcome.error.message

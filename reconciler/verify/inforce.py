@@ -70,6 +70,21 @@ class PolicyInForce:
     prefix: str = ""  # --path: the state's directory in the repository
 
     @property
+    def trusted(self) -> DesiredState:
+        """The judged commit's desired state: what may be read for I/O and decisions.
+
+        Raises:
+            Refused: nothing of the repository has been judged (first contact refused).
+        """
+        if self.state is None:
+            raise Refused(
+                Rule.COMMITS,
+                "nothing of the state repository is in force yet",
+                "sign the newest commit with a key of the trust root (docs/trust.md)",
+            )
+        return self.state
+
+    @property
     def settings(self) -> Settings:
         """The settings in force (defaults before first contact)."""
         return self.state.proposed_settings if self.state is not None else Settings()

@@ -340,6 +340,29 @@ def test_hosts_and_settings_of_an_unjudged_commit_get_no_request(
     assert world.tags() == before
 
 
+@pytest.mark.parametrize("command", [["plan"], ["status"], ["audit"], ["apply", "--dry-run"]])
+def test_no_command_sends_a_request_to_a_host_of_an_unjudged_commit(
+    rooted: SignedWorld, capsys: pytest.CaptureFixture[str], attacker: Listener, command: list[str]
+) -> None:
+    """Read-only commands judge first too: the catalog source and target an unsigned
+    commit names are never contacted."""
+    world = rooted.world
+    catalog = rooted.repo.revparse_single("main:catalogs/shop.cue").data.decode()
+    rooted.unsigned(
+        {
+            "catalogs/shop.cue": catalog.replace(
+                f"{world.host}/{world.source}", f"{attacker.host}/shop"
+            ),
+            "environments/dev.cue": world.env(
+                "dev", "v1.2", f'\n\ttarget: repository: "{attacker.host}/x"'
+            ),
+        },
+        "move the shop",
+    )
+    world.cli(capsys, *command)
+    assert attacker.connections == 0
+
+
 # --------------------------------------------------------------------------- 5. fresh host
 
 
