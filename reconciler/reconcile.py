@@ -286,12 +286,7 @@ class Reconciler:
             nothing = [EnvOutcome(n, Status.REFUSED, error=refused) for n in names]
             return PassResult(candidate, nothing, judgement, candidate)
         trusted = judgement.policy.state
-        wanted = envs or sorted(set(trusted.environments) | set(candidate.environments))
-        unjudged = [n for n in wanted if n not in trusted.environments]
-        names = promotion_order(trusted, [n for n in wanted if n in trusted.environments] or None)
-        if envs and not [n for n in envs if n in trusted.environments]:
-            names = []
-        promotion_order(candidate, unjudged)  # unknown to both: a usage error
+        names, unjudged = _selection(trusted, candidate, envs)
         run = _Pass(self, trusted, judgement, mode, only_tags or {})
         outcomes: dict[str, EnvOutcome] = {}
         with (
@@ -314,6 +309,19 @@ class Reconciler:
     def close(self) -> None:
         if self._registries is not None:
             self._registries.close()
+
+
+def _selection(
+    trusted: DesiredState, candidate: DesiredState, envs: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """(the environments to run, of the commit in force, in promotion order; those only
+    the newest commit names, which are refused with it). Unknown to both: Stalled."""
+    known = set(trusted.environments) | set(candidate.environments)
+    if envs and set(envs) - known:
+        promotion_order(candidate, [n for n in envs if n not in trusted.environments])
+    wanted = set(envs) if envs else known
+    names = [n for n in promotion_order(trusted) if n in wanted]
+    return names, sorted(n for n in wanted if n not in trusted.environments)
 
 
 def _held_back(outcome: EnvOutcome, refusal: Refused, judgement: Judgement) -> EnvOutcome:
