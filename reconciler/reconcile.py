@@ -326,15 +326,19 @@ def _selection(
 
 def _held_back(outcome: EnvOutcome, refusal: Refused, judgement: Judgement) -> EnvOutcome:
     """An environment's outcome of a pass towards the commit in force, while the newest
-    commit is refused: the refusal, and what drift correction did meanwhile."""
-    commit = judgement.policy.commit or ""
+    commit is refused: the refusal (what a person acts on), and what happened at the
+    commit in force meanwhile (drift corrected, or that environment's own problem)."""
+    commit = (judgement.policy.commit or "")[:12]
     moved = outcome.applied.moved if outcome.applied else ()
-    outcome.note = (
-        f"commit {judgement.candidate[:12]} is refused; "
-        + (f"drift corrected towards commit {commit[:12]}, the commit in force ({len(moved)} "
-           "tags moved)" if moved else f"the commit in force stays {commit[:12]}")
-    )  # fmt: skip
-    if outcome.error is None:  # an environment's own refusal or failure says more
+    if moved:
+        meanwhile = f"drift corrected towards commit {commit}, the commit in force"
+        meanwhile += f" ({len(moved)} tags moved)"
+    elif outcome.error is not None:
+        meanwhile = f"at the commit in force {commit}: {outcome.error.message}"
+    else:
+        meanwhile = f"the commit in force stays {commit}"
+    outcome.note = f"commit {judgement.candidate[:12]} is refused; {meanwhile}"
+    if outcome.status is not Status.FAILED:  # a failure is retried, with its own error
         outcome.status, outcome.error = Status.REFUSED, refusal
     return outcome
 

@@ -20,6 +20,7 @@ from reconciler.git import GitSource
 from reconciler.reconcile import registry_settings
 from reconciler.registry import HostConfig, HttpRegistry
 from tests.support import recordkeys
+from tests.support.judged import in_force
 from tests.support.registry_servers import RegistryFactory, RegistryServer, build_image, push
 from tests.support.schemas import cue_verdict
 from tests.support.staterepo import StateRepo
@@ -82,7 +83,7 @@ def test_ca_file_is_read_from_the_tree_and_every_field_reaches_the_registry_laye
     assert "keys/ca.pem" in state.inputs  # the commit-signature rule guards it
     registry = state.proposed_settings.registries[HOST]
     assert registry.ca_data == pem.encode()
-    host = registry_settings(state).for_host(HOST)
+    host = registry_settings(in_force(state).policy).for_host(HOST)
     assert host.ca_pem == pem.encode() and host.ca_file is None
     assert (host.connect_timeout, host.read_timeout, host.retry.attempts) == (2, 12.5, 5)
     assert host.concurrency == 16  # the default
