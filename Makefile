@@ -1,4 +1,4 @@
-# The two commands: `make demo` and `make test`. Both set everything up first.
+# The two commands: `make demo` and `make test`. Each sets up what it needs first.
 SHELL := /bin/bash
 VENV := .venv
 # A cue already on PATH wins; otherwise the one setup installed under .tools/bin.
