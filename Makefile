@@ -6,7 +6,8 @@ export PATH := $(PATH):$(CURDIR)/.tools/bin
 
 .PHONY: setup peers test demo lint bench clean
 
-# What the demo uses: git, cue, the venv (a minute or so on a fresh machine).
+# What the demo uses: git, cue, the venv. The first time it is mostly compiling cue
+# (about 140 s of CPU; 1.5-3 min on 2 cores), then a stamp makes it free.
 setup:
 	@bash scripts/setup.sh
 
