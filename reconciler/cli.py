@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__, completion, daemon, discover, receivers
+from reconciler import __version__, completion, daemon, discover, receivers, scaffold
 from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
 from reconciler.git import GitSource, default_cache_dir, is_url
@@ -72,6 +72,7 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "discover": (*_READS, "env"),
     "run": (*_STATE, "env", "authfile", *_TRUST),
     "keygen": (),
+    "init": (),
     "version": ("json",),
     "completion": (),
 }
@@ -318,6 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --write-trust-root: the SSH allowed-signers file of who may sign commits",
     )
 
+    scaffold_parser = _command(
+        sub, "init", "create a working state repository in DIR: settings, a catalog, "
+        "dev/staging/prod, keys, a trust root", cmd_init,
+    )  # fmt: skip
+    scaffold_parser.add_argument(
+        "directory", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: ."
+    )
+    scaffold_parser.add_argument(
+        "--signer-key", type=Path, metavar="FILE", help="the public key your builds are signed "
+        "with (cosign.pub): the catalog's signers and settings.verify.keys",
+    )  # fmt: skip
+    scaffold_parser.add_argument(
+        "--insecure-skip-signatures",
+        action="store_true",
+        help="without --signer-key: accept unsigned artifacts (shown as UNVERIFIED)",
+    )
+    scaffold_parser.add_argument(
+        "--source", metavar="REF", help="the catalog's OCI repository (default: an OCI "
+        "layout with sample artifacts under DIR/.reconciler/oci/app)",
+    )  # fmt: skip
+    scaffold_parser.add_argument(
+        "--record-key", type=Path, metavar="FILE",
+        help="where to write the record-signing private key (default DIR/.reconciler/records.key)",
+    )  # fmt: skip
+    scaffold_parser.add_argument(
+        "--write-trust-root", type=Path, metavar="FILE", dest="write_root",
+        help="where to write the trust root (default DIR/.reconciler/trust-root.json)",
+    )  # fmt: skip
+    scaffold_parser.add_argument(
+        "--allowed-signers", type=Path, metavar="FILE", help="the SSH allowed-signers file of "
+        "who may sign commits: settings.git.allowedSigners and the trust root; the first "
+        "commit is signed (git commit -S)",
+    )  # fmt: skip
+
     _command(sub, "version", "the versions of reconciler and of the tools it runs", cmd_version)
 
     comp = _command(
@@ -510,6 +545,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             f"  commit {public.name} to the state repository (e.g. as keys/records.pub), list "
             f"it in settings.records.keys, and run the reconciler with --record-key {private}"
         )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    options = scaffold.InitOptions(
+        args.directory,
+        source=args.source,
+        signer_key=args.signer_key,
+        insecure_skip_signatures=args.insecure_skip_signatures,
+        record_key=args.record_key,
+        trust_root=args.write_root,
+        allowed_signers=args.allowed_signers,
+    )
+    created = scaffold.init(options)
+    if args.insecure_skip_signatures:
+        print(f"WARNING: {scaffold.UNVERIFIED}", file=sys.stderr)
+    if not args.quiet:
+        print(scaffold.next_steps(created))
     return 0
 
 

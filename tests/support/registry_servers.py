@@ -48,6 +48,11 @@ USER = "alice"
 PASSWORD = "s3cret"
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
+# The test-only judges come from `make peers`; everything else from `make setup`.
+_SET_UP = {
+    name: "`make peers` (scripts/setup.sh --peers)"
+    for name in ("oras", "crane", "cosign", "docker-registry", "skopeo", "htpasswd")
+}
 
 
 def require_tool(name: str) -> str:
@@ -56,7 +61,7 @@ def require_tool(name: str) -> str:
         f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
     )
     if not found:
-        pytest.fail(f"{name} not found; run `make setup`", pytrace=False)
+        pytest.fail(f"{name} not found; run {_SET_UP.get(name, '`make setup`')}", pytrace=False)
     return found
 
 
