@@ -1,7 +1,7 @@
 """What the daemon costs the registry: an idle hour and one promotion, counted in requests.
 
 ENVS environments x ITEMS items against a real registry and a real git repository; the
-daemon (the real :class:`reconciler.daemon.Daemon`) runs its passes with a simulated
+daemon (the real :class:`reconciler.daemon.service.Daemon`) runs its passes with a simulated
 clock, so an hour of polling every ``--interval`` seconds takes as long as its requests
 do. Counted: the first pass, an idle hour (polls, plus the drift scans that
 ``--drift-interval`` spreads over it), one commit promoting one environment, and the
@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.bench_reconcile import push_artifact, sign, state_repository
 from bench.bench_registry import start_registry
-from reconciler.daemon import BackoffPolicy, Daemon
+from reconciler.daemon.service import BackoffPolicy, Daemon
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
-from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries, RegistrySettings
 from reconciler.verify.root import TrustRoot
 

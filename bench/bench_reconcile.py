@@ -39,8 +39,8 @@ from requests.adapters import HTTPAdapter
 
 from bench.bench_registry import start_registry
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Mode, Reconciler
 from reconciler.git import GitSource
-from reconciler.reconcile import Mode, Reconciler
 from reconciler.registry import OCI_MANIFEST, HostConfig, HttpRegistry, Registries, RegistrySettings
 from reconciler.registry.oci import MANIFEST_ACCEPT, referrers_tag
 from reconciler.verify.root import TrustRoot

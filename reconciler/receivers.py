@@ -14,7 +14,7 @@ private networks. Two classes of address:
 
 Names are resolved when a notification is sent, every address must pass, and the
 address actually connected to is checked again before a byte is sent (see
-:mod:`reconciler.notify`), so a DNS answer that changes in between gains nothing.
+:mod:`reconciler.daemon.notify`), so a DNS answer that changes in between gains nothing.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ import pygit2
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from reconciler import records
+from reconciler.evidence import records
 from reconciler.registry import OCI_INDEX, OCI_MANIFEST, LayoutRegistry, referrers_tag
-from reconciler.signing import new_signing_key
+from reconciler.evidence.signing import new_signing_key
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "quickstart"

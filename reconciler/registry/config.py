@@ -5,7 +5,7 @@ when its settings say ``plainHTTP``, so a typo cannot silently downgrade TLS.
 
 The state repository's ``settings.registries`` is parsed once, by the desired-state
 loader, into :class:`reconciler.model.RegistrySettings`; ``registry_settings()`` in
-:mod:`reconciler.reconcile` maps it onto :class:`HostConfig`. This module has no
+:mod:`reconciler.engine.reconcile` maps it onto :class:`HostConfig`. This module has no
 parser of its own.
 """
 

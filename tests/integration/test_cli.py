@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support.registry_servers import RegistryServer
 from tests.support.staterepo import ROOT, StateRepo
 from tests.support.world import build_world
@@ -240,5 +240,5 @@ def test_plan_markdown_quiet_apply_progress_and_log_level(
     world.promote(dev="v1.1")
     proc = cli("apply", "--repo", repo, "--env", "dev", "--log-level", "info")
     assert proc.returncode == 0, proc.stderr
-    assert f"INFO reconciler.apply: moved {world.host}/{world.source}:dev-web" in proc.stderr
+    assert f"INFO reconciler.engine.apply: moved {world.host}/{world.source}:dev-web" in proc.stderr
     assert "DEBUG" not in proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import records
+from reconciler.evidence import records
 from tests.support import recordkeys
 from tests.support.daemon import (
     DaemonProcess,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support.registry_servers import Built, RegistryServer, build_image, build_index, push
 from tests.support.signing import attach_bundle, sign_legacy
 from tests.support.sigstore_instance import SigstoreInstance, in_toto_statement
@@ -193,7 +193,7 @@ def test_kubernetes_example_runs_the_cli_it_ships_with(tmp_path: Path) -> None:
 
     import yaml
 
-    from reconciler.cli import build_parser
+    from reconciler.cli.main import build_parser
 
     k8s = EXAMPLES / "kubernetes"
     kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.errors import GitUnreachable
 from reconciler.git import GitSource
 from tests.support.githttp import GitHttpServer

@@ -19,8 +19,8 @@ from typing import Any
 import pygit2
 import yaml
 
+from reconciler.proposals.scaffold import ITEMS, RELEASE
 from reconciler.registry import LayoutRegistry, parse_reference
-from reconciler.scaffold import ITEMS, RELEASE
 from tests.support.signing import new_key, sign_legacy
 from tests.support.sshsign import new_key as ssh_key
 from tests.support.staterepo import ROOT

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support.receiver import receiving
 from tests.support.registry_servers import RegistryServer
 from tests.support.staterepo import StateRepo

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support import recordkeys
 from tests.support.registry_servers import RegistryServer, require_tool
 from tests.support.staterepo import StateRepo

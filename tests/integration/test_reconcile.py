@@ -13,10 +13,10 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reconciler import records
-from reconciler.cli import main
+from reconciler.cli.main import main
+from reconciler.engine.reconcile import Mode, Status
+from reconciler.evidence import records
 from reconciler.model import record_tag
-from reconciler.reconcile import Mode, Status
 from reconciler.registry import HostConfig, Registries, RegistrySettings
 from tests.support import recordkeys
 from tests.support.registry_servers import (

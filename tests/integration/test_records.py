@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from reconciler import records
+from reconciler.evidence import records
+from reconciler.evidence.signing import envelope, load_signing_key, new_signing_key, statement
 from reconciler.model import PublicKey, record_tag
 from reconciler.registry import OCI_MANIFEST, referrers_tag, sha256_digest
-from reconciler.signing import envelope, load_signing_key, new_signing_key, statement
 from tests.support import recordkeys
 from tests.support.registry_servers import RegistryFactory, RegistryServer, require_tool
 from tests.support.world import World, build_world, desired_only

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.registry import (
     AuthenticationFailed,
     DockerCredentials,

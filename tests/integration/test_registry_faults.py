@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.errors import Stalled, Transient
 from reconciler.registry import (
     DigestMismatch,

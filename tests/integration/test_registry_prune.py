@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import records
+from reconciler.evidence import records
 from reconciler.registry import HostConfig, HttpRegistry
 from tests.support.registry_servers import (
     FaultProxy,

@@ -13,11 +13,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.desired import Loader, schema_dir
+from reconciler.engine.reconcile import registry_settings
 from reconciler.errors import InvalidState
 from reconciler.git import GitSource
-from reconciler.reconcile import registry_settings
 from reconciler.registry import HostConfig, HttpRegistry
 from tests.support import recordkeys
 from tests.support.judged import in_force

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support.publish import CATALOG, CATALOG_FILE, Origin, push_build, with_signers
 from tests.support.registry_servers import RegistryServer
 from tests.support.world import World, build_world, desired_only

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.errors import InvalidState
 from reconciler.model import NOTIFY_EVENTS, Discovery, NotifyTarget
 from tests.support.schemas import assert_agree, cat, cue_verdicts, env

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import records
+from reconciler.evidence import records
 from reconciler.model import Identity, Policy, PublicKey
 from reconciler.registry import HostConfig, HttpRegistry
 from reconciler.verify.signatures import discover, key_id, require

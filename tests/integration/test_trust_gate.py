@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.registry import LayoutRegistry
 from tests.support import recordkeys
 from tests.support.attack import (

@@ -21,12 +21,12 @@ from typing import Any
 import pygit2
 import pytest
 
-from reconciler.daemon import BackoffPolicy, Daemon
+from reconciler.daemon.service import BackoffPolicy, Daemon
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
+from reconciler.evidence.signing import generate
 from reconciler.git import GitSource
 from reconciler.model import PublicKey
-from reconciler.reconcile import Reconciler
-from reconciler.signing import generate
 from reconciler.verify.root import TrustRoot, write_trust_root
 from tests.support import recordkeys
 from tests.support.attack import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.desired import Loader
 from reconciler.git import GitSource
 from reconciler.model import DesiredState

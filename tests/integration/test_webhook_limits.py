@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler import daemon as daemon_module
-from reconciler.daemon import HOOK_PATH, BackoffPolicy, Daemon
+from reconciler.daemon import service as daemon_module
+from reconciler.daemon.service import HOOK_PATH, BackoffPolicy, Daemon
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
-from reconciler.reconcile import Reconciler
 
 SECRET = b"webhook-secret-for-limits"
 DEADLINE = 1.0

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler import daemon as daemon_module
-from reconciler.daemon import HOOK_PATH, BackoffPolicy, Daemon
+from reconciler.daemon import service as daemon_module
+from reconciler.daemon.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Event, Notifier
+from reconciler.daemon.service import HOOK_PATH, BackoffPolicy, Daemon
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
 from reconciler.model import NotifyTarget
-from reconciler.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Event, Notifier
-from reconciler.reconcile import Reconciler
 from tests.support.receiver import receiving
 
 SECRET = "the-webhook-secret-0123456789abcdef"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support import recordkeys
 from tests.support.publish import Origin as Remote
 from tests.support.registry_servers import RegistryServer
@@ -57,7 +57,7 @@ def test_promote_merge_apply_rollback_merge_apply(
     assert desired_only(world.tags()) == expected_tags(
         world, dev="v1.2", staging="v1.1", prod="v1.1"
     )
-    from reconciler import records
+    from reconciler.evidence import records
 
     head = records.read_head(world.registry, world.source, "staging")
     assert head is not None and head.note.startswith("staging rolled back from v1.2 to v1.1")

@@ -11,7 +11,7 @@ import pygit2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.support.registry_servers import Built, build_image, build_index, push
 from tests.support.signing import new_key, sign_legacy
 from tests.support.world import ITEMS, World

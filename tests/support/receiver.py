@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reconciler.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, BadSignature, verify
+from reconciler.daemon.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, BadSignature, verify
 
 
 @dataclass

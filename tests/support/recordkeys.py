@@ -11,7 +11,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from reconciler.signing import generate
+from reconciler.evidence.signing import generate
 
 RECORDS_PUB = "keys/records.pub"
 SETTINGS = f'records: keys: ["{RECORDS_PUB}"]'

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
+from reconciler.evidence.signing import signing_key_from
 from reconciler.git import GitSource
-from reconciler.reconcile import Reconciler
 from reconciler.registry import HostConfig, HttpRegistry, Registries
-from reconciler.signing import signing_key_from
 from reconciler.verify.root import trust_root_from
 from tests.support import recordkeys
 from tests.support.registry_servers import Built, build_image, build_index, push

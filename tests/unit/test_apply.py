@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.apply import FRESH_S, TagMoved, apply_changes
+from reconciler.engine.apply import FRESH_S, TagMoved, apply_changes
 from reconciler.model import Action, Change, Drift
 from reconciler.registry import LayoutRegistry, Manifest, Registry
 from tests.support.registry_servers import build_image, push

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.apply import TagMoved, apply_changes
+from reconciler.engine.apply import TagMoved, apply_changes
 from reconciler.model import Action, Change, Drift
 from reconciler.registry import LayoutRegistry, Manifest, RegistryUnavailable
 

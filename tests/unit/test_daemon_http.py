@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.daemon import (
+from reconciler.daemon.deliveries import Deliveries, delivery_id
+from reconciler.daemon.service import (
     SECRET_ENV,
     JsonFormatter,
     add_arguments,
@@ -20,7 +21,6 @@ from reconciler.daemon import (
     read_secret,
     webhook_authorized,
 )
-from reconciler.deliveries import Deliveries, delivery_id
 from reconciler.errors import Stalled
 
 SECRET = b"0123456789abcdef-secret"
@@ -121,7 +121,7 @@ def test_empty_or_missing_secret_file_is_an_error(tmp_path: Path) -> None:
 
 def test_json_log_lines_carry_the_daemon_fields() -> None:
     record = logging.LogRecord(
-        "reconciler.daemon", logging.INFO, "f", 1, "%s: applied", ("dev",), None
+        "reconciler.daemon.service", logging.INFO, "f", 1, "%s: applied", ("dev",), None
     )
     record.event, record.environment = "applied", "dev"
     doc = json.loads(JsonFormatter().format(record))

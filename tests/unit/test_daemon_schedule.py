@@ -10,8 +10,9 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from reconciler.daemon import BackoffPolicy, Daemon
-from reconciler.events import Event
+from reconciler.daemon.events import Event
+from reconciler.daemon.service import BackoffPolicy, Daemon
+from reconciler.engine.reconcile import EnvOutcome, Mode, PassResult, Status
 from reconciler.model import (
     Catalog,
     DesiredState,
@@ -22,7 +23,6 @@ from reconciler.model import (
     Release,
     Settings,
 )
-from reconciler.reconcile import EnvOutcome, Mode, PassResult, Status
 from reconciler.registry import RequestStats
 from reconciler.verify.inforce import Judgement, PolicyInForce
 from tests.support.judged import in_force

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from reconciler.events import Event, EventQueue, parse
+from reconciler.daemon.events import Event, EventQueue, parse
 from reconciler.model import DesiredState, DesiredTag, Settings
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64

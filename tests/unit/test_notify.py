@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 
-from reconciler.apply import ApplyResult
+from reconciler.daemon.notify import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    BadSignature,
+    Event,
+    Notifier,
+    RetryPolicy,
+    sign,
+    verify,
+)
+from reconciler.engine.apply import ApplyResult
+from reconciler.engine.reconcile import EnvOutcome, Status
 from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.model import (
     Action,
@@ -29,17 +40,6 @@ from reconciler.model import (
     NotifyTarget,
     Settings,
 )
-from reconciler.notify import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    BadSignature,
-    Event,
-    Notifier,
-    RetryPolicy,
-    sign,
-    verify,
-)
-from reconciler.reconcile import EnvOutcome, Status
 from reconciler.verify import Refused, Waiting
 from tests.support.receiver import Receiver, receiving
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from reconciler.engine.reconcile import _Once
 from reconciler.errors import Transient
-from reconciler.reconcile import _Once
 
 
 def test_a_value_is_computed_once() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from reconciler.desired import Loader
+from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
 from reconciler.model import DesiredState, RegistrySettings, Settings
-from reconciler.reconcile import Reconciler
 from tests.support.judged import in_force
 
 

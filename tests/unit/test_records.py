@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import records
-from reconciler.anchor import Anchor, Anchors
-from reconciler.model import Record, frozen_map, record_tag
-from reconciler.registry import OCI_MANIFEST, LayoutRegistry, sha256_digest
-from reconciler.signing import (
+from reconciler.evidence import records
+from reconciler.evidence.anchor import Anchor, Anchors
+from reconciler.evidence.signing import (
     KeyProblem,
     generate,
     load_signing_key,
     new_signing_key,
 )
+from reconciler.model import Record, frozen_map, record_tag
+from reconciler.registry import OCI_MANIFEST, LayoutRegistry, sha256_digest
 from reconciler.verify import Refused, Rule
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from reconciler.releases import CannotEdit, Entry, insert_release, version_key
-from reconciler.workflows import WorkflowRefused, check_name, one_line
+from reconciler.proposals.releases import CannotEdit, Entry, insert_release, version_key
+from reconciler.proposals.workflows import WorkflowRefused, check_name, one_line
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 NEW = Entry("v1.3", {"web": D1, "linux-amd64": "r.example/acme/x@" + D2}, {"semver": "1.3"})

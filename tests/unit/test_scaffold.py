@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.scaffold import InitOptions, InitRefused, init
+from reconciler.proposals.scaffold import InitOptions, InitRefused, init
 from tests.support.signing import new_key
 
 

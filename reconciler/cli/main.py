@@ -25,20 +25,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__, completion, daemon, discover, receivers, scaffold
+from reconciler import __version__, receivers
+from reconciler.cli import completion
+from reconciler.cli.progress import MODES as PROGRESS_MODES
+from reconciler.cli.progress import Progress
+from reconciler.daemon import service as daemon
 from reconciler.desired import Loader, cue_command, cue_environment
+from reconciler.engine.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
+from reconciler.evidence.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
 from reconciler.model import Action, DesiredState, PublicKey
-from reconciler.progress import MODES as PROGRESS_MODES
-from reconciler.progress import Progress
-from reconciler.reconcile import EnvOutcome, Mode, PassResult, Reconciler, promotion_order
+from reconciler.proposals import discover, scaffold
+from reconciler.proposals.workflows import Proposal, Workflows
 from reconciler.registry import set_auth_file
-from reconciler.signing import KEY_ENV, PASSWORD_ENV, generate, signing_key_from
 from reconciler.verify import disposition
 from reconciler.verify.root import ROOT_ENV, TOFU_ENV, TrustRoot, trust_root_from, write_trust_root
-from reconciler.workflows import Proposal, Workflows
 
 log = logging.getLogger("reconciler")
 

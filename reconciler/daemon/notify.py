@@ -57,9 +57,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from reconciler import __version__, receivers
+from reconciler.engine.reconcile import EnvOutcome, Status
 from reconciler.errors import ReconcilerError, Transient
 from reconciler.model import NOTIFY_ENV_HINT, NOTIFY_ENV_RE, DesiredState, Drift, NotifyTarget
-from reconciler.reconcile import EnvOutcome, Status
 from reconciler.verify import Refused, Waiting
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ class Notifier:
         return event
 
     def proposed(self, finding: Any) -> Event | None:
-        """A branch the daemon opened (a :class:`reconciler.discover.Finding`)."""
+        """A branch the daemon opened (a :class:`reconciler.proposals.discover.Finding`)."""
         try:
             return self._proposed(finding)
         except Exception:

@@ -68,18 +68,19 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from reconciler import deliveries, discover, notify
+from reconciler.daemon import deliveries, notify
+from reconciler.daemon.events import EventQueue
+from reconciler.daemon.events import parse as parse_events
+from reconciler.engine.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.errors import ReconcilerError, Stalled, Transient
-from reconciler.events import EventQueue
-from reconciler.events import parse as parse_events
 from reconciler.model import DesiredState
+from reconciler.proposals import discover
 from reconciler.receivers import ALLOW_PRIVATE_FLAG
-from reconciler.reconcile import EnvOutcome, Mode, Reconciler, Status
 from reconciler.registry import RequestStats
 from reconciler.verify import Disposition, Refused, disposition
 from reconciler.verify.inforce import Judgement, PolicyInForce
 
-log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
+log = logging.getLogger("reconciler.daemon.service")  # not __name__: "__main__" under python -m
 
 DEFAULT_LISTEN = "127.0.0.1:9090"
 SECRET_ENV = "RECONCILER_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
@@ -491,7 +492,7 @@ class Daemon:
         self._unknown: frozenset[str] = frozenset()
         self.metrics.set_health(None, Health.OK)
         # Telling people (settings.notify) and proposing branches (discover, follow):
-        # reconciler/notify.py and reconciler/discover.py; neither can fail a pass.
+        # reconciler/daemon/notify.py and reconciler/proposals/discover.py; neither can fail a pass.
         self.notifier = notify.Notifier(reconciler.identity, reconciler.source.display)
         self.proposer = discover.Proposer(
             reconciler, drift_interval, self.notifier.proposed, clock, only
@@ -1017,7 +1018,7 @@ def _replay_refusal(
     """Why an authenticated ``/hooks/git`` request is refused (status, metric, text).
 
     A forge's delivery id is required and remembered, with the body's digest
-    (:mod:`reconciler.deliveries`). The body must be a JSON object, as every forge's
+    (:mod:`reconciler.daemon.deliveries`). The body must be a JSON object, as every forge's
     push is: whatever else the secret signs (a notification signs ``timestamp.body``)
     is never a git webhook.
     """

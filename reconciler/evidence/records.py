@@ -35,12 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler.anchor import Anchors
 from reconciler.errors import Stalled, Transient
-from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
-from reconciler.registry import OCI_MANIFEST, Manifest, NotFound, Registry, sha256_digest
-from reconciler.registry.oci import media_type_of
-from reconciler.signing import (
+from reconciler.evidence.anchor import Anchors
+from reconciler.evidence.signing import (
     EnvelopeInvalid,
     SigningKey,
     envelope,
@@ -48,6 +45,9 @@ from reconciler.signing import (
     signed_by,
     statement,
 )
+from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
+from reconciler.registry import OCI_MANIFEST, Manifest, NotFound, Registry, sha256_digest
+from reconciler.registry.oci import media_type_of
 from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from reconciler import records, releases
+from reconciler.engine.reconcile import Mode, Reconciler, Status
 from reconciler.errors import GitSourceError, ReconcilerError, Stalled
+from reconciler.evidence import records
 from reconciler.git import GitSource, is_url, reverted_commit
 from reconciler.git.branches import (
     BranchRefused,
@@ -31,7 +32,7 @@ from reconciler.git.branches import (
 )
 from reconciler.git.history import History
 from reconciler.model import TAG_RE, Catalog, DesiredState, ItemRef, Record, Release, frozen_map
-from reconciler.reconcile import Mode, Reconciler, Status
+from reconciler.proposals import releases
 from reconciler.registry import Registry, canonical_repository, parse_reference
 from reconciler.verify import Refused
 from reconciler.verify.inforce import Judgement, PolicyInForce

@@ -29,14 +29,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from reconciler.engine.reconcile import Reconciler
 from reconciler.errors import ReconcilerError, Stalled
 from reconciler.git import is_url
 from reconciler.git.branches import branch_exists
 from reconciler.model import Catalog, DesiredState
-from reconciler.reconcile import Reconciler
+from reconciler.proposals.releases import open_repository, version_key
+from reconciler.proposals.workflows import Proposal, Workflows, promote_branch, release_branch
 from reconciler.registry import Registries
-from reconciler.releases import open_repository, version_key
-from reconciler.workflows import Proposal, Workflows, promote_branch, release_branch
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler import __version__
+from reconciler.evidence.signing import SigningKey, envelope, statement
 from reconciler.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -28,7 +29,6 @@ from reconciler.registry import (
     sha256_digest,
 )
 from reconciler.registry.oci import build_index
-from reconciler.signing import SigningKey, envelope, statement
 
 PREDICATE_TYPE = "https://slsa.dev/verification_summary/v1"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 MODES = ("auto", "plain", "none")
-STEPS = ("reconciler.releases",)  # loggers whose DEBUG records are steps too
+STEPS = ("reconciler.proposals.releases",)  # loggers whose DEBUG records are steps too
 _COUNTED = {"moved ": "moved", "copied ": "copied", "recorded ": "recorded", "pruned ": "pruned"}
 _SPIN = "|/-\\"
 

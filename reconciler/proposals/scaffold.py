@@ -24,13 +24,13 @@ import pygit2
 from cryptography.hazmat.primitives import serialization
 
 from reconciler.desired import Loader, cue_command
+from reconciler.engine.reconcile import Reconciler
 from reconciler.errors import Stalled
+from reconciler.evidence.records import EMPTY_CONFIG, EMPTY_MEDIA_TYPE
+from reconciler.evidence.signing import generate
 from reconciler.git import GitSource, default_cache_dir
 from reconciler.model import DesiredState, PublicKey
-from reconciler.reconcile import Reconciler
-from reconciler.records import EMPTY_CONFIG, EMPTY_MEDIA_TYPE
 from reconciler.registry import OCI_MANIFEST, LayoutRegistry, parse_reference, sha256_digest
-from reconciler.signing import generate
 from reconciler.verify.commits import verify_commit
 from reconciler.verify.root import ROOT_ENV, TrustRoot, write_trust_root
 

@@ -26,20 +26,22 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from reconciler import __version__, records, vsa
-from reconciler.anchor import Anchor, Anchors
-from reconciler.apply import ApplyResult, apply_changes
+from reconciler import __version__
 from reconciler.desired import Loader
-from reconciler.errors import GitSourceError, ReconcilerError, Stalled, Transient
-from reconciler.git import GitSource
-from reconciler.git.history import History
-from reconciler.model import DesiredState, Environment, EnvPlan, Observed, Record
-from reconciler.plan import (
+from reconciler.engine.apply import ApplyResult, apply_changes
+from reconciler.engine.plan import (
     CatalogIndex,
     claimed_tags,
     owned_after,
     plan_environment,
 )
+from reconciler.errors import GitSourceError, ReconcilerError, Stalled, Transient
+from reconciler.evidence import records, vsa
+from reconciler.evidence.anchor import Anchor, Anchors
+from reconciler.evidence.signing import SigningKey
+from reconciler.git import GitSource
+from reconciler.git.history import History
+from reconciler.model import DesiredState, Environment, EnvPlan, Observed, Record
 from reconciler.registry import (
     HostConfig,
     Manifest,
@@ -49,7 +51,6 @@ from reconciler.registry import (
     canonical_repository,
     parse_reference,
 )
-from reconciler.signing import SigningKey
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
 from reconciler.verify.inforce import Judge, Judgement, PolicyInForce
 from reconciler.verify.root import TrustRoot, no_trust_root

@@ -1,0 +1,1 @@
+"""`reconciler run`: the polling loop, its HTTP server, registry events and notifications."""
