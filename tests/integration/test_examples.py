@@ -193,7 +193,7 @@ def test_kubernetes_example_runs_the_cli_it_ships_with(tmp_path: Path) -> None:
 
     import yaml
 
-    from reconciler.cli.main import build_parser
+    from reconciler.cli.parser import build_parser
 
     k8s = EXAMPLES / "kubernetes"
     kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
