@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.bench_reconcile import push_artifact, sign, state_repository
 from bench.bench_registry import start_registry
-from reconciler.daemon.service import BackoffPolicy, Daemon
+from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.daemon.service import Daemon
 from reconciler.desired import Loader
 from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource

@@ -30,7 +30,7 @@ from reconciler.cli.commands import (
     cmd_version,
 )
 from reconciler.cli.progress import MODES as PROGRESS_MODES
-from reconciler.daemon import service as daemon
+from reconciler.daemon import options as daemon_options
 from reconciler.evidence.signing import KEY_ENV, PASSWORD_ENV
 from reconciler.git import is_url
 from reconciler.verify.root import ROOT_ENV, TOFU_ENV
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
 
     run = _command(sub, "run", "reconcile continuously: poll, webhook, health, metrics", cmd_run)
-    daemon.add_arguments(run)
+    daemon_options.add_arguments(run)
     _record_key(run)
     run.add_argument(
         "--discover-interval",

@@ -21,7 +21,8 @@ from typing import Any
 import pygit2
 import pytest
 
-from reconciler.daemon.service import BackoffPolicy, Daemon
+from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.daemon.service import Daemon
 from reconciler.desired import Loader
 from reconciler.engine.reconcile import Reconciler
 from reconciler.evidence.signing import generate

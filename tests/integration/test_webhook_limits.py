@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler.daemon import service as daemon_module
-from reconciler.daemon.service import HOOK_PATH, BackoffPolicy, Daemon
+from reconciler.daemon import options
+from reconciler.daemon import server as daemon_server
+from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.daemon.options import HOOK_PATH
+from reconciler.daemon.service import Daemon
 from reconciler.desired import Loader
 from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
@@ -25,7 +28,7 @@ DEADLINE = 1.0
 WORKERS = 3
 
 
-class Server(daemon_module._Server):
+class Server(daemon_server._Server):
     request_deadline = DEADLINE
     workers = WORKERS
 
@@ -127,7 +130,7 @@ def test_a_prompt_signed_webhook_still_triggers_a_pass(server: tuple[Server, Dae
 
 def test_an_oversized_webhook_body_is_refused_unread(server: tuple[Server, Daemon]) -> None:
     httpd, daemon = server
-    sock = slow_client(httpd, length=daemon_module.MAX_HOOK_BODY + 1)
+    sock = slow_client(httpd, length=options.MAX_HOOK_BODY + 1)
     try:
         sock.settimeout(2)
         assert b" 413 " in sock.recv(4096)

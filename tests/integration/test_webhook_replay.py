@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler.daemon import service as daemon_module
+from reconciler.daemon import server as daemon_server
+from reconciler.daemon.backoff import BackoffPolicy
 from reconciler.daemon.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Event, Notifier
-from reconciler.daemon.service import HOOK_PATH, BackoffPolicy, Daemon
+from reconciler.daemon.options import HOOK_PATH
+from reconciler.daemon.service import Daemon
 from reconciler.desired import Loader
 from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
@@ -28,10 +30,10 @@ PUSH = b'{"ref":"refs/heads/main","after":"0123456789abcdef0123456789abcdef01234
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[daemon_module._Server, Daemon]]:
+def server(tmp_path: Path) -> Iterator[tuple[daemon_server._Server, Daemon]]:
     reconciler = Reconciler(GitSource(str(tmp_path)), Loader(tmp_path / "cache"))
     daemon = Daemon(reconciler, BackoffPolicy(1.0, 2.0, 60.0))
-    httpd = daemon_module._Server(("127.0.0.1", 0), daemon, SECRET.encode(), 60.0)
+    httpd = daemon_server._Server(("127.0.0.1", 0), daemon, SECRET.encode(), 60.0)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield httpd, daemon
@@ -39,7 +41,7 @@ def server(tmp_path: Path) -> Iterator[tuple[daemon_module._Server, Daemon]]:
     httpd.server_close()
 
 
-def post(httpd: daemon_module._Server, body: bytes, headers: dict[str, str]) -> int:
+def post(httpd: daemon_server._Server, body: bytes, headers: dict[str, str]) -> int:
     url = f"http://127.0.0.1:{httpd.server_address[1]}{HOOK_PATH}"
     return requests.post(url, data=body, headers=headers, timeout=5).status_code
 
@@ -61,7 +63,7 @@ def triggered(daemon: Daemon) -> bool:
 
 
 def test_a_captured_notification_is_never_accepted_as_a_git_webhook(
-    server: tuple[daemon_module._Server, Daemon],
+    server: tuple[daemon_server._Server, Daemon],
 ) -> None:
     httpd, daemon = server
     assert post(httpd, PUSH, github(PUSH)) == 202 and triggered(daemon)  # control
@@ -99,7 +101,7 @@ def test_a_captured_notification_is_never_accepted_as_a_git_webhook(
 
 
 def test_a_replayed_webhook_is_refused_however_it_is_dressed(
-    server: tuple[daemon_module._Server, Daemon],
+    server: tuple[daemon_server._Server, Daemon],
 ) -> None:
     httpd, daemon = server
     first = github(PUSH)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.daemon.service import Backoff, BackoffPolicy, Health
+from reconciler.daemon.backoff import Backoff, BackoffPolicy, Health
 from reconciler.errors import Stalled
 
 POLICY = BackoffPolicy(base=2.0, cap=30.0, stalled_retry=600.0)

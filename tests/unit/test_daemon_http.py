@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.daemon.deliveries import Deliveries, delivery_id
-from reconciler.daemon.service import (
+from reconciler.daemon.logs import JsonFormatter
+from reconciler.daemon.options import (
     SECRET_ENV,
-    JsonFormatter,
     add_arguments,
     is_loopback,
     parse_listen,
@@ -121,7 +121,7 @@ def test_empty_or_missing_secret_file_is_an_error(tmp_path: Path) -> None:
 
 def test_json_log_lines_carry_the_daemon_fields() -> None:
     record = logging.LogRecord(
-        "reconciler.daemon.service", logging.INFO, "f", 1, "%s: applied", ("dev",), None
+        "reconciler.daemon", logging.INFO, "f", 1, "%s: applied", ("dev",), None
     )
     record.event, record.environment = "applied", "dev"
     doc = json.loads(JsonFormatter().format(record))

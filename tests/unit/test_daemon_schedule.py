@@ -10,8 +10,9 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from reconciler.daemon.backoff import BackoffPolicy
 from reconciler.daemon.events import Event
-from reconciler.daemon.service import BackoffPolicy, Daemon
+from reconciler.daemon.service import Daemon
 from reconciler.engine.reconcile import EnvOutcome, Mode, PassResult, Status
 from reconciler.model import (
     Catalog,

@@ -1,0 +1,178 @@
+"""What `reconciler run` takes: its flags, the listen address, the webhook secret,
+and the limits of its HTTP server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.errors import Stalled
+from reconciler.receivers import ALLOW_PRIVATE_FLAG
+
+log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
+
+
+DEFAULT_LISTEN = "127.0.0.1:9090"
+SECRET_ENV = "RECONCILER_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
+HOOK_PATH = "/hooks/git"
+REGISTRY_HOOK_PATH = "/hooks/registry"
+TOKEN_ENV = "RECONCILER_REGISTRY_WEBHOOK_TOKEN"  # noqa: S105 (a variable name)
+DRIFT_INTERVAL = 600.0
+MAX_HOOK_BODY = 1 << 20  # push payloads are a few KiB; GitHub caps them at 25 MiB
+HTTP_TIMEOUT = 10.0  # seconds a client may take for its whole request, not per read
+HTTP_WORKERS = 8  # requests served at once; one more is answered 503 without being read
+JOB_ID = "pass"
+SOURCE = "(git)"  # the git source's key in logs
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+def webhook_authorized(
+    secret: bytes, body: bytes, signature: str | None, token: str | None
+) -> bool:
+    """GitHub's ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, else
+    GitLab's ``X-Gitlab-Token: <secret>``, compared in constant time. No proof: False."""
+    if not secret:
+        return False
+    if signature is not None:
+        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected.encode(), signature.strip().encode("latin-1"))
+    if token is not None:
+        return hmac.compare_digest(secret, token.encode("latin-1"))
+    return False
+
+
+def read_secret(args: argparse.Namespace) -> bytes | None:
+    """The webhook secret from ``--webhook-secret-file`` or the environment; never logged."""
+    path: Path | None = args.webhook_secret_file
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise Stalled(
+                f"cannot read the webhook secret file {path}: {exc.strerror}",
+                "mount the secret (e.g. a Kubernetes Secret) at that path",
+            ) from None
+        where = str(path)
+    elif os.environ.get(SECRET_ENV) is not None:
+        secret, where = os.environ[SECRET_ENV].strip().encode(), SECRET_ENV
+    else:
+        return None
+    if not secret:
+        raise Stalled(f"the webhook secret in {where} is empty", "use a long random value")
+    if len(secret) < 16:
+        log.warning("the webhook secret in %s is short; use at least 16 random bytes", where)
+    return secret
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``; the host must be an IP address or ``localhost``."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: the host must be an IP address (e.g. 127.0.0.1, 0.0.0.0) or localhost"
+            ) from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be > 0")
+    return number
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be between 0 and 1")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``reconciler run`` (the common ones come from the CLI)."""
+    parser.add_argument(
+        "--interval", type=_positive, default=60.0, metavar="S", help="seconds between passes"
+    )
+    parser.add_argument(
+        "--jitter",
+        type=_fraction,
+        default=0.1,
+        metavar="F",
+        help="add up to F * interval of random delay to each pass (default 0.1)",
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(DEFAULT_LISTEN),
+        metavar="ADDR",
+        help=f"HTTP address for /healthz, /readyz, /metrics, {HOOK_PATH} "
+        f"(default {DEFAULT_LISTEN}; another interface only when given explicitly)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        metavar="PATH",
+        help=f"shared webhook secret (else ${SECRET_ENV}); without one {HOOK_PATH} is disabled",
+    )
+    parser.add_argument(
+        "--backoff-base", type=_positive, default=BackoffPolicy.base, metavar="S",
+        help="first transient retry delay ceiling (default %(default)s s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backoff-cap", type=_positive, default=BackoffPolicy.cap, metavar="S",
+        help="longest transient retry delay (default %(default)s s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stalled-retry", type=_positive, default=BackoffPolicy.stalled_retry, metavar="S",
+        help="re-check a stalled environment with no new commit after S (default %(default)s s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drift-interval",
+        type=_positive,
+        default=DRIFT_INTERVAL,
+        metavar="S",
+        help="observe every managed tag once per S seconds, spread over the interval "
+        "(default %(default)s s); between scans only changes and registry events cost "
+        "requests",
+    )
+    parser.add_argument(
+        ALLOW_PRIVATE_FLAG,
+        action="store_true",
+        help="let settings.notify receivers be on loopback or private addresses (RFC 1918, "
+        "fc00::/7); link-local and metadata addresses stay refused",
+    )
+    parser.add_argument(
+        "--active-file",
+        type=Path,
+        metavar="PATH",
+        help="run passes only while PATH exists (set by a leader-election sidecar)",
+    )
