@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from reconciler.engine.reconcile import _Once
+from reconciler.engine.environment import Once as _Once
 from reconciler.errors import Transient
 
 
