@@ -38,6 +38,7 @@ from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
 from reconciler.model import DesiredState, PublicKey
 from reconciler.proposals import discover, scaffold
+from reconciler.proposals.audit import audit
 from reconciler.proposals.workflows import Proposal, Workflows
 from reconciler.registry import set_auth_file
 from reconciler.verify.root import ROOT_ENV, TrustRoot, trust_root_from, write_trust_root
@@ -350,7 +351,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     flows = Workflows(make_reconciler(args))
     try:
         with progress(args, "audit"):
-            entries = flows.audit(args.env, args.since)
+            entries = audit(flows, args.env, args.since)
     finally:
         flows.reconciler.close()
     if args.json:
