@@ -114,7 +114,18 @@ class RegistrySettings:
     attempts: int | None = None
 
 
-NOTIFY_EVENTS = ("applied", "refused", "failed", "drift", "proposed", "recovered")
+class NotificationKind(StrEnum):
+    """What a notification tells (``settings.notify[].events`` chooses among them)."""
+
+    APPLIED = "applied"  # a change went live
+    REFUSED = "refused"  # a rule said no: a person must act
+    FAILED = "failed"  # an error, including the git source's
+    DRIFT = "drift"  # tags found (or corrected) away from what was applied
+    PROPOSED = "proposed"  # discovery or follow: latest opened a branch
+    RECOVERED = "recovered"  # what failed or was refused works again
+
+
+NOTIFY_EVENTS = tuple(kind.value for kind in NotificationKind)
 NOTIFY_FORMATS = ("generic", "slack", "cloudevents")
 # secretEnv / urlEnv may name only these variables: a commit must never be able to name
 # the daemon's own secrets (RECONCILER_WEBHOOK_SECRET, registry credentials) as a

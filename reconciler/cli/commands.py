@@ -38,7 +38,7 @@ from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
 from reconciler.model import DesiredState, PublicKey
 from reconciler.proposals import discover, scaffold
-from reconciler.proposals.audit import audit
+from reconciler.proposals.audit import EntryKind, audit
 from reconciler.proposals.workflows import Proposal, Workflows
 from reconciler.registry import set_auth_file
 from reconciler.verify.root import ROOT_ENV, TrustRoot, trust_root_from, write_trust_root
@@ -329,12 +329,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
                 findings += discover.follow_latest(flows, state, push=args.push, only=args.env)
     finally:
         reconciler.close()
-    failed = any(f.status == discover.FAILED for f in findings)
+    failed = any(f.status == discover.FindingStatus.FAILED for f in findings)
     if args.json:
         _dump({"findings": [f.to_json() for f in findings]}, sys.stdout)
     elif args.quiet:
         for f in findings:
-            if f.status == discover.PROPOSED:
+            if f.status == discover.FindingStatus.PROPOSED:
                 print(f.branch)
     elif not findings:
         print("nothing new: no catalog with discover found a newer release")
@@ -364,7 +364,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if e.environment != current:
             current = e.environment
             print(f"\n{current}")
-        if e.kind == "record":
+        if e.kind is EntryKind.RECORD:
             print(f"  {e.time or '-':<20}  {e.commit[:12] or '-':<12}  record    {e.status}")
             print(f"      {e.subject}")
             continue

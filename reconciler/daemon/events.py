@@ -29,14 +29,14 @@ MAX_EVENTS = 1000
 
 
 @dataclass(frozen=True)
-class Event:
+class RegistryEvent:
     action: str
     repository: str  # the repository path in its registry, e.g. "team/app"
     tag: str | None
     digest: str | None
 
 
-def parse(body: bytes) -> list[Event]:
+def parse(body: bytes) -> list[RegistryEvent]:
     """The events of a notification body; ValueError when it is not one."""
     doc = json.loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
@@ -48,7 +48,7 @@ def parse(body: bytes) -> list[Event]:
             continue
         tag, digest = target.get("tag"), target.get("digest")
         events.append(
-            Event(
+            RegistryEvent(
                 str(raw.get("action", "")),
                 target["repository"],
                 tag if isinstance(tag, str) and tag else None,
@@ -94,7 +94,7 @@ class EventQueue:
         with self._lock:
             self._echo[(repo, tag, digest)] = self.clock() + OWN_WRITE_TTL
 
-    def offer(self, events: Iterable[Event]) -> int:
+    def offer(self, events: Iterable[RegistryEvent]) -> int:
         """Queue checks for the events about managed tags; how many were queued."""
         now = self.clock()
         queued = 0
@@ -116,7 +116,7 @@ class EventQueue:
         repo, tag, digest = key
         return digest is not None and (repo, tag, digest) in self._echo
 
-    def _targets(self, event: Event) -> list[tuple[str, str]]:
+    def _targets(self, event: RegistryEvent) -> list[tuple[str, str]]:
         if event.action not in ACTIONS:
             return []
         if event.tag is not None:

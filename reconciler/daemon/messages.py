@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from reconciler.engine.reconcile import EnvOutcome, Status
 from reconciler.errors import ReconcilerError
-from reconciler.model import DesiredState, Drift
+from reconciler.model import DesiredState, Drift, NotificationKind
 from reconciler.verify import Refused, Waiting
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ SOURCE = "(git)"  # the git source, as an "environment" of failed / recovered ev
 
 
 @dataclass(frozen=True)
-class Event:
+class Notification:
     """One thing that happened, as every format reports it."""
 
-    kind: str  # applied | drift | refused | failed | recovered | proposed
+    kind: NotificationKind
     summary: str  # one line for people
     environment: str | None = None
     catalog: str | None = None
@@ -79,7 +79,7 @@ _SLACK_MARK = {
 }
 
 
-def render(event: Event, fmt: str, reconciler: str, repository: str) -> tuple[bytes, str]:
+def render(event: Notification, fmt: str, reconciler: str, repository: str) -> tuple[bytes, str]:
     """(body, content type) of ``event`` in ``fmt``."""
     doc = event.document(reconciler, repository)
     if fmt == "slack":
@@ -171,7 +171,7 @@ def _changes(outcome: EnvOutcome) -> tuple[dict[str, object], ...]:
     )
 
 
-def classify(state: DesiredState, o: EnvOutcome) -> Event | None:
+def classify(state: DesiredState, o: EnvOutcome) -> Notification | None:
     """The event an outcome is, before de-duplication (None: nothing to tell)."""
     env = state.environments.get(o.environment)
     base: dict[str, Any] = {
@@ -188,24 +188,27 @@ def classify(state: DesiredState, o: EnvOutcome) -> Event | None:
         if changes and not o.note and (same_commit or foreign):
             tags = ", ".join(f"{c['tag']} ({c['drift']})" for c in changes)
             summary = f"{name}: corrected drift at commit {at}: {tags}"
-            return Event("drift", summary, changes=changes, **base)
+            return Notification(NotificationKind.DRIFT, summary, changes=changes, **base)
         moved = len(o.applied.moved) if o.applied else 0
         what = f"{base['catalog']} {base['release']}"
         summary = f"{name}: applied {what} at commit {at} ({moved} tags moved)"
         if o.note:
             summary += f": {o.note}"
-        return Event("applied", summary, changes=changes, **base)
+        return Notification(NotificationKind.APPLIED, summary, changes=changes, **base)
     applied_here = o.record is not None and o.record.commit == state.commit
     if o.status is Status.PENDING and changes and o.receipt is None and (applied_here or foreign):
         tags = ", ".join(f"{c['tag']} ({c['drift']})" for c in changes)
-        return Event(
-            "drift", f"{name}: drift found at commit {at}: {tags}", changes=changes, **base
+        return Notification(
+            NotificationKind.DRIFT,
+            f"{name}: drift found at commit {at}: {tags}",
+            changes=changes,
+            **base,
         )
     if o.status in (Status.REFUSED, Status.FAILED) and o.error is not None:
         if isinstance(o.error, Waiting):
             return None
-        kind = "refused" if isinstance(o.error, Refused) else "failed"
+        kind = NotificationKind.REFUSED if isinstance(o.error, Refused) else NotificationKind.FAILED
         reason = o.error.message.splitlines()[0]
         rule = str(o.error.rule) if isinstance(o.error, Refused) else None
-        return Event(kind, f"{name}: {reason}", reason=o.error.message, rule=rule, **base)
+        return Notification(kind, f"{name}: {reason}", reason=o.error.message, rule=rule, **base)
     return None

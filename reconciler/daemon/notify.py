@@ -59,7 +59,7 @@ from reconciler.daemon.messages import (
     SOURCE,
     TIMESTAMP_HEADER,
     BadSignature,
-    Event,
+    Notification,
     classify,
     render,
     shown,
@@ -68,13 +68,20 @@ from reconciler.daemon.messages import (
 )
 from reconciler.engine.reconcile import EnvOutcome, Status
 from reconciler.errors import ReconcilerError, Transient
-from reconciler.model import NOTIFY_ENV_HINT, NOTIFY_ENV_RE, DesiredState, NotifyTarget
+from reconciler.model import (
+    NOTIFY_ENV_HINT,
+    NOTIFY_ENV_RE,
+    DesiredState,
+    NotificationKind,
+    NotifyTarget,
+)
+from reconciler.proposals.discover import FindingKind
 
 __all__ = [  # what receivers and tests use, from one place
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "BadSignature",
-    "Event",
+    "Notification",
     "Notifier",
     "RetryPolicy",
     "sign",
@@ -198,7 +205,9 @@ class Notifier:
         adapter = _ReceiverAdapter(self._check_address)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._last: dict[str, tuple[str, str]] = {}  # environment -> (kind, reason) told
+        self._last: dict[
+            str, tuple[NotificationKind, str]
+        ] = {}  # environment -> (kind, reason) told
         self._warned: set[tuple[str, str]] = set()
         self._heap: list[_Delivery] = []
         self._seq = itertools.count()
@@ -212,7 +221,7 @@ class Notifier:
     def configure(self, targets: Sequence[NotifyTarget]) -> None:
         self.targets = tuple(targets)
 
-    def outcome(self, state: DesiredState, o: EnvOutcome) -> Event | None:
+    def outcome(self, state: DesiredState, o: EnvOutcome) -> Notification | None:
         """One environment's outcome of a pass; an event when it is a transition."""
         try:
             return self._outcome(state, o)
@@ -220,13 +229,13 @@ class Notifier:
             log.exception("notifications: internal error")
             return None
 
-    def _outcome(self, state: DesiredState, o: EnvOutcome) -> Event | None:
+    def _outcome(self, state: DesiredState, o: EnvOutcome) -> Notification | None:
         event = classify(state, o)
         if event is None:
             if o.status in (Status.IN_SYNC, Status.APPLIED, Status.SUSPENDED, Status.PENDING):
                 return self._recovered(o.environment, state.commit)
             return None
-        if event.kind in ("refused", "failed"):
+        if event.kind in (NotificationKind.REFUSED, NotificationKind.FAILED):
             if not self._changed(o.environment, event.kind, event.reason or "", o.transient):
                 return None
         else:
@@ -235,7 +244,7 @@ class Notifier:
         self.send(event)
         return event
 
-    def source(self, error: ReconcilerError | None, commit: str = "") -> Event | None:
+    def source(self, error: ReconcilerError | None, commit: str = "") -> Notification | None:
         """The git source: ``error`` (fetch or load failed) or None (it works again)."""
         try:
             return self._source(error, commit)
@@ -243,19 +252,21 @@ class Notifier:
             log.exception("notifications: internal error")
             return None
 
-    def _source(self, error: ReconcilerError | None, commit: str) -> Event | None:
+    def _source(self, error: ReconcilerError | None, commit: str) -> Notification | None:
         if error is None:
             return self._recovered(SOURCE, commit)
         transient = isinstance(error, Transient)
-        if not self._changed(SOURCE, "failed", error.message, transient):
+        if not self._changed(SOURCE, NotificationKind.FAILED, error.message, transient):
             return None
-        self._last[SOURCE] = ("failed", error.message)
+        self._last[SOURCE] = (NotificationKind.FAILED, error.message)
         reason = error.message.splitlines()[0]
-        event = Event("failed", f"git source: {reason}", SOURCE, reason=error.message)
+        event = Notification(
+            NotificationKind.FAILED, f"git source: {reason}", SOURCE, reason=error.message
+        )
         self.send(event)
         return event
 
-    def proposed(self, finding: Any) -> Event | None:
+    def proposed(self, finding: Any) -> Notification | None:
         """A branch the daemon opened (a :class:`reconciler.proposals.discover.Finding`)."""
         try:
             return self._proposed(finding)
@@ -263,14 +274,14 @@ class Notifier:
             log.exception("notifications: internal error")
             return None
 
-    def _proposed(self, finding: Any) -> Event | None:
-        if finding.kind == "release":
+    def _proposed(self, finding: Any) -> Notification | None:
+        if finding.kind is FindingKind.RELEASE:
             summary = f"proposed release {finding.release} of {finding.catalog}"
         else:
             summary = f"proposed promoting {finding.environment} to {finding.release}"
         proposal = finding.proposal
-        event = Event(
-            "proposed",
+        event = Notification(
+            NotificationKind.PROPOSED,
             f"{summary} on branch {finding.branch}",
             environment=finding.environment,
             catalog=finding.catalog,
@@ -281,19 +292,19 @@ class Notifier:
         self.send(event)
         return event
 
-    def _changed(self, key: str, kind: str, reason: str, transient: bool) -> bool:
+    def _changed(self, key: str, kind: NotificationKind, reason: str, transient: bool) -> bool:
         last = self._last.get(key)
         if last is None or last[0] != kind:
             return True
         return not transient and last[1] != reason  # transient reasons carry counts
 
-    def _recovered(self, key: str, commit: str) -> Event | None:
+    def _recovered(self, key: str, commit: str) -> Notification | None:
         last = self._last.pop(key, None)
         if last is None or last[0] not in ("refused", "failed"):
             return None
         what = "git source" if key == SOURCE else key
-        event = Event(
-            "recovered",
+        event = Notification(
+            NotificationKind.RECOVERED,
             f"{what}: recovered",
             environment=key,
             commit=commit or None,
@@ -304,7 +315,7 @@ class Notifier:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, event: Event) -> int:
+    def send(self, event: Notification) -> int:
         """Queue ``event`` for every receiver that wants it; how many were queued."""
         queued = 0
         for target in self.targets:

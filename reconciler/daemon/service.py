@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -72,6 +73,23 @@ from reconciler.verify import Disposition, Refused, disposition
 from reconciler.verify.inforce import Judgement, PolicyInForce
 
 log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
+
+
+class Poll(StrEnum):
+    """What one poll came to (the label of ``reconciler_passes_total``)."""
+
+    IDLE = "idle"  # nothing was due: no request made
+    OK = "ok"
+    FAILED = "failed"  # an environment or the git source failed or was refused
+    STANDBY = "standby"  # not the active replica
+
+
+class Why(StrEnum):
+    """Why a pass ran (the label of the requests-by-reason metric)."""
+
+    CHANGE = "change"  # the commit or an environment's inputs changed, or a retry was due
+    EVENT = "event"  # a registry event named tags
+    DRIFT = "drift"  # the environment's turn for a full observation
 
 
 def env_fingerprint(state: DesiredState, name: str) -> str:
@@ -182,26 +200,26 @@ class Daemon:
         started = self.clock()
         with self._lock:
             forced, self._forced = self._forced, False
-        result = "idle"
+        result = Poll.IDLE
         try:
             if not self._is_active():
-                result = "standby"
+                result = Poll.STANDBY
             else:
                 state = self._load(started, forced)
                 if state is None:
-                    result = "failed" if self.source.health is not Health.OK else "idle"
+                    result = Poll.FAILED if self.source.health is not Health.OK else Poll.IDLE
                 else:
                     result = self._environments(state, started)
                     self.proposer.tick(state, started)
         except Exception:  # a bug must not kill the loop; the next pass tries again
             log.exception("internal error in a pass")
-            result = "failed"
+            result = Poll.FAILED
         finally:
             finished = self.clock()
             self.last_finished = finished
             self.metrics.passes.labels(result).inc()
             self.metrics.last_pass.set(time.time())
-            if result in ("ok", "failed"):
+            if result in (Poll.OK, Poll.FAILED):
                 self.metrics.duration.observe(finished - started)
             log.debug("pass %s in %.2fs", result, finished - started)
 
@@ -326,7 +344,7 @@ class Daemon:
             self._unknown = unknown
         return sorted(names & set(self.only))
 
-    def _environments(self, state: DesiredState, now: float) -> str:
+    def _environments(self, state: DesiredState, now: float) -> Poll:
         """Run what is due, each for its own reason; nothing due costs no request.
 
         - change: an environment whose fingerprint (desired tags, policy, settings) moved
@@ -353,21 +371,21 @@ class Daemon:
             n for n in names if n not in changed and n not in targeted and now >= self.next_drift[n]
         ]
         if not (changed or targeted or drifted):
-            return "idle"
+            return Poll.IDLE
         self.metrics.requests.stats = self.reconciler.registries(self._policy).stats
         ok = True
         if changed:
             # The first pass (and every pass with nothing held back) runs the whole state.
             whole = not self.only and len(changed) == len(state.environments)
-            ok = self._pass("change", state, None if whole else changed, None, prints, now)
+            ok = self._pass(Why.CHANGE, state, None if whole else changed, None, prints, now)
         if targeted:
-            ok = self._pass("event", state, sorted(targeted), targeted, prints, now) and ok
+            ok = self._pass(Why.EVENT, state, sorted(targeted), targeted, prints, now) and ok
             for name, (_, since) in events.items():
                 if name in targeted and self.clean.get(name) == prints[name]:
                     self.metrics.event_correction.observe(self.clock() - since)
         if drifted:
-            ok = self._pass("drift", state, drifted, None, prints, now) and ok
-        return "ok" if ok else "failed"
+            ok = self._pass(Why.DRIFT, state, drifted, None, prints, now) and ok
+        return Poll.OK if ok else Poll.FAILED
 
     def _changed(self, name: str, fingerprint: str, inputs: Hashable, now: float) -> bool:
         backoff = self.envs[name]
@@ -377,7 +395,7 @@ class Daemon:
 
     def _pass(
         self,
-        reason: str,
+        reason: Why,
         state: DesiredState,
         envs: list[str] | None,
         only: Mapping[str, frozenset[str]] | None,
@@ -406,7 +424,7 @@ class Daemon:
             inputs = (state.commit, self._held(), state.policy_fingerprint(name))
             if self._outcome(state, outcome, inputs, now):
                 self.clean[name] = prints[name]
-                if reason == "drift":  # its next turn, keeping its place in the interval
+                if reason is Why.DRIFT:  # its next turn, keeping its place in the interval
                     turn = self.next_drift[name] + self.drift_interval
                     self.next_drift[name] = turn if turn > now else now + self.drift_interval
             else:

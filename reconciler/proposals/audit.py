@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from reconciler.engine.reconcile import Mode, Status
 from reconciler.errors import ReconcilerError
@@ -36,6 +37,27 @@ _MR = (
 # --------------------------------------------------------------------------- audit
 
 
+class EntryKind(StrEnum):
+    """What an audit line is about."""
+
+    PROMOTION = "promotion"
+    ROLLBACK = "rollback"  # a revert, or a commit that says it rolls back
+    OTHER = "other"  # changed the file, not the release
+    RECORD = "record"  # a record that does not count, or a gap in the chain
+
+
+class EntryStatus(StrEnum):
+    """The fate of a commit, joined from the records that count (or a record's problem)."""
+
+    APPLIED = "applied"
+    SUPERSEDED = "superseded"  # a later applied commit carried it
+    PENDING = "pending"
+    REFUSED = "refused"  # from a fresh verification
+    UNTRUSTED = "untrusted"  # a record whose signature does not count
+    GAP = "gap"  # records before it are gone (garbage-collected)
+    MISSING = "missing"  # the record this host last trusted is not in the chain
+
+
 @dataclass
 class AuditEntry:
     environment: str
@@ -47,8 +69,8 @@ class AuditEntry:
     merge_request: str | None
     release_from: str | None
     release_to: str | None
-    kind: str  # promotion | rollback | other | record (a record that does not count)
-    status: str  # applied | superseded | pending | refused; records: untrusted | gap
+    kind: EntryKind
+    status: EntryStatus
     applied_at: str | None = None
     applied_by: str | None = None
     signer: str | None = None  # the key that signed the record that applied it
@@ -86,12 +108,12 @@ def merge_request(message: str) -> str | None:
     return None
 
 
-def commit_kind(message: str, before: str | None, after: str | None) -> str:
+def commit_kind(message: str, before: str | None, after: str | None) -> EntryKind:
     if before == after:
-        return "other"
+        return EntryKind.OTHER
     if reverted_commit(message) or "Rollback-Environment:" in message:
-        return "rollback"
-    return "promotion"
+        return EntryKind.ROLLBACK
+    return EntryKind.PROMOTION
 
 
 def _when(timestamp: int) -> str:
@@ -126,8 +148,8 @@ def audit(
             )
             anomalies.insert(
                 0,
-                AuditEntry(name, anchor.commit, "", "", "", why, None, None, None, "record",
-                           "missing", record=anchor.digest),
+                AuditEntry(name, anchor.commit, "", "", "", why, None, None, None,
+                           EntryKind.RECORD, EntryStatus.MISSING, record=anchor.digest),
             )  # fmt: skip
         mine: list[AuditEntry] = []
         # The mainline (first-parent) history: with merge requests, each merge is one
@@ -155,7 +177,7 @@ def audit(
                 release_from=before,
                 release_to=after,
                 kind=commit_kind(text, before, after),
-                status="pending",
+                status=EntryStatus.PENDING,
             )
             mine.append(entry)
         _settle(mine, chain, history)
@@ -163,12 +185,14 @@ def audit(
         anomalies_of[name] = anomalies
     # Only an environment whose newest change is unapplied needs a verification now, to
     # tell a refused change from a pending one.
-    waiting = [name for name, mine in timelines.items() if mine and mine[0].status == "pending"]
+    waiting = [
+        name for name, mine in timelines.items() if mine and mine[0].status is EntryStatus.PENDING
+    ]
     if waiting:
         for outcome in reconciler.run(Mode.PLAN, waiting).outcomes:
             if outcome.status in (Status.REFUSED, Status.FAILED) and outcome.error is not None:
                 newest = timelines[outcome.environment][0]
-                newest.status, newest.reason = "refused", outcome.error.message
+                newest.status, newest.reason = EntryStatus.REFUSED, outcome.error.message
     return [entry for name in names for entry in [*anomalies_of[name], *timelines[name]]]
 
 
@@ -181,26 +205,26 @@ def _records(
     trust = records.Trust(policy.record_keys)
     anomalies: list[AuditEntry] = []
 
-    def anomaly(commit: str, when: str, status: str, why: str, digest: str | None) -> None:
+    def anomaly(commit: str, when: str, status: EntryStatus, why: str, digest: str | None) -> None:
         anomalies.append(
-            AuditEntry(env, commit, "", "", when, why, None, None, None, "record", status,
+            AuditEntry(env, commit, "", "", when, why, None, None, None, EntryKind.RECORD, status,
                        record=digest)
         )  # fmt: skip
 
     try:
         chain = records.walk(registry, repository, records.read_head(registry, repository, env))
     except ReconcilerError as exc:
-        anomaly("", "", "untrusted", exc.message, None)
+        anomaly("", "", EntryStatus.UNTRUSTED, exc.message, None)
         return [], anomalies
     trusted = []
     for record in chain.records:
         try:
             trusted.append(records.verify(record, trust))
         except Refused as exc:
-            anomaly(record.commit, record.time, "untrusted", exc.reason, record.digest)
+            anomaly(record.commit, record.time, EntryStatus.UNTRUSTED, exc.reason, record.digest)
     if chain.gap is not None:
         why = f"the records before {chain.gap} are gone (garbage-collected?): history has a gap"
-        anomaly("", "", "gap", why, chain.gap)
+        anomaly("", "", EntryStatus.GAP, why, chain.gap)
     return trusted, anomalies
 
 
@@ -214,11 +238,13 @@ def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History
     for record in reversed(chain):  # oldest first: a later record of the same commit re-applies
         entry = next((e for e in entries if history.descends(record.commit, e.commit)), None)
         if entry is not None and entry.record is None:
-            entry.status, entry.applied_at = "applied", record.time
+            entry.status, entry.applied_at = EntryStatus.APPLIED, record.time
             entry.applied_by, entry.verified = record.reconciler, dict(record.verified)
             entry.signer = record.signer
             entry.record = record.digest
-    applied = [e.commit for e in entries if e.status == "applied"]
+    applied = [e.commit for e in entries if e.status is EntryStatus.APPLIED]
     for entry in entries:
-        if entry.status != "applied" and any(history.descends(a, entry.commit) for a in applied):
-            entry.status = "superseded"
+        if entry.status is not EntryStatus.APPLIED and any(
+            history.descends(a, entry.commit) for a in applied
+        ):
+            entry.status = EntryStatus.SUPERSEDED

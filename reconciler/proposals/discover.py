@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from reconciler.engine.reconcile import Reconciler
 from reconciler.errors import ReconcilerError, Stalled
@@ -41,17 +42,32 @@ from reconciler.registry import Registries
 log = logging.getLogger(__name__)
 
 MAX_NEW = 10  # versions proposed per catalog and run, newest kept: a first run stays small
-PROPOSED, EXISTS, SKIPPED, FAILED = "proposed", "exists", "skipped", "failed"
+
+
+class FindingKind(StrEnum):
+    """What was found: a new version for a catalog, or a newer release for an environment."""
+
+    RELEASE = "release"  # discovery: a branch adding the release to its catalog
+    PROMOTION = "promotion"  # follow: latest: a branch promoting the environment
+
+
+class FindingStatus(StrEnum):
+    """What one run did about it."""
+
+    PROPOSED = "proposed"  # a branch was made (and pushed, with --push)
+    EXISTS = "exists"  # the branch is there already: proposed by an earlier run
+    SKIPPED = "skipped"  # incomplete, unsigned or already in the catalog
+    FAILED = "failed"  # the registry or the remote failed; tried again next run
 
 
 @dataclass
 class Finding:
     """What one run did about one version (discovery) or one environment (follow)."""
 
-    kind: str  # "release" or "promotion"
+    kind: FindingKind
     catalog: str
     release: str
-    status: str  # proposed | exists | skipped | failed
+    status: FindingStatus
     branch: str
     environment: str | None = None
     reason: str = ""
@@ -140,7 +156,9 @@ def discover_releases(
         try:
             found = candidates(registries, catalog)
         except ReconcilerError as exc:
-            findings.append(Finding("release", name, "", FAILED, "", reason=exc.message))
+            findings.append(
+                Finding(FindingKind.RELEASE, name, "", FindingStatus.FAILED, "", reason=exc.message)
+            )
             continue
         newest = max((version_key(r.name) for r in catalog.releases), default=None)
         new = [
@@ -157,9 +175,9 @@ def discover_releases(
 def _propose_release(flows: Workflows, catalog: Catalog, c: Candidate, push: bool) -> Finding:
     assert catalog.discover is not None
     branch = release_branch(catalog.name, c.version)
-    finding = Finding("release", catalog.name, c.version, SKIPPED, branch)
+    finding = Finding(FindingKind.RELEASE, catalog.name, c.version, FindingStatus.SKIPPED, branch)
     if branch_exists(flows.source, branch):
-        finding.status, finding.reason = EXISTS, "proposed before (the branch exists)"
+        finding.status, finding.reason = FindingStatus.EXISTS, "proposed before (the branch exists)"
         return finding
     missing = [i for i in catalog.discover.items if i not in c.tags]
     if missing:
@@ -176,9 +194,9 @@ def _propose_release(flows: Workflows, catalog: Catalog, c: Candidate, push: boo
         finding.reason = exc.message
         return finding
     except ReconcilerError as exc:
-        finding.status, finding.reason = FAILED, exc.message
+        finding.status, finding.reason = FindingStatus.FAILED, exc.message
         return finding
-    finding.status = PROPOSED
+    finding.status = FindingStatus.PROPOSED
     return finding
 
 
@@ -208,10 +226,15 @@ def follow_latest(
         )
         for release in newer:
             branch = promote_branch(name, release)
-            finding = Finding("promotion", env.catalog, release, SKIPPED, branch, name)
+            finding = Finding(
+                FindingKind.PROMOTION, env.catalog, release, FindingStatus.SKIPPED, branch, name
+            )
             findings.append(finding)
             if branch_exists(flows.source, branch):
-                finding.status, finding.reason = EXISTS, "proposed before (the branch exists)"
+                finding.status, finding.reason = (
+                    FindingStatus.EXISTS,
+                    "proposed before (the branch exists)",
+                )
                 break
             try:
                 finding.proposal = flows.promote(name, release, push=push)
@@ -219,9 +242,9 @@ def follow_latest(
                 finding.reason = exc.message
                 continue
             except ReconcilerError as exc:
-                finding.status, finding.reason = FAILED, exc.message
+                finding.status, finding.reason = FindingStatus.FAILED, exc.message
                 break
-            finding.status = PROPOSED
+            finding.status = FindingStatus.PROPOSED
             break
     return findings
 
@@ -289,7 +312,7 @@ class Proposer:
         self._said[key] = said
         what = f"{f.environment} to {f.release}" if f.environment else f"{f.catalog} {f.release}"
         extra = {"event": f"proposal-{f.status}", "environment": f.environment or f.catalog}
-        if f.status == PROPOSED:
+        if f.status == FindingStatus.PROPOSED:
             pushed = " (pushed)" if f.proposal and f.proposal.pushed else ""
             log.info("proposed %s %s on %s%s", f.kind, what, f.branch, pushed, extra=extra)
             if self.listener is not None:
@@ -297,9 +320,9 @@ class Proposer:
                     self.listener(f)
                 except Exception:
                     log.exception("proposals: the listener failed")
-        elif f.status == SKIPPED:
+        elif f.status == FindingStatus.SKIPPED:
             log.info("not proposing %s %s yet: %s", f.kind, what, f.reason, extra=extra)
-        elif f.status == FAILED:
+        elif f.status == FindingStatus.FAILED:
             log.warning("proposing %s %s failed: %s", f.kind, what, f.reason, extra=extra)
         else:
             log.debug("%s %s: %s", f.kind, what, f.reason)

@@ -31,7 +31,7 @@ from reconciler.model import Catalog
 from reconciler.registry import Reference, Registries, Registry, parse_reference
 from reconciler.registry.oci import check_tag
 from reconciler.registry.reference import LAYOUT_PREFIX
-from reconciler.verify import Refused, check_integrity
+from reconciler.verify import Refused, Rule, check_integrity
 from reconciler.verify.signatures import discover, judge
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,14 @@ def resolve_item(registries: Registries, catalog: Catalog, item: str, ref: str) 
         RegistryError: the registry failed (transient or not).
     """
     if not ref:
-        raise Refused("integrity", f"item {item!r} names no tag or digest")
+        raise Refused(Rule.INTEGRITY, f"item {item!r} names no tag or digest")
     if "/" in ref or ref.startswith(LAYOUT_PREFIX):
         parsed = parse_reference(ref)
         repository = str(Reference(parsed.registry, parsed.repository))
         tag, digest = parsed.tag, parsed.digest
         if tag is None and digest is None:
             raise Refused(
-                "integrity",
+                Rule.INTEGRITY,
                 f"item {item!r}: {ref} names no tag and no digest",
                 "write host/repository:tag or host/repository@sha256:…",
             )
@@ -136,7 +136,7 @@ def resolve_item(registries: Registries, catalog: Catalog, item: str, ref: str) 
         repository = catalog.source
     elif repository.startswith(LAYOUT_PREFIX):
         raise Refused(
-            "integrity",
+            Rule.INTEGRITY,
             f"item {item!r}: {repository} is another OCI layout than the catalog's source, "
             "and a catalog names other repositories only as host/repository@digest",
             "copy the artifact into the catalog's source, or push it to a registry",
@@ -146,7 +146,7 @@ def resolve_item(registries: Registries, catalog: Catalog, item: str, ref: str) 
         digest = registry.resolve(repo, tag or "")
         if digest is None:
             raise Refused(
-                "integrity",
+                Rule.INTEGRITY,
                 f"item {item!r}: no tag {tag!r} in {repository}",
                 "push the build first, or fix the tag",
             )
@@ -166,7 +166,7 @@ def verify_items(
     signers = catalog.signers
     if signers is None or signers.empty:
         raise Refused(
-            "signatures",
+            Rule.SIGNATURES,
             f"catalog {catalog.name} names no signers, so nothing says who may publish "
             f"its releases; {release} was not added",
             f"add signers (keys or identities) to {catalog.file}, or set "

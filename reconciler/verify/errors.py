@@ -25,9 +25,9 @@ class Rule(StrEnum):
 class Refused(Stalled):
     """Verification refused a change: a person must act (the hint says how)."""
 
-    def __init__(self, rule: Rule | str, message: str, hint: str = "") -> None:
+    def __init__(self, rule: Rule, message: str, hint: str = "") -> None:
         super().__init__(f"refused ({rule}): {message}", hint)
-        self.rule = Rule(rule)
+        self.rule = rule
         self.reason = message
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from reconciler.model import DesiredState, Policy, Record
@@ -31,7 +31,16 @@ from reconciler.verify.inforce import Judgement
 from reconciler.verify.signatures import Evidence, Match, judge
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
-_ROLE_SUFFIX = {"environment": "", "catalog": " (catalog signers)"}
+
+
+class Role(StrEnum):
+    """Whose policy a signature or attestation satisfied (as stored in receipts)."""
+
+    ENVIRONMENT = "environment"  # the environment's verify (or settings.verify)
+    CATALOG = "catalog"  # the catalog's own signers, which hold regardless
+
+
+_ROLE_SUFFIX = {Role.ENVIRONMENT: "", Role.CATALOG: " (catalog signers)"}
 
 
 class Step(IntEnum):
@@ -51,9 +60,9 @@ class ArtifactReceipt:
     item: str
     digest: str
     manifests: int
-    signatures: tuple[tuple[str, Match], ...] = ()  # (whose policy, the match)
+    signatures: tuple[tuple[Role, Match], ...] = ()  # (whose policy, the match)
     unverified: bool = False  # the environment skipped its own policy (insecureSkipSignatures)
-    attestations: tuple[tuple[str, Match], ...] = ()  # (whose policy, the match) per rule
+    attestations: tuple[tuple[Role, Match], ...] = ()  # (whose policy, the match) per rule
     vex: Mapping[str, str] = field(default_factory=dict)  # vulnerability -> VEX status in force
 
     @property
@@ -65,7 +74,7 @@ class ArtifactReceipt:
         if self.unverified:
             parts.append(UNVERIFIED)
         for role, match in self.signatures:
-            parts.append(f"{'signed' if role == 'environment' else 'catalog signer'}: {match}")
+            parts.append(f"{'signed' if role is Role.ENVIRONMENT else 'catalog signer'}: {match}")
         for _, match in self.attestations:
             parts.append(f"attested {match.predicate_type}: {match}")
         return "; ".join(parts)
@@ -299,8 +308,8 @@ class Gate:
         for tag in self.state.tags[self.name]:
             what = f"{self.name}/{tag.item}"
             found = evidence.get(tag.digest, ())
-            matched: list[tuple[str, Match]] = []
-            attested: list[tuple[str, Match]] = []
+            matched: list[tuple[Role, Match]] = []
+            attested: list[tuple[Role, Match]] = []
             statements = vex.setdefault(tag.digest, [])
             for role, policy in self._policies():
                 judged = judge(policy, tag.digest, found, what + _ROLE_SUFFIX[role])
@@ -328,14 +337,14 @@ class Gate:
         self._artifacts = tuple(receipts)
         self._step = Step.ARTIFACTS
 
-    def _policies(self) -> list[tuple[str, Policy]]:
+    def _policies(self) -> list[tuple[Role, Policy]]:
         """The policies that hold for this environment: its own unless it opted out, and
         the catalog's signers unless the catalog opted out."""
         policy = self.state.policies[self.name]
         signers = self.state.catalogs[self.env.catalog].signers
-        held = [] if policy.insecure_skip_signatures else [("environment", policy)]
+        held = [] if policy.insecure_skip_signatures else [(Role.ENVIRONMENT, policy)]
         if signers is not None and not signers.insecure_skip_signatures:
-            held.append(("catalog", signers))
+            held.append((Role.CATALOG, signers))
         return held
 
     def _vex_rules(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.registry import Manifest, RegistryError
-from reconciler.verify.errors import Refused
+from reconciler.verify.errors import Refused, Rule
 
 
 def check_integrity(fetch: Callable[[str], Manifest], digest: str, where: str) -> int:
@@ -27,7 +27,7 @@ def check_integrity(fetch: Callable[[str], Manifest], digest: str, where: str) -
         except RegistryError as exc:
             what = "" if current == digest else f" (a child of {digest[:19]})"
             raise Refused(
-                "integrity",
+                Rule.INTEGRITY,
                 f"{where}@{current}{what} cannot be verified: {exc.message}",
                 "push the artifact to the catalog's source, or fix the digest in the catalog",
             ) from exc

@@ -60,7 +60,7 @@ from sigstore.errors import VerificationError as PolicyError
 
 from reconciler.model import Policy
 from reconciler.verify import identity as identities
-from reconciler.verify.errors import Refused
+from reconciler.verify.errors import Refused, Rule
 from reconciler.verify.material import (
     Evidence,
     Match,
@@ -81,7 +81,7 @@ MAX_CHAIN = 8
 
 
 def refuse(message: str) -> Refused:
-    return Refused("signatures", message)
+    return Refused(Rule.SIGNATURES, message)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from reconciler.model import PublicKey
-from reconciler.verify.errors import Refused
+from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def parse_envelope(data: bytes | Mapping[str, Any]) -> tuple[str, bytes, list[by
         if not isinstance(payload_type, str) or not sigs:
             raise ValueError("no payloadType or no signature")
     except (KeyError, TypeError, ValueError) as exc:
-        raise Refused("signatures", f"malformed DSSE envelope ({exc})") from None
+        raise Refused(Rule.SIGNATURES, f"malformed DSSE envelope ({exc})") from None
     return payload_type, payload, sigs
 
 
@@ -170,11 +170,11 @@ def check_simple_signing(payload: bytes, digest: str) -> None:
         critical = json.loads(payload)["critical"]
         kind, named = critical["type"], critical["image"]["docker-manifest-digest"]
     except (ValueError, KeyError, TypeError):
-        raise Refused("signatures", "the signed payload is not cosign simple signing") from None
+        raise Refused(Rule.SIGNATURES, "the signed payload is not cosign simple signing") from None
     if kind != COSIGN_TYPE:
-        raise Refused("signatures", f"the signed payload has type {kind!r}, not {COSIGN_TYPE!r}")
+        raise Refused(Rule.SIGNATURES, f"the signed payload has type {kind!r}, not {COSIGN_TYPE!r}")
     if named != digest:
-        raise Refused("signatures", f"the signature is for {named}, not {digest}")
+        raise Refused(Rule.SIGNATURES, f"the signature is for {named}, not {digest}")
 
 
 def check_statement(
@@ -183,21 +183,21 @@ def check_statement(
     """The in-toto statement must name ``digest`` as a subject (and an allowed predicate
     type, unless ``predicate_types`` is None); returns the statement."""
     if payload_type != IN_TOTO:
-        raise Refused("signatures", f"DSSE payload type {payload_type!r} is not {IN_TOTO}")
+        raise Refused(Rule.SIGNATURES, f"DSSE payload type {payload_type!r} is not {IN_TOTO}")
     try:
         statement = json.loads(payload)
         subjects = statement["subject"]
         hexes = {s["digest"]["sha256"] for s in subjects if "sha256" in s.get("digest", {})}
         predicate = statement.get("predicateType")
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise Refused("signatures", "the DSSE payload is not an in-toto statement") from None
+        raise Refused(Rule.SIGNATURES, "the DSSE payload is not an in-toto statement") from None
     if not isinstance(statement, dict):
-        raise Refused("signatures", "the DSSE payload is not an in-toto statement")
+        raise Refused(Rule.SIGNATURES, "the DSSE payload is not an in-toto statement")
     if digest.removeprefix("sha256:") not in hexes:
-        raise Refused("signatures", f"the in-toto statement's subject is not {digest}")
+        raise Refused(Rule.SIGNATURES, f"the in-toto statement's subject is not {digest}")
     if predicate_types is not None and predicate not in predicate_types:
         raise Refused(
-            "signatures",
+            Rule.SIGNATURES,
             f"predicateType {predicate!r} is not one of {', '.join(sorted(predicate_types))}",
         )
     return statement

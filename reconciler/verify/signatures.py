@@ -49,7 +49,7 @@ from reconciler.verify.attestations import (
     provenance_mismatch,
     vex_statements,
 )
-from reconciler.verify.errors import Refused
+from reconciler.verify.errors import Refused, Rule
 from reconciler.verify.legacy import key_tlog, verify_layer
 from reconciler.verify.material import (
     IN_TOTO,
@@ -176,7 +176,7 @@ def _stripped(exc: Refused) -> str:
 
 def _none_found(digest: str, what: str) -> Refused:
     return Refused(
-        "signatures",
+        Rule.SIGNATURES,
         f"{what}: no signature found for {digest} (referrers API, sha256-<hex> "
         "referrer tag, sha256-<hex>.sig tag)",
         "sign the digest (cosign sign --key … or keyless) and push the signature "
@@ -196,7 +196,7 @@ def require(
     ``predicate_types`` limits what an in-toto statement may claim (None: anything).
     """
     if policy.empty:
-        raise Refused("signatures", f"{what}: the policy names no key and no identity")
+        raise Refused(Rule.SIGNATURES, f"{what}: the policy names no key and no identity")
     if not evidence:
         raise _none_found(digest, what)
     reasons: list[str] = []
@@ -210,7 +210,7 @@ def require(
 
 def _unsatisfied(policy: Policy, digest: str, what: str, reasons: Sequence[str]) -> Refused:
     return Refused(
-        "signatures",
+        Rule.SIGNATURES,
         f"{what}: no signature of {digest} satisfies the policy ({policy.describe()}): "
         + "; ".join(reasons),
         "sign with a key or identity the policy names, or fix the policy",
@@ -225,7 +225,7 @@ def judge(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str) 
             is missing, signed by no one the policy names, or says something else.
     """
     if policy.empty:
-        raise Refused("signatures", f"{what}: the policy names no key and no identity")
+        raise Refused(Rule.SIGNATURES, f"{what}: the policy names no key and no identity")
     if not evidence:
         raise _none_found(digest, what)
     verified: list[tuple[Evidence, Verified]] = []
@@ -262,7 +262,7 @@ def judge(policy: Policy, digest: str, evidence: Sequence[Evidence], what: str) 
                 "none found" + (" that verifies (" + "; ".join(reasons) + ")" if reasons else "")
             )
             raise Refused(
-                "signatures",
+                Rule.SIGNATURES,
                 f"{what}: no attestation of type {kind} for {digest} satisfies the policy "
                 f"({policy.describe()}): {found}",
                 f"attest the digest (cosign attest --type … --predicate …) with a key or "
@@ -300,13 +300,13 @@ def verify(
     if item.payload is not None:
         return verify_layer(policy, digest, item, predicate_types)
     if item.bundle is None:
-        raise Refused("signatures", "empty evidence")
+        raise Refused(Rule.SIGNATURES, "empty evidence")
     try:
         doc = json.loads(item.bundle)
     except ValueError:
-        raise Refused("signatures", "the bundle is not JSON") from None
+        raise Refused(Rule.SIGNATURES, "the bundle is not JSON") from None
     if not isinstance(doc, dict):
-        raise Refused("signatures", "the bundle is not a JSON object")
+        raise Refused(Rule.SIGNATURES, "the bundle is not a JSON object")
     material = doc.get("verificationMaterial") or {}
     if "publicKey" in material:
         return _key_bundle(policy, digest, doc, item, predicate_types)
@@ -327,7 +327,7 @@ def _key_bundle(
     message signature, a key hint, and (with the log on) a transparency-log entry."""
     keys: Sequence[PublicKey] = policy.keys
     if not keys:
-        raise Refused("signatures", "a key-signed bundle, but the policy names no key")
+        raise Refused(Rule.SIGNATURES, "a key-signed bundle, but the policy names no key")
     try:
         if "dsseEnvelope" in doc:
             payload_type, payload, sigs = parse_envelope(doc["dsseEnvelope"])
@@ -338,9 +338,11 @@ def _key_bundle(
             sigs = [base64.b64decode(message["signature"], validate=True)]
             named = base64.b64decode(message["messageDigest"]["digest"], validate=True)
             if message["messageDigest"].get("algorithm", "SHA2_256") != "SHA2_256":
-                raise Refused("signatures", "the message digest is not SHA2_256")
+                raise Refused(Rule.SIGNATURES, "the message digest is not SHA2_256")
             if "sha256:" + named.hex() != digest:
-                raise Refused("signatures", f"the bundle signs sha256:{named.hex()}, not {digest}")
+                raise Refused(
+                    Rule.SIGNATURES, f"the bundle signs sha256:{named.hex()}, not {digest}"
+                )
             signed, prehashed, payload, payload_type = named, True, b"", None
             logged = frozenset({named.hex()})
         entries = [
@@ -348,9 +350,11 @@ def _key_bundle(
             for e in (doc.get("verificationMaterial") or {}).get("tlogEntries") or []
         ]
     except TlogError as exc:
-        raise Refused("signatures", str(exc)) from None
+        raise Refused(Rule.SIGNATURES, str(exc)) from None
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise Refused("signatures", f"malformed bundle ({exc.__class__.__name__}: {exc})") from None
+        raise Refused(
+            Rule.SIGNATURES, f"malformed bundle ({exc.__class__.__name__}: {exc})"
+        ) from None
     for key in keys:
         public = public_key(key)
         if public is None:
@@ -366,7 +370,7 @@ def _key_bundle(
         return Verified(
             Match(f"key {key_id(key)}", item.digest, index, predicate, ignored), statement
         )
-    raise Refused("signatures", "no policy key verifies this bundle")
+    raise Refused(Rule.SIGNATURES, "no policy key verifies this bundle")
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -380,14 +384,14 @@ def _keyless_bundle(
     policy: Policy, digest: str, item: Evidence, predicate_types: frozenset[str] | None
 ) -> Verified:
     if not policy.identities:
-        raise Refused("signatures", "a keyless bundle, but the policy names no identity")
+        raise Refused(Rule.SIGNATURES, "a keyless bundle, but the policy names no identity")
     assert item.bundle is not None
     root = policy.trusted_root_json or default_trusted_root()
     rule = _AnyIdentity(policy.identities)
     try:
         result = verify_keyless_bundle(item.bundle, root, rule, digest)
     except SigstoreRefused as exc:
-        raise Refused("signatures", str(exc)) from None
+        raise Refused(Rule.SIGNATURES, str(exc)) from None
     assert rule.matched is not None  # the policy ran and held
     statement = None
     if result.payload_type is not None:

@@ -16,7 +16,7 @@ import requests
 
 from reconciler.daemon import server as daemon_server
 from reconciler.daemon.backoff import BackoffPolicy
-from reconciler.daemon.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Event, Notifier
+from reconciler.daemon.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notification, Notifier
 from reconciler.daemon.options import HOOK_PATH
 from reconciler.daemon.service import Daemon
 from reconciler.desired import Loader
@@ -77,7 +77,7 @@ def test_a_captured_notification_is_never_accepted_as_a_git_webhook(
             allow_private=True,
         )
         notifier.configure([NotifyTarget(attacker.url, secret_env="RECONCILER_NOTIFY_SECRET")])
-        notifier.send(Event("refused", "dev: refused", "dev", reason="unsigned commit"))
+        notifier.send(Notification("refused", "dev: refused", "dev", reason="unsigned commit"))
         assert notifier.flush(10)
         notifier.close()
         [(_, headers, body, _)] = attacker.got

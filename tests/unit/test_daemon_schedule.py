@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from reconciler.daemon.backoff import BackoffPolicy
-from reconciler.daemon.events import Event
+from reconciler.daemon.events import RegistryEvent
 from reconciler.daemon.service import Daemon
 from reconciler.engine.reconcile import EnvOutcome, Mode, PassResult, Status
 from reconciler.model import (
@@ -133,7 +133,12 @@ def test_a_new_commit_replans_only_what_changed() -> None:
 def test_an_event_checks_only_the_tags_it_names() -> None:
     d, fake, clock = daemon()
     poll(d, state(), clock())
-    d.events.offer([Event("push", "team/app", "c-web", D2), Event("pull", "team/app", "a-web", D1)])
+    d.events.offer(
+        [
+            RegistryEvent("push", "team/app", "c-web", D2),
+            RegistryEvent("pull", "team/app", "a-web", D1),
+        ]
+    )
     clock.now += 1
     poll(d, state(), clock())
     assert fake.passes[-1] == (["c"], {"c": frozenset({"c-web"})})

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from reconciler.daemon.events import Event, EventQueue, parse
+from reconciler.daemon.events import EventQueue, RegistryEvent, parse
 from reconciler.model import DesiredState, DesiredTag, Settings
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -61,8 +61,8 @@ def test_parse_reads_distribution_envelopes_and_refuses_anything_else() -> None:
         }
     ).encode()
     assert parse(body) == [
-        Event("push", "team/app", "dev-web", D2),
-        Event("pull", "team/app", None, D1),
+        RegistryEvent("push", "team/app", "dev-web", D2),
+        RegistryEvent("pull", "team/app", None, D1),
     ]
     for bad in (b"[]", b'{"events": 1}', b"not json"):
         with pytest.raises(ValueError):
@@ -71,7 +71,7 @@ def test_parse_reads_distribution_envelopes_and_refuses_anything_else() -> None:
 
 def test_a_push_to_a_managed_tag_queues_a_check_of_that_tag_only() -> None:
     q, _ = queue()
-    assert q.offer([Event("push", "team/app", "prod-web", D2)]) == 1
+    assert q.offer([RegistryEvent("push", "team/app", "prod-web", D2)]) == 1
     assert q.take() == {"prod": (frozenset({"prod-web"}), 100.0)}
     assert q.take() == {}
 
@@ -79,21 +79,24 @@ def test_a_push_to_a_managed_tag_queues_a_check_of_that_tag_only() -> None:
 def test_pulls_blobs_unmanaged_and_foreign_repositories_cost_nothing() -> None:
     q, _ = queue()
     ignored = [
-        Event("pull", "team/app", "prod-web", D1),
-        Event("push", "team/app", None, D2),  # a blob or a manifest by digest
-        Event("push", "team/app", "reconciler-record.prod", D2),
-        Event("push", "team/app", "sha256-" + "1" * 64, D2),
-        Event("push", "other/app", "prod-web", D2),
+        RegistryEvent("pull", "team/app", "prod-web", D1),
+        RegistryEvent("push", "team/app", None, D2),  # a blob or a manifest by digest
+        RegistryEvent("push", "team/app", "reconciler-record.prod", D2),
+        RegistryEvent("push", "team/app", "sha256-" + "1" * 64, D2),
+        RegistryEvent("push", "other/app", "prod-web", D2),
     ]
     assert q.offer(ignored) == 0 and q.take() == {}
 
 
 def test_bursts_coalesce_per_environment_and_keep_the_first_time() -> None:
     q, clock = queue()
-    q.offer([Event("push", "team/app", "prod-web", D2)])
+    q.offer([RegistryEvent("push", "team/app", "prod-web", D2)])
     clock.now = 105.0
     q.offer(
-        [Event("push", "team/app", "prod-web", D1), Event("push", "team/app", "prod-worker", D2)]
+        [
+            RegistryEvent("push", "team/app", "prod-web", D1),
+            RegistryEvent("push", "team/app", "prod-worker", D2),
+        ]
     )
     assert q.take() == {"prod": (frozenset({"prod-web", "prod-worker"}), 100.0)}
 
@@ -101,17 +104,19 @@ def test_bursts_coalesce_per_environment_and_keep_the_first_time() -> None:
 def test_our_own_writes_echo_for_free_even_when_the_event_comes_first() -> None:
     q, clock = queue()
     q.wrote("reg.example:5000/team/app", "dev-web", D2)
-    assert q.offer([Event("push", "team/app", "dev-web", D2)]) == 0
-    q.offer([Event("push", "team/app", "dev-worker", D2)])  # arrives before we say we wrote it
+    assert q.offer([RegistryEvent("push", "team/app", "dev-web", D2)]) == 0
+    q.offer(
+        [RegistryEvent("push", "team/app", "dev-worker", D2)]
+    )  # arrives before we say we wrote it
     q.wrote("reg.example:5000/team/app", "dev-worker", D2)
     assert q.take() == {}
     clock.now += 1000  # long after: a push of that digest is someone else's
-    assert q.offer([Event("push", "team/app", "dev-web", D2)]) == 1
+    assert q.offer([RegistryEvent("push", "team/app", "dev-web", D2)]) == 1
 
 
 def test_a_deleted_manifest_checks_every_managed_tag_that_pointed_at_it() -> None:
     q, _ = queue()
-    assert q.offer([Event("delete", "team/app", None, D1)]) == 4
+    assert q.offer([RegistryEvent("delete", "team/app", None, D1)]) == 4
     taken = q.take()
     assert taken["dev"][0] == {"dev-web", "dev-worker"}
     assert taken["prod"][0] == {"prod-web", "prod-worker"}

@@ -21,7 +21,7 @@ from reconciler.daemon.notify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     BadSignature,
-    Event,
+    Notification,
     Notifier,
     RetryPolicy,
     sign,
@@ -40,7 +40,7 @@ from reconciler.model import (
     NotifyTarget,
     Settings,
 )
-from reconciler.verify import Refused, Waiting
+from reconciler.verify import Refused, Rule, Waiting
 from tests.support.receiver import Receiver, receiving
 
 SECRET = "a-notification-secret-0123456789"
@@ -65,8 +65,10 @@ def notifier(*targets: NotifyTarget, **env: str) -> Notifier:
     return n
 
 
-def event(kind: str = "applied") -> Event:
-    return Event(kind, "prod: applied shop v1.2", "prod", "example.org/shop", "v1.2", "c" * 40)
+def event(kind: str = "applied") -> Notification:
+    return Notification(
+        kind, "prod: applied shop v1.2", "prod", "example.org/shop", "v1.2", "c" * 40
+    )
 
 
 def test_bodies_per_format_and_the_hmac_a_receiver_can_check(receiver: Receiver) -> None:
@@ -212,10 +214,10 @@ def test_once_per_transition_not_once_per_pass(receiver: Receiver) -> None:
         outcome(Status.FAILED, Transient("registry down (attempt 2)")),  # still: nothing
         outcome(Status.IN_SYNC),  # recovered
         outcome(Status.IN_SYNC),  # nothing
-        outcome(Status.REFUSED, Refused("signatures", "no signature for web")),  # refused
-        outcome(Status.REFUSED, Refused("signatures", "no signature for web")),  # nothing
-        outcome(Status.REFUSED, Refused("hazards", "v1.2 has hazards")),  # refused: new reason
-        outcome(Status.REFUSED, Waiting("requires", "staging runs v1.1")),  # waiting: nothing
+        outcome(Status.REFUSED, Refused(Rule.SIGNATURES, "no signature for web")),  # refused
+        outcome(Status.REFUSED, Refused(Rule.SIGNATURES, "no signature for web")),  # nothing
+        outcome(Status.REFUSED, Refused(Rule.HAZARDS, "v1.2 has hazards")),  # refused: new reason
+        outcome(Status.REFUSED, Waiting(Rule.REQUIRES, "staging runs v1.1")),  # waiting: nothing
         outcome(Status.FAILED, Stalled("invalid state")),  # failed
         outcome(Status.APPLIED, note="prod promoted from v1.1 to v1.2", applied=ApplyResult(["a"])),
         outcome(Status.APPLIED, plan=drift_plan(Drift.FOREIGN), applied=ApplyResult(["prod-web"])),
@@ -243,7 +245,7 @@ def test_once_per_transition_not_once_per_pass(receiver: Receiver) -> None:
 def test_applied_follows_recovered_and_events_filter(receiver: Receiver) -> None:
     target = NotifyTarget(receiver.url, events=("applied", "refused"))
     n, s = notifier(target), state(target)
-    n.outcome(s, outcome(Status.REFUSED, Refused("signatures", "unsigned")))
+    n.outcome(s, outcome(Status.REFUSED, Refused(Rule.SIGNATURES, "unsigned")))
     applied = outcome(Status.APPLIED, note="prod promoted from v1.1 to v1.2")
     assert n.outcome(s, applied) is not None
     assert n.flush(10)
