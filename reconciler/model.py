@@ -103,7 +103,7 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class RegistrySettings:
+class RegistryEntry:
     plain_http: bool = False
     ca_file: str | None = None  # a path in the state repository
     ca_data: bytes | None = field(default=None, repr=False)  # its content at the commit
@@ -157,7 +157,7 @@ class NotifyTarget:
 
 @dataclass(frozen=True)
 class Settings:
-    registries: Mapping[str, RegistrySettings] = field(default_factory=lambda: MappingProxyType({}))
+    registries: Mapping[str, RegistryEntry] = field(default_factory=lambda: MappingProxyType({}))
     verify: Policy | None = None
     allowed_signers: str | None = None  # path of an SSH allowed-signers file in the repo
     allowed_signers_data: bytes | None = None  # its content at the commit being applied

@@ -31,6 +31,7 @@ from reconciler.cli.commands import (
 )
 from reconciler.cli.progress import MODES as PROGRESS_MODES
 from reconciler.daemon import options as daemon_options
+from reconciler.daemon.options import number
 from reconciler.evidence.signing import KEY_ENV, PASSWORD_ENV
 from reconciler.git import is_url
 from reconciler.verify.root import ROOT_ENV, TOFU_ENV
@@ -400,14 +401,7 @@ def _pair(what: str) -> Callable[[str], tuple[str, str]]:
     return parse_pair
 
 
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: must be >= 0")
-    return number
+_seconds = number(0)
 
 
 def _record_key(parser: argparse.ArgumentParser) -> None:

@@ -104,8 +104,12 @@ def render(event: Notification, fmt: str, reconciler: str, repository: str) -> t
 
 def sign(secret: bytes, body: bytes, timestamp: str) -> str:
     """The signature header's value: ``sha256=<hex HMAC-SHA256(secret, timestamp.body)>``."""
-    signed = timestamp.encode("ascii") + b"." + body
-    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    return hmac_sha256(secret, timestamp.encode("ascii") + b"." + body)
+
+
+def hmac_sha256(secret: bytes, data: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256>``, the form GitHub, Gitea and our notifications share."""
+    return "sha256=" + hmac.new(secret, data, hashlib.sha256).hexdigest()
 
 
 class BadSignature(ReconcilerError):

@@ -5,14 +5,15 @@ and the limits of its HTTP server.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import hmac
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.daemon.messages import hmac_sha256
 from reconciler.errors import Stalled
 from reconciler.receivers import ALLOW_PRIVATE_FLAG
 
@@ -43,7 +44,7 @@ def webhook_authorized(
     if not secret:
         return False
     if signature is not None:
-        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        expected = hmac_sha256(secret, body)
         return hmac.compare_digest(expected.encode(), signature.strip().encode("latin-1"))
     if token is not None:
         return hmac.compare_digest(secret, token.encode("latin-1"))
@@ -96,24 +97,26 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: must be > 0")
-    return number
+def number(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number >= ``low`` (> with ``above``) and <= ``high``."""
+
+    def parse(value: str) -> float:
+        try:
+            found = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if found < low or (above and found == low) or (high is not None and found > high):
+            bound = f"> {low:g}" if above else f">= {low:g}"
+            if high is not None:
+                bound = f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"{value!r}: must be {bound}")
+        return found
+
+    return parse
 
 
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: must be between 0 and 1")
-    return number
+_positive = number(0, above=True)
+_fraction = number(0, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

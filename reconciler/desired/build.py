@@ -33,7 +33,7 @@ from reconciler.model import (
     NotifyTarget,
     Policy,
     PublicKey,
-    RegistrySettings,
+    RegistryEntry,
     Release,
     Settings,
     expand_tag,
@@ -155,7 +155,7 @@ class Builder:
             unsigned_paths=tuple((raw.get("git") or {}).get("unsignedPaths") or ()),
         )
 
-    def _registry(self, host: str, r: dict[str, Any]) -> RegistrySettings:
+    def _registry(self, host: str, r: dict[str, Any]) -> RegistryEntry:
         """One host's settings; ``caFile`` is read from the tree (an input of the state)."""
         ca_file, ca_data = r.get("caFile"), None
         where = ("settings", "registries", host, "caFile")
@@ -168,7 +168,7 @@ class Builder:
                 self.problem(where, f"{ca_file!r} is not a PEM CA certificate (under 1 MiB)",
                              "commit the CA's certificate in PEM form")  # fmt: skip
                 ca_data = None
-        return RegistrySettings(
+        return RegistryEntry(
             plain_http=bool(r.get("plainHTTP", False)),
             ca_file=ca_file,
             ca_data=ca_data,

@@ -37,7 +37,7 @@ from reconciler.registry import (
 )
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
 from reconciler.verify.inforce import Judgement
-from reconciler.verify.signatures import Evidence, discover, key_id
+from reconciler.verify.signatures import Evidence, find_evidence, key_id
 
 if TYPE_CHECKING:
     from reconciler.engine.reconcile import Reconciler
@@ -342,7 +342,7 @@ class Pass:
     def evidence(self, repository: str, digest: str) -> list[Evidence]:
         def find() -> list[Evidence]:
             registry, repo = self.registry_of(repository)
-            return discover(registry, repo, digest)
+            return find_evidence(registry, repo, digest)
 
         return self.once.get(("evidence", repository, digest), find)
 

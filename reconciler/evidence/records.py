@@ -46,14 +46,20 @@ from reconciler.evidence.signing import (
     statement,
 )
 from reconciler.model import RECORD_MEDIA_TYPE, RECORD_TAG_PREFIX, PublicKey, Record, record_tag
-from reconciler.registry import OCI_MANIFEST, Manifest, NotFound, Registry, sha256_digest
+from reconciler.registry import (
+    EMPTY_JSON,
+    OCI_EMPTY,
+    OCI_MANIFEST,
+    Manifest,
+    NotFound,
+    Registry,
+    sha256_digest,
+)
 from reconciler.registry.oci import media_type_of
 from reconciler.verify.errors import Refused, Rule
 
 log = logging.getLogger(__name__)
 
-EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY_CONFIG = b"{}"
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 PREDICATE_TYPE = "https://reconciler.dev/apply-record/v1"
 MAX_RECORD_BYTES = 4 << 20
@@ -98,9 +104,9 @@ def encode(record: Record, key: SigningKey | None) -> tuple[bytes, bytes]:
         "mediaType": OCI_MANIFEST,
         "artifactType": RECORD_MEDIA_TYPE,
         "config": {
-            "mediaType": EMPTY_MEDIA_TYPE,
-            "digest": sha256_digest(EMPTY_CONFIG),
-            "size": len(EMPTY_CONFIG),
+            "mediaType": OCI_EMPTY,
+            "digest": sha256_digest(EMPTY_JSON),
+            "size": len(EMPTY_JSON),
         },
         "layers": [
             {"mediaType": DSSE_MEDIA_TYPE, "digest": sha256_digest(body), "size": len(body)}
@@ -326,10 +332,8 @@ def write(
     interruption leaves the previous head in place, never a half-written record.
     """
     manifest, body = encode(record, key)
-    if not registry.blob_exists(repository, sha256_digest(EMPTY_CONFIG)):
-        registry.put_blob(
-            repository, sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), [EMPTY_CONFIG]
-        )
+    if not registry.blob_exists(repository, sha256_digest(EMPTY_JSON)):
+        registry.put_blob(repository, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
     registry.put_blob(repository, sha256_digest(body), len(body), [body])  # new every time
     digest = sha256_digest(manifest)
     tag = record_tag(record.environment)

@@ -19,6 +19,8 @@ from typing import Any
 from reconciler import __version__
 from reconciler.evidence.signing import SigningKey, envelope, statement
 from reconciler.registry import (
+    EMPTY_JSON,
+    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -33,8 +35,6 @@ from reconciler.registry.oci import build_index
 PREDICATE_TYPE = "https://slsa.dev/verification_summary/v1"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 VERIFIER_ID = "https://reconciler.dev/reconciler"
-EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY_CONFIG = b"{}"
 _index_lock = threading.Lock()  # environments of one pass may attach to one digest at once
 
 
@@ -76,8 +76,8 @@ def bundle(payload: bytes, key: SigningKey) -> bytes:
 
 def attach(registry: Registry, repo: str, subject: Manifest, data: bytes) -> str:
     """Push ``data`` (a bundle) as a referrer of ``subject``; keep the tag-schema index."""
-    if not registry.blob_exists(repo, sha256_digest(EMPTY_CONFIG)):
-        registry.put_blob(repo, sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), [EMPTY_CONFIG])
+    if not registry.blob_exists(repo, sha256_digest(EMPTY_JSON)):
+        registry.put_blob(repo, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
     registry.put_blob(repo, sha256_digest(data), len(data), [data])
     annotations = {"dev.sigstore.bundle.content": "dsse-envelope"}
     annotations["dev.sigstore.bundle.predicateType"] = PREDICATE_TYPE
@@ -86,9 +86,9 @@ def attach(registry: Registry, repo: str, subject: Manifest, data: bytes) -> str
         "mediaType": OCI_MANIFEST,
         "artifactType": BUNDLE_TYPE,
         "config": {
-            "mediaType": EMPTY_MEDIA_TYPE,
-            "digest": sha256_digest(EMPTY_CONFIG),
-            "size": len(EMPTY_CONFIG),
+            "mediaType": OCI_EMPTY,
+            "digest": sha256_digest(EMPTY_JSON),
+            "size": len(EMPTY_JSON),
         },
         "layers": [{"mediaType": BUNDLE_TYPE, "digest": sha256_digest(data), "size": len(data)}],
         "subject": {

@@ -32,7 +32,7 @@ from reconciler.registry import Reference, Registries, Registry, parse_reference
 from reconciler.registry.oci import check_tag
 from reconciler.registry.reference import LAYOUT_PREFIX
 from reconciler.verify import Refused, Rule, check_integrity
-from reconciler.verify.signatures import discover, judge
+from reconciler.verify.signatures import find_evidence, judge
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,11 @@ def verify_items(
             log.warning("%s/%s: added UNVERIFIED (the catalog skips signatures)", release, new.item)
             verified[new.digest] = f"{how}; {UNVERIFIED}"
             continue
-        evidence = discover(registry, repo, new.digest)
+        evidence = find_evidence(registry, repo, new.digest)
         elsewhere = signers.signatures_repository
         if elsewhere and canonical_repository(elsewhere) != canonical_repository(new.repository):
             other, other_repo = open_repository(registries, elsewhere)
-            evidence += discover(other, other_repo, new.digest)
+            evidence += find_evidence(other, other_repo, new.digest)
         what = f"{catalog.name} {release}/{new.item} (catalog signers)"
         judged = judge(signers, new.digest, evidence, what)
         log.debug("%s: signed: %s", new.item, judged.signature)

@@ -26,11 +26,17 @@ from cryptography.hazmat.primitives import serialization
 from reconciler.desired import Loader, cue_command
 from reconciler.engine.reconcile import Reconciler
 from reconciler.errors import Stalled
-from reconciler.evidence.records import EMPTY_CONFIG, EMPTY_MEDIA_TYPE
 from reconciler.evidence.signing import generate
 from reconciler.git import GitSource, default_cache_dir
 from reconciler.model import DesiredState, PublicKey
-from reconciler.registry import OCI_MANIFEST, LayoutRegistry, parse_reference, sha256_digest
+from reconciler.registry import (
+    EMPTY_JSON,
+    OCI_EMPTY,
+    OCI_MANIFEST,
+    LayoutRegistry,
+    parse_reference,
+    sha256_digest,
+)
 from reconciler.verify.commits import verify_commit
 from reconciler.verify.root import ROOT_ENV, TrustRoot, write_trust_root
 
@@ -287,7 +293,7 @@ def _publish_sample(source: str) -> dict[str, str]:
     """One tiny artifact per item in the layout: real digests for the sample release."""
     repo = parse_reference(source).repository
     store = LayoutRegistry(None)
-    store.put_blob(repo, sha256_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), [EMPTY_CONFIG])
+    store.put_blob(repo, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
     digests = {}
     for item in ITEMS:
         layer = f"sample {item} {RELEASE} from reconciler init: replace with your build\n"
@@ -298,9 +304,9 @@ def _publish_sample(source: str) -> dict[str, str]:
             "mediaType": OCI_MANIFEST,
             "artifactType": SAMPLE_TYPE,
             "config": {
-                "mediaType": EMPTY_MEDIA_TYPE,
-                "digest": sha256_digest(EMPTY_CONFIG),
-                "size": len(EMPTY_CONFIG),
+                "mediaType": OCI_EMPTY,
+                "digest": sha256_digest(EMPTY_JSON),
+                "size": len(EMPTY_JSON),
             },
             "layers": [
                 {"mediaType": "text/plain", "digest": sha256_digest(data), "size": len(data)}

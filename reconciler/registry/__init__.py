@@ -43,6 +43,8 @@ from reconciler.registry.layout import LayoutRegistry
 from reconciler.registry.oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    EMPTY_JSON,
+    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -63,6 +65,8 @@ __all__ = [
     "DOCKER_HUB",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
+    "EMPTY_JSON",
+    "OCI_EMPTY",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "AuthenticationFailed",

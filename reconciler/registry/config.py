@@ -4,7 +4,7 @@ Plain HTTP is never inferred (not even for loopback): a host speaks plain HTTP o
 when its settings say ``plainHTTP``, so a typo cannot silently downgrade TLS.
 
 The state repository's ``settings.registries`` is parsed once, by the desired-state
-loader, into :class:`reconciler.model.RegistrySettings`; ``registry_settings()`` in
+loader, into :class:`reconciler.model.RegistryEntry`; ``registry_settings()`` in
 :mod:`reconciler.engine.reconcile` maps it onto :class:`HostConfig`. This module has no
 parser of its own.
 """

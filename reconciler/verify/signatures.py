@@ -24,7 +24,7 @@ signature; any other is an attestation, which counts only for an attestation rul
 the policy (``attestations: [{predicateType, …}]``): :func:`judge`.
 
 Everything here takes bytes and returns a :class:`Match` / :class:`Judgement` or raises
-:class:`Refused`; discovery (registry I/O) is :func:`discover`.
+:class:`Refused`; finding the evidence (registry I/O) is :func:`find_evidence`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ __all__ = [
     "Judgement",
     "Match",
     "accept",
-    "discover",
+    "find_evidence",
     "judge",
     "key_id",
     "pae",
@@ -110,7 +110,7 @@ MAX_EVIDENCE = 32
 # --------------------------------------------------------------------------- discovery
 
 
-def discover(registry: Registry, repository: str, digest: str) -> list[Evidence]:
+def find_evidence(registry: Registry, repository: str, digest: str) -> list[Evidence]:
     """Referrers (API, then the ``sha256-<hex>`` index tag), then the legacy ``.sig``
     and ``.att`` tags, in ``repository`` (the artifact's, or a ``signatures.repository``)."""
     found: list[Evidence] = []

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from reconciler.evidence import records
 from reconciler.evidence.signing import envelope, load_signing_key, new_signing_key, statement
 from reconciler.model import PublicKey, record_tag
-from reconciler.registry import OCI_MANIFEST, referrers_tag, sha256_digest
+from reconciler.registry import EMPTY_JSON, OCI_EMPTY, OCI_MANIFEST, referrers_tag, sha256_digest
 from tests.support import recordkeys
 from tests.support.registry_servers import RegistryFactory, RegistryServer, require_tool
 from tests.support.world import World, build_world, desired_only
@@ -46,9 +46,9 @@ def put_record(world: World, env: str, body: bytes, previous_head: str) -> str:
             "mediaType": OCI_MANIFEST,
             "artifactType": "application/vnd.reconciler.record.v1+json",
             "config": {
-                "mediaType": records.EMPTY_MEDIA_TYPE,
-                "digest": sha256_digest(records.EMPTY_CONFIG),
-                "size": len(records.EMPTY_CONFIG),
+                "mediaType": OCI_EMPTY,
+                "digest": sha256_digest(EMPTY_JSON),
+                "size": len(EMPTY_JSON),
             },
             "layers": [
                 {

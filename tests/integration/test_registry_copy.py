@@ -22,7 +22,7 @@ from reconciler.registry import (
     copy_artifact,
     referrers_tag,
 )
-from reconciler.verify.signatures import discover, require
+from reconciler.verify.signatures import find_evidence, require
 from tests.support.registry_servers import (
     PASSWORD,
     USER,
@@ -251,7 +251,7 @@ def test_copy_merges_the_targets_own_signature_with_the_sources(
     merged = other.get_manifest(target, sig_tag)
     assert merged.digest not in (before, plain.resolve(source, sig_tag))
     assert len(merged.document()["layers"]) == 2  # the target's first, then the source's
-    evidence = discover(other, target, image.digest)
+    evidence = find_evidence(other, target, image.digest)
     require(_policy(target_pem), image.digest, evidence, "target key")
     require(_policy(source_pem), image.digest, evidence, "source key")
     # Idempotent: a second copy has nothing to add.

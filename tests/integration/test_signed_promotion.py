@@ -16,7 +16,7 @@ import pytest
 from reconciler.evidence import records
 from reconciler.model import Identity, Policy, PublicKey
 from reconciler.registry import HostConfig, HttpRegistry
-from reconciler.verify.signatures import discover, key_id, require
+from reconciler.verify.signatures import find_evidence, key_id, require
 from tests.support import recordkeys
 from tests.support.registry_servers import RegistryServer, build_image, push, require_tool
 from tests.support.signing import attach_bundle, new_key, push_legacy, sign_legacy
@@ -143,7 +143,9 @@ def test_keyless_policy_with_private_trusted_root_and_signatures_travel(
     )
     # The bundles came along into prod's repository: they verify there too.
     for digest in world.digests["v1.1"].values():
-        assert discover(world.registry, target, digest), f"no signature for {digest} in {target}"
+        assert find_evidence(world.registry, target, digest), (
+            f"no signature for {digest} in {target}"
+        )
 
     # A bundle from someone else's instance does not satisfy the policy.
     stranger = SigstoreInstance.create("stranger")
@@ -531,6 +533,6 @@ def test_cosign_verifies_the_legacy_layers_the_reconciler_accepts(
         trusted_root="root.json",
         trusted_root_json=instance.trusted_root_json(),
     )
-    found = discover(registry, repo, digest)
+    found = find_evidence(registry, repo, digest)
     assert {e.envelope for e in found} == {False, True}
     assert require(policy, digest, found, "judge").tlog_index is not None

@@ -8,12 +8,12 @@ from types import MappingProxyType
 from reconciler.desired import Loader
 from reconciler.engine.reconcile import Reconciler
 from reconciler.git import GitSource
-from reconciler.model import DesiredState, RegistrySettings, Settings
+from reconciler.model import DesiredState, RegistryEntry, Settings
 from tests.support.judged import in_force
 
 
 def state(plain_http: bool) -> DesiredState:
-    hosts = {"reg.example:5000": RegistrySettings(plain_http=plain_http)}
+    hosts = {"reg.example:5000": RegistryEntry(plain_http=plain_http)}
     return DesiredState(
         commit="c" * 40,
         tree="t" * 40,

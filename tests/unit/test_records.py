@@ -17,7 +17,7 @@ from reconciler.evidence.signing import (
     new_signing_key,
 )
 from reconciler.model import Record, frozen_map, record_tag
-from reconciler.registry import OCI_MANIFEST, LayoutRegistry, sha256_digest
+from reconciler.registry import EMPTY_JSON, OCI_MANIFEST, LayoutRegistry, sha256_digest
 from reconciler.verify import Refused, Rule
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -134,7 +134,7 @@ def test_records_from_before_signing_still_read(store: tuple[LayoutRegistry, str
             "size": len(body),
         }
     ]
-    registry.put_blob(repo, sha256_digest(records.EMPTY_CONFIG), 2, [records.EMPTY_CONFIG])
+    registry.put_blob(repo, sha256_digest(EMPTY_JSON), 2, [EMPTY_JSON])
     registry.put_blob(repo, sha256_digest(body), len(body), [body])
     data = json.dumps(doc).encode()
     registry.put_manifest(repo, record_tag("prod"), data, OCI_MANIFEST)
