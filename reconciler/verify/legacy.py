@@ -74,8 +74,8 @@ from reconciler.verify.material import (
     verify_raw,
 )
 from reconciler.verify.sigstore_adapter import default_trusted_root
+from reconciler.verify.sigstore_root import TrustRoot, spki_id
 from reconciler.verify.tlog import LogEntry, TlogError, check_body, parse_body, verify_entry
-from reconciler.verify.trustroot import TrustRoot, spki_id
 
 MAX_CHAIN = 8
 

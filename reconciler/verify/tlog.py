@@ -28,7 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from reconciler.verify.trustroot import TrustRoot, spki_id
+from reconciler.verify.sigstore_root import TrustRoot, spki_id
 
 
 class TlogError(ValueError):

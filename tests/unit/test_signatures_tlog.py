@@ -15,8 +15,8 @@ import pytest
 from reconciler.model import Policy, PublicKey
 from reconciler.verify import Refused
 from reconciler.verify.signatures import Evidence, key_id, require
+from reconciler.verify.sigstore_root import TrustRoot
 from reconciler.verify.tlog import LogEntry, TlogError, verify_entry
-from reconciler.verify.trustroot import TrustRoot
 from tests.support.sigstore_instance import (
     SigstoreInstance,
     cosign_key_pair,

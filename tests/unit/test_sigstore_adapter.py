@@ -15,7 +15,7 @@ from sigstore._internal import tuf
 
 from reconciler.errors import Transient
 from reconciler.verify import sigstore_adapter as adapter
-from reconciler.verify.trustroot import TrustRoot
+from reconciler.verify.sigstore_root import TrustRoot
 
 UPGRADE = (
     "sigstore-python {version} is not the tested 4.5.x: re-check "
