@@ -30,6 +30,7 @@ from reconciler.cli.render import (
     table,
 )
 from reconciler.daemon import service as daemon
+from reconciler.daemon.options import DaemonConfig
 from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.engine.reconcile import Mode, PassResult, Reconciler, promotion_order
 from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
@@ -234,7 +235,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     reconciler = make_reconciler(args)
     try:
-        return daemon.main(args, reconciler)
+        return daemon.main(DaemonConfig.from_args(args), reconciler)
     finally:
         reconciler.close()
 

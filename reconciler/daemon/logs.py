@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -36,13 +35,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def configure_logging(args: argparse.Namespace) -> None:
+def configure_logging(log_format: str, verbose: bool = False) -> None:
+    """stderr, as text or one JSON object per line; DEBUG with -v."""
     handler = logging.StreamHandler(sys.stderr)
-    if args.log_format == "json":
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
     )

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.daemon.backoff import BackoffPolicy
@@ -51,9 +52,8 @@ def webhook_authorized(
     return False
 
 
-def read_secret(args: argparse.Namespace) -> bytes | None:
+def read_secret(path: Path | None) -> bytes | None:
     """The webhook secret from ``--webhook-secret-file`` or the environment; never logged."""
-    path: Path | None = args.webhook_secret_file
     if path is not None:
         try:
             secret = path.read_bytes().strip()
@@ -179,3 +179,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="run passes only while PATH exists (set by a leader-election sidecar)",
     )
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything ``reconciler run`` was told, parsed and read once at start: the daemon
+    reads nothing else (no argparse Namespace past this point)."""
+
+    interval: float
+    jitter: float
+    listen: tuple[str, int]
+    drift_interval: float
+    backoff: BackoffPolicy
+    envs: tuple[str, ...] | None = None
+    active_file: Path | None = None
+    discover_interval: float | None = None  # None: the drift interval
+    secret: bytes | None = field(default=None, repr=False)  # /hooks/git; never logged
+    registry_token: bytes | None = field(default=None, repr=False)  # /hooks/registry
+    log_format: str = "text"
+    verbose: bool = False
+    notify_allow_private: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DaemonConfig:
+        """Raises: Stalled when the webhook secret file cannot be read."""
+        return cls(
+            interval=args.interval,
+            jitter=args.jitter,
+            listen=args.listen,
+            drift_interval=args.drift_interval,
+            backoff=BackoffPolicy(args.backoff_base, args.backoff_cap, args.stalled_retry),
+            envs=tuple(args.env) if args.env else None,
+            active_file=args.active_file,
+            discover_interval=getattr(args, "discover_interval", None),
+            secret=read_secret(args.webhook_secret_file),
+            registry_token=os.environ.get(TOKEN_ENV, "").strip().encode() or None,
+            log_format=args.log_format,
+            verbose=bool(getattr(args, "verbose", False)),
+            notify_allow_private=bool(getattr(args, "notify_allow_private", False)),
+        )

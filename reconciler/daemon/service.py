@@ -28,7 +28,6 @@ record only after its tags are confirmed), stop the HTTP server and exit 0.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -60,9 +59,8 @@ from reconciler.daemon.options import (
     HOOK_PATH,
     JOB_ID,
     SOURCE,
-    TOKEN_ENV,
+    DaemonConfig,
     is_loopback,
-    read_secret,
 )
 from reconciler.daemon.server import _Server
 from reconciler.engine.reconcile import EnvOutcome, Mode, Reconciler, Status
@@ -490,25 +488,27 @@ class Daemon:
 # --------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
+def main(config: DaemonConfig, reconciler: Reconciler) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean stop. Configuration errors raise."""
-    configure_logging(args)
-    policy = BackoffPolicy(args.backoff_base, args.backoff_cap, args.stalled_retry)
-    secret = read_secret(args)
-    host, port = args.listen
+    configure_logging(config.log_format, config.verbose)
+    secret, token = config.secret, config.registry_token
+    host, port = config.listen
     if not is_loopback(host):
         log.warning(
             "listening on %s: /metrics and /readyz are reachable from the network%s", host,
             "" if secret else f"; {HOOK_PATH} is disabled (no secret)",
         )  # fmt: skip
     daemon = Daemon(
-        reconciler, policy, args.env, args.active_file, drift_interval=args.drift_interval
+        reconciler,
+        config.backoff,
+        list(config.envs) if config.envs else None,
+        config.active_file,
+        drift_interval=config.drift_interval,
     )
-    if getattr(args, "discover_interval", None) is not None:
-        daemon.proposer.interval = args.discover_interval
-    daemon.notifier.allow_private = bool(getattr(args, "notify_allow_private", False))
-    window = max(3 * args.interval * (1 + args.jitter), 30.0)
-    token = os.environ.get(TOKEN_ENV, "").strip().encode() or None
+    if config.discover_interval is not None:
+        daemon.proposer.interval = config.discover_interval
+    daemon.notifier.allow_private = config.notify_allow_private
+    window = max(3 * config.interval * (1 + config.jitter), 30.0)
     try:
         server = _Server((host, port), daemon, secret, window, token)
     except OSError as exc:
@@ -524,8 +524,8 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     )
     scheduler.add_listener(_job_crashed, EVENT_JOB_ERROR)
     scheduler.add_job(
-        daemon.job, "interval", id=JOB_ID, seconds=args.interval,
-        jitter=args.interval * args.jitter or None, next_run_time=datetime.now(UTC),
+        daemon.job, "interval", id=JOB_ID, seconds=config.interval,
+        jitter=config.interval * config.jitter or None, next_run_time=datetime.now(UTC),
     )  # fmt: skip
     daemon.scheduler = scheduler
 
@@ -547,7 +547,7 @@ def main(args: argparse.Namespace, reconciler: Reconciler) -> int:
     log.info(
         "reconciling %s @ %s every %gs (drift scans every %gs); http on %s; webhook %s; "
         "registry events %s",
-        reconciler.source.display, reconciler.ref, args.interval, args.drift_interval, listen,
+        reconciler.source.display, reconciler.ref, config.interval, config.drift_interval, listen,
         "enabled" if secret else "disabled", "enabled" if token else "disabled",
         extra={"event": "start"},
     )  # fmt: skip

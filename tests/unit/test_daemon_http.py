@@ -93,30 +93,26 @@ def test_default_listen_is_loopback_only() -> None:
     assert (args.interval, args.jitter, args.log_format) == (60.0, 0.1, "text")
 
 
-def _args(path: Path | None) -> argparse.Namespace:
-    return argparse.Namespace(webhook_secret_file=path)
-
-
 def test_secret_from_file_is_stripped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, "from-the-environment-0123")
     path = tmp_path / "secret"
     path.write_bytes(SECRET + b"\n")
-    assert read_secret(_args(path)) == SECRET  # the file wins
+    assert read_secret(path) == SECRET  # the file wins
 
 
 def test_secret_from_environment_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SECRET_ENV, raising=False)
-    assert read_secret(_args(None)) is None
+    assert read_secret(None) is None
     monkeypatch.setenv(SECRET_ENV, SECRET.decode())
-    assert read_secret(_args(None)) == SECRET
+    assert read_secret(None) == SECRET
 
 
 def test_empty_or_missing_secret_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(Stalled, match="empty"):
-        read_secret(_args(tmp_path / "empty"))
+        read_secret(tmp_path / "empty")
     with pytest.raises(Stalled, match="cannot read"):
-        read_secret(_args(tmp_path / "missing"))
+        read_secret(tmp_path / "missing")
 
 
 def test_json_log_lines_carry_the_daemon_fields() -> None:
