@@ -69,6 +69,7 @@ MAX_MANIFEST = 4 << 20
 MAX_TAG_PAGE = 16 << 20  # ~400,000 tags in one page
 MAX_TAG_PAGES = 1000
 _BUFFER_LIMIT = 1 << 20
+_UPLOAD_SESSIONS = 3  # fresh sessions one buffered upload may start
 EMPTY_JSON = b"{}"
 # The artifact type of the throwaway manifest that deletes one tag (see delete_tag).
 TAG_DELETION = "application/vnd.reconciler.tag-deletion.v1"
@@ -402,7 +403,10 @@ class HttpRegistry:
         """Monolithic upload (POST, then PUT with Content-Length), digest-checked.
 
         Blobs up to 1 MiB are buffered and verified before sending, so their upload
-        can be retried; larger ones stream once, hashed on the way out.
+        can be retried; larger ones stream once, hashed on the way out. An upload
+        session the registry no longer knows (``BLOB_UPLOAD_UNKNOWN``: it expired, or a
+        retried request met a session already closed) is not retried: after a HEAD
+        (the blob may be there already) the upload starts over from a new session.
         """
         check_digest(digest)
         stream = iter(chunks)
@@ -416,6 +420,29 @@ class HttpRegistry:
                     "the source served different content than its manifest names",
                 )
             verify_digest(small, digest, f"blob for {self.name}/{repo}")
+        for session in range(1, _UPLOAD_SESSIONS + 1):
+            response = self._upload(repo, digest, size, stream if small is None else small)
+            if response.status_code == 201:
+                response.close()
+                return
+            lost = response.status_code == 404 and "BLOB_UPLOAD_UNKNOWN" in error_codes(response)
+            if not lost:
+                raise self._t.fail(response, f"upload {digest} to {repo}")
+            response.close()
+            if self.blob_exists(repo, digest):
+                return
+            if small is None or session == _UPLOAD_SESSIONS:
+                raise RegistryUnavailable(
+                    f"{self.name}: upload of {digest} to {repo}: the registry lost the upload "
+                    f"session (BLOB_UPLOAD_UNKNOWN){'' if small is None else ' every time'}",
+                    "the upload is started over when the step is retried",
+                )
+            log.info("%s: upload session of %s lost; starting over", self.name, digest[:19])
+
+    def _upload(
+        self, repo: str, digest: str, size: int, content: bytes | Iterator[bytes]
+    ) -> requests.Response:
+        """One upload session: POST for a location, then PUT the bytes there."""
         start = self._t.request(
             "POST",
             self._t.url(f"/v2/{_repo(repo)}/blobs/uploads/"),
@@ -429,15 +456,12 @@ class HttpRegistry:
         target = f"{location}{separator}digest={quote(digest)}"
         headers = {"Content-Type": "application/octet-stream"}
         scopes = [scope(repo, "pull", "push")]
-        if small is not None:
-            response = self._t.request("PUT", target, scopes=scopes, headers=headers, data=small)
-        else:
-            reader = _HashingReader(stream, size)
-            response = self._t.request("PUT", target, scopes=scopes, headers=headers, body=reader)
-            reader.check(digest, f"blob {digest} for {self.name}/{repo}")
-        if response.status_code != 201:
-            raise self._t.fail(response, f"upload {digest} to {repo}")
-        response.close()
+        if isinstance(content, bytes):
+            return self._t.request("PUT", target, scopes=scopes, headers=headers, data=content)
+        reader = _HashingReader(content, size)
+        response = self._t.request("PUT", target, scopes=scopes, headers=headers, body=reader)
+        reader.check(digest, f"blob {digest} for {self.name}/{repo}")
+        return response
 
     # -- referrers -------------------------------------------------------------
 

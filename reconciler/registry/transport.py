@@ -6,7 +6,10 @@ connection errors, 429 and 5xx (not 501) are retried, a bounded number of times,
 with full-jitter exponential backoff or the server's ``Retry-After`` (capped).
 Requests with a streamed body are never replayed. A ``Retry-After`` pauses every
 request to the host, not only the one that was told. Retries stop at ``attempts``
-or when the request's time ``budget`` is spent, whichever comes first.
+or when the request's time ``budget`` is spent, whichever comes first, or at once
+when the host's breaker opens (:mod:`reconciler.registry.health`): a host that has
+answered nothing but failures for a while is not retried, and every request to it
+fails with one error.
 
 Credentials go only to the origin that asked for them: ``Authorization`` and the
 host's client certificate are sent to the registry's own scheme://host:port only.
@@ -51,6 +54,7 @@ from reconciler.registry.errors import (
     TLSFailure,
     Unsupported,
 )
+from reconciler.registry.health import HostHealth
 from reconciler.registry.trust import default_context, host_certs, trust_context, trust_sources
 
 log = logging.getLogger(__name__)
@@ -261,6 +265,7 @@ class Transport:
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._local = threading.local()
         self._rate = RateLimiter(config.requests_per_second)
+        self.health = HostHealth(host, config.retry)
         self._proxies: dict[tuple[str, str], dict[str, str]] = {}
         self.session = requests.Session()
         # Never pick up credentials from ~/.netrc; proxies are read per origin below.
@@ -331,6 +336,7 @@ class Transport:
         same = self.same_origin(url)
         waited = False  # this request slept out a Retry-After itself
         while True:
+            self.health.check()
             sent_headers = dict(headers or {})
             authorization = self.auth.authorization(scopes) if same else None
             if authorization:
@@ -354,6 +360,7 @@ class Transport:
                 self.stats.record(self.host, method, "error")
                 failures += 1
                 reason = _short(exc)
+                self._failed(reason)
                 delay = backoff(policy, failures)
                 if not replayable or not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
@@ -376,6 +383,9 @@ class Transport:
                     continue
             if status == 429 or (500 <= status < 600 and status != 501):
                 failures += 1
+                if status != 429:  # a 429 is an answer: the host is alive, only busy
+                    detail = error_detail(response)
+                    self._failed(f"HTTP {status}" + (f" ({detail})" if detail else ""))
                 hinted = retry_after(response.headers.get("Retry-After"), policy)
                 delay = backoff(policy, failures) if hinted is None else hinted
                 if hinted:
@@ -397,7 +407,15 @@ class Transport:
                 self._sleep(delay)
                 waited = hinted is not None
                 continue
+            self.health.success()
             return response
+
+    def _failed(self, answered: str) -> None:
+        """Tell the breaker; once it is open, this request stops retrying too."""
+        self.health.failure(answered)
+        down = self.health.down()
+        if down is not None:
+            raise down
 
     @staticmethod
     def _may_retry(policy: RetryPolicy, failures: int, started: float, delay: float) -> bool:
