@@ -719,10 +719,9 @@ class _Pass:
                 verified_at=verified_at,
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
-            signed = vsa.bundle(statement, key)
             self.step_retry(registry)(
                 f"summarise {artifact.digest[:19]}",
-                partial(vsa.attach, registry, repo, subject, signed),
+                partial(vsa.attach_summary, registry, repo, subject, statement, key),
             )
 
     def new_record(

@@ -28,6 +28,7 @@ from reconciler.registry.copy import CopyResult, copy_artifact
 from reconciler.registry.errors import (
     AuthenticationFailed,
     DigestMismatch,
+    HostDown,
     InvalidManifest,
     InvalidReference,
     NotFound,
@@ -72,6 +73,7 @@ __all__ = [
     "DigestMismatch",
     "DockerCredentials",
     "HostConfig",
+    "HostDown",
     "HttpRegistry",
     "InvalidManifest",
     "InvalidReference",
