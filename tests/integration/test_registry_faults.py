@@ -384,3 +384,97 @@ def test_a_retry_after_pauses_every_request_to_the_host(
     # The first answer was a 429: every request that had not started waited for it.
     late = [t - started for _, t in done]
     assert sorted(late)[-1] >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("fault", "answered"),
+    [(Fault("status", status=500, times=-1), "HTTP 500"), (Fault("reset", times=-1), "reset")],
+    ids=["500", "reset"],
+)
+def test_apply_against_a_dead_registry_fails_with_one_error_and_moves_nothing(
+    fault: Fault,
+    answered: str,
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+) -> None:
+    """Every request answered 500 (or reset): the breaker opens, every environment fails
+    with the same error naming the host and what it answered, and `apply` exits 1."""
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path)
+    fault_proxy.add(fault)
+    done, elapsed = apply_process(repo)
+    assert done.returncode == 1, done.stderr[-2000:]
+    outcomes = json.loads(done.stdout)["environments"]
+    assert {o["status"] for o in outcomes} == {"failed"}
+    errors = {o["error"]["message"] for o in outcomes}
+    assert len(errors) == 1, errors  # one error, not one per request
+    (error,) = errors
+    assert f"registry {fault_proxy.host} is down" in error and answered in error
+    assert {o["error"]["disposition"] for o in outcomes} == {"retry"}
+    assert converged(plain_registry.host, source, digests) == 0
+    # The breaker stopped the retries: fewer requests than 8 attempts of one per environment.
+    assert fault_proxy.count() < ENVS * 8
+    print(
+        f"\ndead registry ({answered}): exit 1 after {elapsed:.1f} s, {fault_proxy.count()} requests"
+    )
+
+
+def test_a_lost_upload_session_starts_over_from_a_new_one(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    """The registry forgets the session between POST and PUT (BLOB_UPLOAD_UNKNOWN): the
+    blob is looked for, then uploaded through a new session."""
+    repo = fresh()
+    blob = uuid.uuid4().bytes * 64
+    digest = "sha256:" + __import__("hashlib").sha256(blob).hexdigest()
+    fault_proxy.add(Fault("lose-session", times=1, method="PUT", path="/blobs/uploads/"))
+    proxied.put_blob(repo, digest, len(blob), [blob])
+    assert direct.read_blob(repo, digest, len(blob)) == blob
+    assert fault_proxy.count("PUT", "/blobs/uploads/") == 2
+    assert fault_proxy.count("POST", "/blobs/uploads/") == 2
+    assert fault_proxy.count("HEAD", f"/blobs/{digest}") == 1
+
+
+def test_a_record_write_that_outlasts_its_requests_retries_is_retried_as_a_step(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The record's manifest PUT fails more times than a request's attempts: the tags
+    have moved, and the record step runs again until it is written."""
+    repo, _, _ = fleet_state(
+        plain_registry.host, fault_proxy.host, tmp_path, items=2, attempts=2
+    )
+    fault_proxy.add(
+        Fault("status", status=503, times=3, method="PUT", path="/manifests/reconciler-record")
+    )
+    code, result = applied(repo, capsys)
+    assert code == 0, [o.get("error") for o in result["environments"] if o.get("error")]
+    assert {o["status"] for o in result["environments"]} == {"applied"}
+    assert fault_proxy.count(outcome="status") == 3
+
+
+def test_tags_that_moved_without_their_record_say_exactly_that(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path, items=2)
+    fault_proxy.add(
+        Fault("status", status=400, times=-1, method="PUT", path="/manifests/reconciler-record")
+    )
+    code, result = applied(repo, capsys)
+    assert code == 1
+    assert converged(plain_registry.host, source, digests) == ENVS * 2
+    for outcome in result["environments"]:
+        assert outcome["status"] == "failed"
+        message = outcome["error"]["message"]
+        assert message.startswith(
+            "the tags are in place (2 moved, 0 pruned) but the apply record could not be written: "
+        ), message
+        assert "HTTP 400" in message
