@@ -445,9 +445,7 @@ def test_a_record_write_that_outlasts_its_requests_retries_is_retried_as_a_step(
 ) -> None:
     """The record's manifest PUT fails more times than a request's attempts: the tags
     have moved, and the record step runs again until it is written."""
-    repo, _, _ = fleet_state(
-        plain_registry.host, fault_proxy.host, tmp_path, items=2, attempts=2
-    )
+    repo, _, _ = fleet_state(plain_registry.host, fault_proxy.host, tmp_path, items=2, attempts=2)
     fault_proxy.add(
         Fault("status", status=503, times=3, method="PUT", path="/manifests/reconciler-record")
     )
