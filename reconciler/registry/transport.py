@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -63,6 +63,7 @@ WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _CHUNK = 1 << 16
+USER_AGENT = "reconciler-registry"
 DEFAULT_LIMIT = 1 << 20  # bodies we do not expect to be large: tokens, errors, uploads
 ERROR_LIMIT = 64 << 10  # an error body is kept up to this much, then cut
 # Reasons worth naming; the exception text itself may carry a URL with a query.
@@ -267,23 +268,68 @@ class Transport:
         self._rate = RateLimiter(config.requests_per_second)
         self.health = HostHealth(host, config.retry)
         self._proxies: dict[tuple[str, str], dict[str, str]] = {}
-        self.session = requests.Session()
-        # Never pick up credentials from ~/.netrc; proxies are read per origin below.
-        self.session.trust_env = False
-        certs = host_certs(self.endpoint, certs_dirs) if not config.plain_http else None
-        if certs is not None and certs.directory:
-            log.debug("%s: certificates from %s", host, certs.directory)
-        own = trust_context(host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs)
-        # Other origins (token realms, storage redirects): the common trust, no client cert.
-        other = _Adapter(default_context(), config.concurrency)
-        self.session.mount("http://", other)
-        self.session.mount("https://", other)
-        self.session.mount(self.base_url + "/", _Adapter(own, config.concurrency))
-        self.session.headers["User-Agent"] = "reconciler-registry"
+        self._own: ssl.SSLContext | None = None
+        if not config.plain_http:  # built here: a bad caFile fails when the client is made
+            certs = host_certs(self.endpoint, certs_dirs)
+            if certs is not None and certs.directory:
+                log.debug("%s: certificates from %s", host, certs.directory)
+            self._own = trust_context(
+                host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs
+            )
+        self._lazy = threading.Lock()
+        self._session: requests.Session | None = None
+        self._pool: urllib3.HTTPConnectionPool | None = None
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
+    @property
+    def session(self) -> requests.Session:
+        """For other origins (token realms, storage redirects) and proxies, made on first
+        use: a plain-HTTP registry that needs neither never loads a trust store."""
+        with self._lazy:
+            if self._session is None:
+                session = requests.Session()
+                # Never pick up credentials from ~/.netrc; proxies are read per origin below.
+                session.trust_env = False
+                # Other origins: the common trust, no client certificate.
+                other = _Adapter(default_context(), self.config.concurrency)
+                session.mount("http://", other)
+                session.mount("https://", other)
+                if self._own is not None:
+                    session.mount(self.base_url + "/", _Adapter(self._own, self.config.concurrency))
+                session.headers["User-Agent"] = USER_AGENT
+                self._session = session
+            return self._session
+
+    def _direct(self) -> urllib3.HTTPConnectionPool:
+        """The registry's own origin, without a proxy, is spoken to on a urllib3 pool of
+        ``concurrency`` keep-alive connections: the ``requests`` layer (sessions, cookie
+        jar, hooks, settings merged per request) cost three times the CPU of the request
+        itself, and on a small machine the client's CPU is the registry's too."""
+        with self._lazy:
+            if self._pool is None:
+                parts = urlsplit(self.base_url)
+                timeout = urllib3.Timeout(
+                    connect=self.config.connect_timeout, read=self.config.read_timeout
+                )
+                host = parts.hostname or self.endpoint
+                if self._own is None:
+                    self._pool = urllib3.HTTPConnectionPool(
+                        host, parts.port or 80, timeout=timeout, maxsize=self.config.concurrency,
+                        retries=False,
+                    )  # fmt: skip
+                else:
+                    self._pool = urllib3.HTTPSConnectionPool(
+                        host, parts.port or 443, timeout=timeout, maxsize=self.config.concurrency,
+                        retries=False, ssl_context=self._own,
+                    )  # fmt: skip
+            return self._pool
+
     def close(self) -> None:
-        self.session.close()
+        with self._lazy:
+            if self._session is not None:
+                self._session.close()
+            if self._pool is not None:
+                self._pool.close()
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -459,21 +505,58 @@ class Transport:
         stream: bool,
         limit: int,
     ) -> requests.Response:
-        response = self.session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            stream=True,
-            timeout=self._timeout,
-            allow_redirects=False,
-            verify=True,
-            proxies=self._proxies_for(url),
-        )
+        proxies = self._proxies_for(url)
+        if not proxies and self.same_origin(url):
+            response = self._send_direct(method, url, headers, data)
+        else:
+            response = self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                stream=True,
+                timeout=self._timeout,
+                allow_redirects=False,
+                verify=True,
+                proxies=proxies,
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
         if not stream:
             read_capped(response, limit, f"{self.host}: {method} {redact_url(url)}", method)
+        return response
+
+    def _send_direct(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | UploadBody | None
+    ) -> requests.Response:
+        """One request on the direct pool, as a streamed :class:`requests.Response`; its
+        errors are raised as requests' own, so one set of rules handles both paths."""
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
+        if data is not None:
+            sent["Content-Length"] = str(len(data))
+        try:
+            raw = self._direct().urlopen(
+                method, target, body=cast(Any, data), headers=sent, retries=False, redirect=False,
+                preload_content=False, decode_content=False, assert_same_host=False,
+            )  # fmt: skip
+        except urllib3.exceptions.SSLError as exc:
+            raise requests.exceptions.SSLError(str(exc)) from None
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ReadTimeout(str(exc)) from None
+        except urllib3.exceptions.NewConnectionError as exc:
+            raise requests.exceptions.ConnectionError(str(exc)) from None
+        except urllib3.exceptions.ConnectTimeoutError as exc:
+            raise requests.exceptions.ConnectTimeout(str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ConnectionError(str(exc)) from None
+        response = requests.Response()
+        response.status_code = raw.status
+        response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+        response.raw = raw
+        response.url = url
+        response.reason = raw.reason or ""
         return response
 
     def _proxies_for(self, url: str) -> dict[str, str]:
