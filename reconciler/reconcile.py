@@ -706,6 +706,7 @@ class _Pass:
         moved = {c.to_digest for c in plan.changes if c.to_digest is not None}
         policy = f"{self.owner.source.display}@{self.state.commit}#{env.file}"
         verified_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        steps: list[Callable[[], str]] = []
         for artifact in receipt.artifacts:
             tag = next(t for t in self.state.tags[name] if t.item == artifact.item)
             if artifact.digest not in moved:
@@ -719,10 +720,14 @@ class _Pass:
                 verified_at=verified_at,
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
-            self.step_retry(registry)(
-                f"summarise {artifact.digest[:19]}",
-                partial(vsa.attach_summary, registry, repo, subject, statement, key),
+            steps.append(
+                partial(
+                    self.step_retry(registry),
+                    f"summarise {artifact.digest[:19]}",
+                    partial(vsa.attach_summary, registry, repo, subject, statement, key),
+                )
             )
+        list(self.pool.map(lambda step: step(), steps))  # artifacts at once; each one's lock
 
     def new_record(
         self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt

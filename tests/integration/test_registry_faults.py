@@ -312,9 +312,11 @@ def converged(host: str, source: str, digests: dict[str, str]) -> int:
     )
 
 
-RUNS = 2
+RUNS = 10
+RUN_ITEMS = 3  # 20 environments x 3 items a run: 60 tags, records and VSAs
 
 
+@pytest.mark.timeout(1200)
 def test_one_apply_converges_when_a_third_of_all_requests_answer_503_ten_runs_in_a_row(
     plain_registry: RegistryServer,
     fault_proxy: FaultProxy,
@@ -324,12 +326,13 @@ def test_one_apply_converges_when_a_third_of_all_requests_answer_503_ten_runs_in
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every third request answered 503 by the proxy: every environment applies in one
-    `apply`, run after run (each a fresh fleet: first converge, records included)."""
+    `apply`, run after run (each a fresh fleet: first converge, records and signed
+    verification summaries included)."""
     caplog.set_level(logging.WARNING, logger="urllib3")
     for run in range(RUNS):
         fault_proxy.clear()
         repo, source, digests = fleet_state(
-            plain_registry.host, fault_proxy.host, tmp_path / f"r{run}"
+            plain_registry.host, fault_proxy.host, tmp_path / f"r{run}", RUN_ITEMS
         )
         fault_proxy.add(Fault("status", status=503, times=-1, every=3))
         started = time.monotonic()
@@ -338,13 +341,13 @@ def test_one_apply_converges_when_a_third_of_all_requests_answer_503_ten_runs_in
         errors = [o.get("error") for o in result["environments"] if o.get("error")]
         assert code == 0, (run, errors)
         assert {o["status"] for o in result["environments"]} == {"applied"}, run
-        assert converged(plain_registry.host, source, digests) == ENVS * ITEMS, run
+        assert converged(plain_registry.host, source, digests) == ENVS * RUN_ITEMS, run
         injected = fault_proxy.count(outcome="status")
-        assert injected > 100  # the faults really were there, a third of everything
+        assert injected > 50  # the faults really were there, a third of everything
         assert injected * 3 <= fault_proxy.count() + 3
         with capsys.disabled():
             print(
-                f"\nrun {run}: 200 tags at 33% 503: {elapsed:.1f} s, {fault_proxy.count()} requests"
+                f"\nrun {run}: 60 tags at 33% 503: {elapsed:.1f} s, {fault_proxy.count()} requests"
             )
     assert "Connection pool is full" not in caplog.text
 
