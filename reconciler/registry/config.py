@@ -69,7 +69,7 @@ class RetryPolicy:
     step_budget: float = 300.0
     dead_after: float = 30.0
     dead_after_failures: int = 20
-    probe_after: float = 30.0
+    probe_after: float = 5.0
 
 
 @dataclass(frozen=True)

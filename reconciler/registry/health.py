@@ -90,8 +90,8 @@ class HostHealth:
             self._down = HostDown(
                 f"registry {self.host} is down: {self._streak} requests in a row over "
                 f"{span:.0f} s failed, none succeeded; it answered: {answered}",
-                "nothing more is retried against it in this pass; check that the registry "
-                "is up and reachable from here, then run again",
+                "requests to it fail at once until a probe finds it answering again; check "
+                "that the registry is up and reachable from here, then run again",
             )
             log.warning("%s", self._down.message)
 
