@@ -70,6 +70,9 @@ MAX_TAG_PAGE = 16 << 20  # ~400,000 tags in one page
 MAX_TAG_PAGES = 1000
 _BUFFER_LIMIT = 1 << 20
 _UPLOAD_SESSIONS = 3  # fresh sessions one buffered upload may start
+# A manifest PUT refused with these while all it names exists is a storage race.
+_RACE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "DIGEST_INVALID"})
+_RACE_ATTEMPTS = 4
 EMPTY_JSON = b"{}"
 # The artifact type of the throwaway manifest that deletes one tag (see delete_tag).
 TAG_DELETION = "application/vnd.reconciler.tag-deletion.v1"
@@ -191,15 +194,24 @@ class HttpRegistry:
         else:
             check_tag(ref)
         content_type = media_type or media_type_of(data)
-        response = self._t.request(
-            "PUT",
-            self._manifest_path(repo, ref),
-            scopes=[scope(repo, "pull", "push")],
-            headers={"Content-Type": content_type},
-            data=data,
-        )
-        if response.status_code not in (200, 201):
-            raise self._t.fail(response, f"put manifest {repo}{_at(ref)}")
+        for attempt in range(_RACE_ATTEMPTS):
+            response = self._t.request(
+                "PUT",
+                self._manifest_path(repo, ref),
+                scopes=[scope(repo, "pull", "push")],
+                headers={"Content-Type": content_type},
+                data=data,
+            )
+            if response.status_code in (200, 201):
+                break
+            raced = response.status_code == 400 and bool(error_codes(response) & _RACE_CODES)
+            if not raced or attempt == _RACE_ATTEMPTS - 1 or not self._references_exist(repo, data):
+                raise self._t.fail(response, f"put manifest {repo}{_at(ref)}")
+            # Everything it names is there: distribution's filesystem storage rewrote a
+            # link another request was writing at that moment. Briefly, again.
+            response.close()
+            log.info("%s: %s%s refused, yet all it names exists; again", self.name, repo, _at(ref))
+            self._t.pause(0.1 * (attempt + 1))
         stored = response.headers.get("Docker-Content-Digest")
         response.close()
         if stored and stored != digest:
@@ -209,6 +221,13 @@ class HttpRegistry:
             )
         log.debug("%s: put %s%s (%s)", self.name, repo, _at(ref), digest)
         return digest
+
+    def _references_exist(self, repo: str, data: bytes) -> bool:
+        """Every blob (config, layers) or child manifest ``data`` names is in ``repo``."""
+        manifest = Manifest(data, media_type_of(data))
+        if manifest.is_index:
+            return all(self.manifest_exists(repo, c.digest) for c in manifest.children())
+        return all(self.blob_exists(repo, b.digest) for b in manifest.blobs())
 
     def delete_tag(self, repo: str, tag: str, expected: str | None = None) -> None:
         """Delete one tag, never another tag's manifest.

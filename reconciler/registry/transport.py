@@ -324,6 +324,10 @@ class Transport:
                     )  # fmt: skip
             return self._pool
 
+    def pause(self, seconds: float) -> None:
+        """This thread waits (the transport's sleep: tests record it instead)."""
+        self._sleep(seconds)
+
     def close(self) -> None:
         with self._lazy:
             if self._session is not None:
