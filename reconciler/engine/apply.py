@@ -10,8 +10,9 @@ The apply record is written by the caller only after every move is confirmed.
 
 Transient registry errors (a connection lost, 429, 5xx after the transport's own
 retries) are retried here too, per copy, move and prune, with backoff, until the
-environment's apply deadline: one flaky request does not fail the environment.
-A tag moved by another writer is not retried: the next pass re-plans.
+environment's apply deadline (:class:`~reconciler.registry.steps.StepRetry`): one
+flaky request does not fail the environment. A tag moved by another writer is not
+retried (the next pass re-plans), nor is anything on a host whose breaker opened.
 
 Prune deletes a tag only where it still points where it was observed; on a
 registry without a tag-delete API the registry layer points it at a throwaway
@@ -22,13 +23,11 @@ tag names.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
 
 from reconciler.errors import Transient
 from reconciler.model import Action, Change
@@ -37,14 +36,15 @@ from reconciler.registry import (
     Manifest,
     Registry,
     RegistryRefused,
+    RetryPolicy,
     Unsupported,
     copy_artifact,
 )
+from reconciler.registry.steps import StepRetry
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-APPLY_DEADLINE = 300.0  # seconds one environment's apply may spend retrying
+APPLY_DEADLINE = RetryPolicy.step_budget  # seconds one environment's apply may spend retrying
 FRESH_S = 2.0  # an observation this recent is the compare of the compare-and-swap
 
 
@@ -83,7 +83,7 @@ def apply_changes(
         Stalled: a permanent refusal (auth, a digest mismatch).
     """
     result = ApplyResult()
-    retry = _Retry(time.monotonic() + deadline, sleep)
+    retry = StepRetry(deadline, sleep, final=(TagMoved,))
     moves = [c for c in changes if c.action is not Action.DELETE]
     manifests = _bring_into_target(moves, registry_of, manifest_of, result, retry)
 
@@ -143,29 +143,6 @@ def apply_changes(
     return result
 
 
-class _Retry:
-    """Re-runs one step on Transient errors (not TagMoved) with backoff, until a deadline."""
-
-    def __init__(self, deadline: float, sleep: Callable[[float], None]) -> None:
-        self.deadline = deadline
-        self.sleep = sleep
-
-    def __call__(self, what: str, step: Callable[[], T]) -> T:
-        failures = 0
-        while True:
-            try:
-                return step()
-            except TagMoved:
-                raise
-            except Transient as exc:
-                failures += 1
-                delay = random.uniform(0.5, 1.0) * min(8.0, 0.5 * 2**failures)
-                if time.monotonic() + delay > self.deadline:
-                    raise
-                log.info("%s: %s; retrying in %.1fs", what, exc.message, delay)
-                self.sleep(delay)
-
-
 def _put_tag(
     registry: Registry, repo: str, tag: str, manifest: Manifest, sleep: Callable[[float], None]
 ) -> None:
@@ -191,7 +168,7 @@ def _bring_into_target(
     registry_of: RegistryOf,
     manifest_of: ManifestOf,
     result: ApplyResult,
-    retry: _Retry,
+    retry: StepRetry,
 ) -> dict[tuple[str, str], Manifest]:
     """Copy each artifact into its target repository when that differs from its source,
     signatures and referrers included, and return the manifests to tag there."""

@@ -6,6 +6,7 @@ trusted record heads) through :class:`Once`, so each is read once per pass.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from reconciler.registry import (
     canonical_repository,
     parse_reference,
 )
+from reconciler.registry.steps import StepRetry
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
 from reconciler.verify.inforce import Judgement
 from reconciler.verify.signatures import Evidence, find_evidence, key_id
@@ -156,14 +158,22 @@ class Pass:
             return
         key = self.signing_key(name)  # before any tag moves: the record must be writable
         registry, _ = self.registry_of(self.state.target_of(name))
-        concurrency = self.registries.settings.for_host(registry.name).concurrency
+        host = self.registries.settings.for_host(registry.name)
         applied = apply_changes(
-            plan.changes, self.registry_of, self.manifest, concurrency, observed_at=observed_at
+            plan.changes,
+            self.registry_of,
+            self.manifest,
+            host.concurrency,
+            deadline=host.retry.step_budget,
+            observed_at=observed_at,
         )
         outcome.applied = applied
-        if key is not None:
-            self.summarise(name, plan, receipt, key)
-        outcome.record = self.record(name, observed, applied, receipt, key)
+        try:
+            if key is not None:
+                self.summarise(name, plan, receipt, key)
+            outcome.record = self.record(name, observed, applied, receipt, key)
+        except ReconcilerError as exc:
+            raise _record_not_written(exc, applied) from exc
         self.heads[name] = outcome.record
         outcome.status = Status.APPLIED
         if outcome.note:
@@ -187,14 +197,20 @@ class Pass:
         registry, repo = self.registry_of(repository)
         if name in self.only_tags:
             return self.observe_tags(name, set(self.only_tags[name]))
-        present = self.once.get(("tags", repository), lambda: frozenset(registry.list_tags(repo)))
+        retry = self.step_retry(registry)
+        present = self.once.get(
+            ("tags", repository),
+            lambda: frozenset(retry(f"list {repository}", partial(registry.list_tags, repo))),
+        )
         record = self.trusted_head(name, present)
         self.heads[name] = record
         tags = {t.tag for t in self.state.tags[name]}
         if record is not None and self.state.environments[name].prune:
             tags |= set(record.owned)
         found = sorted(t for t in tags if t in present)
-        digests = self.pool.map(lambda tag: registry.resolve(repo, tag), found)
+        digests = self.pool.map(
+            lambda tag: retry(f"read {tag}", partial(registry.resolve, repo, tag)), found
+        )
         observed: dict[str, str | None] = dict.fromkeys(sorted(tags))
         observed.update(zip(found, digests, strict=True))
         return Observed(name, observed, record)
@@ -206,9 +222,17 @@ class Pass:
         self.heads[name] = record
         observed: dict[str, str | None] = {t.tag: t.digest for t in self.state.tags[name]}
         checked = sorted(only & set(observed))
-        digests = self.pool.map(lambda tag: registry.resolve(repo, tag), checked)
+        retry = self.step_retry(registry)
+        digests = self.pool.map(
+            lambda tag: retry(f"read {tag}", partial(registry.resolve, repo, tag)), checked
+        )
         observed.update(zip(checked, digests, strict=True))
         return Observed(name, observed, record)
+
+    def step_retry(self, registry: Registry, *final: type[BaseException]) -> StepRetry:
+        """Reads and writes outside the tag moves are retried as the moves are."""
+        budget = self.registries.settings.for_host(registry.name).retry.step_budget
+        return StepRetry(budget, final=final)
 
     def ran(self, name: str) -> Iterator[Record]:
         """``name``'s records newest first: the head, then (read only if asked) its chain."""
@@ -387,14 +411,23 @@ class Pass:
         record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
         previous = observed.record
-        digest = records.write(
-            registry,
-            repo,
-            record,
-            previous.digest if previous else None,
-            key,
-            self.owner.record_cache,
-        )
+        expected = previous.digest if previous else None
+        tries = 0
+
+        def write() -> str:
+            nonlocal tries
+            tries += 1
+            try:
+                return records.write(registry, repo, record, expected, key, self.owner.record_cache)
+            except records.RecordConflict:
+                # A retry finding the head at what an earlier try of this step wrote.
+                head = records.read_head(registry, repo, name) if tries > 1 else None
+                if head is not None and (head.commit, head.time) == (record.commit, record.time):
+                    return head.digest
+                raise
+
+        # Its own step: a flaky moment after the tags moved must not lose the record.
+        digest = self.step_retry(registry, records.RecordConflict)("write the record", write)
         anchored = canonical_repository(record.repository)
         self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))  # applying
         return replace(record, digest=digest, signer=key.keyid if key else None)
@@ -405,6 +438,7 @@ class Pass:
         moved = {c.to_digest for c in plan.changes if c.to_digest is not None}
         policy = f"{self.owner.source.display}@{self.state.commit}#{env.file}"
         verified_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        steps: list[Callable[[], str]] = []
         for artifact in receipt.artifacts:
             tag = next(t for t in self.state.tags[name] if t.item == artifact.item)
             if artifact.digest not in moved:
@@ -418,7 +452,14 @@ class Pass:
                 verified_at=verified_at,
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
-            vsa.attach(registry, repo, subject, vsa.bundle(statement, key))
+            steps.append(
+                partial(
+                    self.step_retry(registry),
+                    f"summarise {artifact.digest[:19]}",
+                    partial(vsa.attach_summary, registry, repo, subject, statement, key),
+                )
+            )
+        list(self.pool.map(lambda step: step(), steps))  # artifacts at once; each one's lock
 
     def new_record(
         self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt
@@ -446,3 +487,17 @@ class Pass:
             policy=self.state.policy_fingerprint(name),
             receipt=receipt.to_json(),
         )
+
+
+def _record_not_written(error: ReconcilerError, applied: ApplyResult) -> ReconcilerError:
+    """``error`` (its class kept: retry or stall) saying that the tags did move."""
+    said = copy.copy(error)
+    said.message = (
+        f"the tags are in place ({len(applied.moved)} moved, {len(applied.deleted)} pruned) "
+        f"but the apply record could not be written: {error.message}"
+    )
+    said.hint = "the tags are in place; the next pass writes the record" + (
+        f" ({error.hint})" if error.hint else ""
+    )
+    said.args = (said.message,)
+    return said

@@ -7,12 +7,20 @@ trusting the registry: the summary is an in-toto statement (predicate type
 envelope signed with the reconciler's record key, wrapped in a Sigstore bundle v0.3 and
 pushed as an OCI 1.1 referrer of the artifact in the target repository; registries
 without the referrers API get the ``sha256-<hex>`` tag-schema index, as cosign writes it.
+
+Except for an artifact signed the legacy way (a ``sha256-<hex>.sig`` tag and no bundle
+referrer): cosign v3 looks only at bundle referrers once one exists, so a VSA bundle
+would hide its signature from ``cosign verify``. Such an artifact gets the summary as
+cosign v1/v2 writes attestations instead: a DSSE envelope layer appended to its
+``sha256-<hex>.att`` manifest, which ``cosign verify-attestation`` reads and which
+leaves ``cosign verify`` as it was.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +43,12 @@ from reconciler.registry.oci import build_index
 PREDICATE_TYPE = "https://slsa.dev/verification_summary/v1"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 VERIFIER_ID = "https://reconciler.dev/reconciler"
-_index_lock = threading.Lock()  # environments of one pass may attach to one digest at once
+DSSE_LAYER = "application/vnd.dsse.envelope.v1+json"
+IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+# Environments of one pass may attach to one digest at once: one lock per subject.
+_subject_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_lock = threading.Lock()
 
 
 def summary(
@@ -72,6 +85,69 @@ def bundle(payload: bytes, key: SigningKey) -> bytes:
         "dsseEnvelope": envelope(payload, key, name_key=False),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def attach_summary(
+    registry: Registry, repo: str, subject: Manifest, payload: bytes, key: SigningKey
+) -> str:
+    """Sign the VSA statement ``payload`` and attach it to ``subject`` the way its
+    signatures are stored (see the module docstring); returns the manifest digest."""
+    if legacy_signed(registry, repo, subject.digest):
+        doc = envelope(payload, key, name_key=False)
+        return attach_legacy(registry, repo, subject.digest, _dump(doc))
+    return attach(registry, repo, subject, bundle(payload, key))
+
+
+def legacy_signed(registry: Registry, repo: str, digest: str) -> bool:
+    """A ``.sig`` tag and no bundle referrer: what cosign v3 verifies only while no
+    bundle referrer exists."""
+    if registry.resolve(repo, referrers_tag(digest) + ".sig") is None:
+        return False
+    return all(d.artifact_type != BUNDLE_TYPE for d in registry.referrers(repo, digest))
+
+
+def attach_legacy(registry: Registry, repo: str, digest: str, signed: bytes) -> str:
+    """Append the DSSE envelope ``signed`` to the subject's ``.att`` manifest as cosign
+    v1/v2 does (a layer per attestation, ``predicateType`` annotated)."""
+    tag = referrers_tag(digest) + ".att"
+    layer = {
+        "mediaType": DSSE_LAYER,
+        "digest": sha256_digest(signed),
+        "size": len(signed),
+        "annotations": {SIGNATURE_ANNOTATION: "", "predicateType": PREDICATE_TYPE},
+    }
+    registry.put_blob(repo, sha256_digest(signed), len(signed), [signed])
+    with _lock_of(registry, repo, digest):
+        layers: list[Any] = []
+        if registry.resolve(repo, tag) is not None:
+            try:
+                layers = list(registry.get_manifest(repo, tag).document().get("layers") or [])
+            except NotFound:
+                layers = []
+        if any(isinstance(d, dict) and d.get("digest") == layer["digest"] for d in layers):
+            return registry.resolve(repo, tag) or ""
+        layers.append(layer)
+        config = _dump(
+            {
+                "architecture": "",
+                "config": {},
+                "created": "0001-01-01T00:00:00Z",
+                "os": "",
+                "rootfs": {"type": "layers", "diff_ids": [d.get("digest") for d in layers]},
+            }
+        )
+        registry.put_blob(repo, sha256_digest(config), len(config), [config])
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": IMAGE_CONFIG,
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": layers,
+        }
+        return registry.put_manifest(repo, tag, _dump(doc), OCI_MANIFEST)
 
 
 def attach(registry: Registry, repo: str, subject: Manifest, data: bytes) -> str:
@@ -111,7 +187,7 @@ def attach(registry: Registry, repo: str, subject: Manifest, data: bytes) -> str
 def _index(registry: Registry, repo: str, subject: str, referrer: Descriptor) -> None:
     """Add ``referrer`` to the ``sha256-<hex>`` index of ``subject`` (created if absent)."""
     tag = referrers_tag(subject)
-    with _index_lock:
+    with _lock_of(registry, repo, subject):
         existing: list[Descriptor] = []
         if registry.resolve(repo, tag) is not None:
             try:
@@ -120,6 +196,15 @@ def _index(registry: Registry, repo: str, subject: str, referrer: Descriptor) ->
                 existing = []
         if all(d.digest != referrer.digest for d in existing):
             registry.put_manifest(repo, tag, build_index([*existing, referrer]), OCI_INDEX)
+
+
+def _lock_of(registry: Registry, repo: str, subject: str) -> threading.Lock:
+    with _locks_lock:
+        return _subject_locks[(registry.name, repo, subject)]
+
+
+def _dump(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _digest_set(digest: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from reconciler.registry.copy import CopyResult, copy_artifact
 from reconciler.registry.errors import (
     AuthenticationFailed,
     DigestMismatch,
+    HostDown,
     InvalidManifest,
     InvalidReference,
     NotFound,
@@ -52,13 +53,13 @@ from reconciler.registry.oci import (
     referrers_tag,
     sha256_digest,
 )
+from reconciler.registry.pacing import RequestStats
 from reconciler.registry.reference import (
     LAYOUT_PREFIX,
     Reference,
     canonical_repository,
     parse_reference,
 )
-from reconciler.registry.transport import RequestStats
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -76,6 +77,7 @@ __all__ = [
     "DigestMismatch",
     "DockerCredentials",
     "HostConfig",
+    "HostDown",
     "HttpRegistry",
     "InvalidManifest",
     "InvalidReference",
@@ -140,15 +142,27 @@ class Registries:
         self._credentials = _credentials(self.settings)
         self._open: dict[str, Registry] = {}
         self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
 
     def get(self, location: str | Reference) -> Registry:
+        """The client of ``location``'s host. Each host's client is made once, under that
+        host's own lock: environment threads asking for a host that is ready, or for
+        another host, do not queue behind it."""
         key = _store_of(location)
+        found = self._open.get(key)
+        if found is not None:
+            return found
         with self._lock:
-            if key not in self._open:
-                self._open[key] = open_registry(
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:
+            found = self._open.get(key)
+            if found is None:
+                found = open_registry(
                     location, self.settings, credentials=self._credentials, stats=self.stats
                 )
-            return self._open[key]
+                with self._lock:
+                    self._open[key] = found
+            return found
 
     def close(self) -> None:
         with self._lock:

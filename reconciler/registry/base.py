@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from reconciler.registry.oci import Descriptor, Manifest
-from reconciler.registry.transport import RequestStats
+from reconciler.registry.pacing import RequestStats
 
 
 class Registry(Protocol):

@@ -42,12 +42,23 @@ def api_host(host: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with full-jitter exponential backoff.
+    """Everything about giving up on a registry host, in one place.
 
-    ``attempts`` counts the first try; ``budget`` bounds the time one request may
-    spend retrying (no retry starts after it). Sleeps are
+    Per request: ``attempts`` counts the first try; ``budget`` bounds the time one
+    request may spend retrying (no retry starts after it). Sleeps are
     ``uniform(0, min(cap, base * 2**n))``, or the server's ``Retry-After`` capped at
     ``retry_after_cap``.
+
+    Per step (a copy, a tag move, a record write, an observation read): a step whose
+    request still failed is run again, with backoff, for up to ``step_budget`` seconds.
+
+    Per host (the breaker): once ``dead_after_failures`` requests in a row failed
+    (connection errors, timeouts, 5xx; never a 429, which is an answer) or failures
+    with no success in between span ``dead_after`` seconds, the host is down: nothing
+    is retried against it and every pending request fails at once with one error
+    naming the host and what it last answered. After ``probe_after`` seconds one
+    request is let through to probe it; a success closes the breaker. A host that
+    answers some requests never trips it.
     """
 
     attempts: int = DEFAULT_ATTEMPTS
@@ -55,6 +66,10 @@ class RetryPolicy:
     cap: float = 5.0
     retry_after_cap: float = 30.0
     budget: float = 120.0
+    step_budget: float = 300.0
+    dead_after: float = 30.0
+    dead_after_failures: int = 20
+    probe_after: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class HostConfig:
             raise Stalled("registry requestsPerSecond must be > 0")
         if self.retry.attempts < 1:
             raise Stalled("registry attempts must be >= 1")
+        if self.retry.dead_after_failures < 1 or self.retry.dead_after <= 0:
+            raise Stalled("registry breaker thresholds must be > 0")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise Stalled("registry connectTimeout and readTimeout must be > 0")
 

@@ -256,8 +256,11 @@ class _Copy:
         if source_index is not None and complete:
             if current == source_index:
                 return
-            if current is None:
-                index = self.src.get_manifest(self.src_repo, source_index)
+            index = self.src.get_manifest(self.src_repo, source_index)
+            listed = {d.digest for d in copied}
+            # Verbatim only if it lists what was copied: another writer (an environment
+            # attaching its summary) may have added a referrer since they were listed.
+            if current is None and {d.digest for d in index.children()} <= listed:
                 self.dst.put_manifest(self.dst_repo, tag, index.data, index.media_type)
                 self.result.tags.append(tag)
                 return

@@ -19,6 +19,11 @@ class RegistryUnavailable(RegistryError, Transient):
     """Connection refused or reset, a timeout, 429 or 5xx after the retries ran out."""
 
 
+class HostDown(RegistryUnavailable):
+    """The host's breaker is open: every request to it failed for a while, so what is
+    pending fails at once with this one error instead of retrying on a dead host."""
+
+
 class RegistryRefused(RegistryError, Stalled):
     """The registry answered with a permanent refusal (a 4xx other than auth)."""
 

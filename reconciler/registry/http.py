@@ -58,8 +58,9 @@ from reconciler.registry.oci import (
     sha256_digest,
     verify_digest,
 )
+from reconciler.registry.pacing import RequestStats
 from reconciler.registry.reference import check_repository
-from reconciler.registry.transport import RequestStats, Transport, error_codes
+from reconciler.registry.transport import Transport, error_codes
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ MAX_MANIFEST = 4 << 20
 MAX_TAG_PAGE = 16 << 20  # ~400,000 tags in one page
 MAX_TAG_PAGES = 1000
 _BUFFER_LIMIT = 1 << 20
+_UPLOAD_SESSIONS = 3  # fresh sessions one buffered upload may start
+# A manifest PUT refused with these while all it names exists is a storage race.
+_RACE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "DIGEST_INVALID"})
+_RACE_ATTEMPTS = 4
 EMPTY_JSON = b"{}"
 # The artifact type of the throwaway manifest that deletes one tag (see delete_tag).
 TAG_DELETION = "application/vnd.reconciler.tag-deletion.v1"
@@ -190,15 +195,24 @@ class HttpRegistry:
         else:
             check_tag(ref)
         content_type = media_type or media_type_of(data)
-        response = self._t.request(
-            "PUT",
-            self._manifest_path(repo, ref),
-            scopes=[scope(repo, "pull", "push")],
-            headers={"Content-Type": content_type},
-            data=data,
-        )
-        if response.status_code not in (200, 201):
-            raise self._t.fail(response, f"put manifest {repo}{_at(ref)}")
+        for attempt in range(_RACE_ATTEMPTS):
+            response = self._t.request(
+                "PUT",
+                self._manifest_path(repo, ref),
+                scopes=[scope(repo, "pull", "push")],
+                headers={"Content-Type": content_type},
+                data=data,
+            )
+            if response.status_code in (200, 201):
+                break
+            raced = response.status_code == 400 and bool(error_codes(response) & _RACE_CODES)
+            if not raced or attempt == _RACE_ATTEMPTS - 1 or not self._references_exist(repo, data):
+                raise self._t.fail(response, f"put manifest {repo}{_at(ref)}")
+            # Everything it names is there: distribution's filesystem storage rewrote a
+            # link another request was writing at that moment. Briefly, again.
+            response.close()
+            log.info("%s: %s%s refused, yet all it names exists; again", self.name, repo, _at(ref))
+            self._t.pause(0.1 * (attempt + 1))
         stored = response.headers.get("Docker-Content-Digest")
         response.close()
         if stored and stored != digest:
@@ -208,6 +222,13 @@ class HttpRegistry:
             )
         log.debug("%s: put %s%s (%s)", self.name, repo, _at(ref), digest)
         return digest
+
+    def _references_exist(self, repo: str, data: bytes) -> bool:
+        """Every blob (config, layers) or child manifest ``data`` names is in ``repo``."""
+        manifest = Manifest(data, media_type_of(data))
+        if manifest.is_index:
+            return all(self.manifest_exists(repo, c.digest) for c in manifest.children())
+        return all(self.blob_exists(repo, b.digest) for b in manifest.blobs())
 
     def delete_tag(self, repo: str, tag: str, expected: str | None = None) -> None:
         """Delete one tag, never another tag's manifest.
@@ -402,7 +423,10 @@ class HttpRegistry:
         """Monolithic upload (POST, then PUT with Content-Length), digest-checked.
 
         Blobs up to 1 MiB are buffered and verified before sending, so their upload
-        can be retried; larger ones stream once, hashed on the way out.
+        can be retried; larger ones stream once, hashed on the way out. An upload
+        session the registry no longer knows (``BLOB_UPLOAD_UNKNOWN``: it expired, or a
+        retried request met a session already closed) is not retried: after a HEAD
+        (the blob may be there already) the upload starts over from a new session.
         """
         check_digest(digest)
         stream = iter(chunks)
@@ -416,6 +440,29 @@ class HttpRegistry:
                     "the source served different content than its manifest names",
                 )
             verify_digest(small, digest, f"blob for {self.name}/{repo}")
+        for session in range(1, _UPLOAD_SESSIONS + 1):
+            response = self._upload(repo, digest, size, stream if small is None else small)
+            if response.status_code == 201:
+                response.close()
+                return
+            lost = response.status_code == 404 and "BLOB_UPLOAD_UNKNOWN" in error_codes(response)
+            if not lost:
+                raise self._t.fail(response, f"upload {digest} to {repo}")
+            response.close()
+            if self.blob_exists(repo, digest):
+                return
+            if small is None or session == _UPLOAD_SESSIONS:
+                raise RegistryUnavailable(
+                    f"{self.name}: upload of {digest} to {repo}: the registry lost the upload "
+                    f"session (BLOB_UPLOAD_UNKNOWN){'' if small is None else ' every time'}",
+                    "the upload is started over when the step is retried",
+                )
+            log.info("%s: upload session of %s lost; starting over", self.name, digest[:19])
+
+    def _upload(
+        self, repo: str, digest: str, size: int, content: bytes | Iterator[bytes]
+    ) -> requests.Response:
+        """One upload session: POST for a location, then PUT the bytes there."""
         start = self._t.request(
             "POST",
             self._t.url(f"/v2/{_repo(repo)}/blobs/uploads/"),
@@ -429,15 +476,12 @@ class HttpRegistry:
         target = f"{location}{separator}digest={quote(digest)}"
         headers = {"Content-Type": "application/octet-stream"}
         scopes = [scope(repo, "pull", "push")]
-        if small is not None:
-            response = self._t.request("PUT", target, scopes=scopes, headers=headers, data=small)
-        else:
-            reader = _HashingReader(stream, size)
-            response = self._t.request("PUT", target, scopes=scopes, headers=headers, body=reader)
-            reader.check(digest, f"blob {digest} for {self.name}/{repo}")
-        if response.status_code != 201:
-            raise self._t.fail(response, f"upload {digest} to {repo}")
-        response.close()
+        if isinstance(content, bytes):
+            return self._t.request("PUT", target, scopes=scopes, headers=headers, data=content)
+        reader = _HashingReader(content, size)
+        response = self._t.request("PUT", target, scopes=scopes, headers=headers, body=reader)
+        reader.check(digest, f"blob {digest} for {self.name}/{repo}")
+        return response
 
     # -- referrers -------------------------------------------------------------
 

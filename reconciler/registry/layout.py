@@ -47,8 +47,8 @@ from reconciler.registry.oci import (
     sha256_digest,
     verify_digest,
 )
+from reconciler.registry.pacing import RequestStats
 from reconciler.registry.reference import LAYOUT_PREFIX
-from reconciler.registry.transport import RequestStats
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,10 @@ connection errors, 429 and 5xx (not 501) are retried, a bounded number of times,
 with full-jitter exponential backoff or the server's ``Retry-After`` (capped).
 Requests with a streamed body are never replayed. A ``Retry-After`` pauses every
 request to the host, not only the one that was told. Retries stop at ``attempts``
-or when the request's time ``budget`` is spent, whichever comes first.
+or when the request's time ``budget`` is spent, whichever comes first, or at once
+when the host's breaker opens (:mod:`reconciler.registry.health`): a host that has
+answered nothing but failures for a while is not retried, and every request to it
+fails with one error.
 
 Credentials go only to the origin that asked for them: ``Authorization`` and the
 host's client certificate are sent to the registry's own scheme://host:port only.
@@ -21,17 +24,13 @@ connection pool (``pool_maxsize`` = ``concurrency``) is never exceeded.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
 import ssl
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -51,14 +50,22 @@ from reconciler.registry.errors import (
     TLSFailure,
     Unsupported,
 )
+from reconciler.registry.health import HostHealth
+from reconciler.registry.pacing import (
+    RateLimiter,
+    RequestStats,
+    backoff,
+    retry_after,
+)
 from reconciler.registry.trust import default_context, host_certs, trust_context, trust_sources
 
 log = logging.getLogger(__name__)
 
-WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _CHUNK = 1 << 16
+USER_AGENT = "reconciler-registry"
 DEFAULT_LIMIT = 1 << 20  # bodies we do not expect to be large: tokens, errors, uploads
 ERROR_LIMIT = 64 << 10  # an error body is kept up to this much, then cut
 # Reasons worth naming; the exception text itself may carry a URL with a query.
@@ -81,103 +88,6 @@ class UploadBody(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
     def __len__(self) -> int: ...
-
-
-class RequestStats:
-    """Thread-safe request counter keyed by (host, method, status).
-
-    ``status`` is the HTTP status as a string, or ``"error"`` when no response came
-    back. The daemon exports it as metrics; tests assert "zero writes" with it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[tuple[str, str, str]] = Counter()
-
-    def record(self, host: str, method: str, status: str) -> None:
-        with self._lock:
-            self._counts[(host, method, status)] += 1
-
-    def snapshot(self) -> dict[tuple[str, str, str], int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def total(
-        self, *, host: str | None = None, method: str | None = None, status: str | None = None
-    ) -> int:
-        return sum(
-            n
-            for (h, m, s), n in self.snapshot().items()
-            if (host is None or h == host)
-            and (method is None or m == method)
-            and (status is None or s == status)
-        )
-
-    def writes(self, host: str | None = None) -> int:
-        return sum(
-            n
-            for (h, m, _), n in self.snapshot().items()
-            if m in WRITE_METHODS and (host is None or h == host)
-        )
-
-
-class RateLimiter:
-    """Spaces request starts at least ``1/rate`` seconds apart (no bursts), and holds
-    every start back while the host asked for a pause (``Retry-After``)."""
-
-    def __init__(
-        self,
-        rate: float | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._paused_until = 0.0
-
-    def pause(self, seconds: float) -> None:
-        """No request starts for ``seconds`` from now (the longest pause asked wins)."""
-        with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
-
-    def acquire(self, respect_pause: bool = True) -> None:
-        """Wait for this request's start; ``respect_pause=False`` for the request that
-        was told to wait and already did."""
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._paused_until) if respect_pause else now
-            if self._interval:
-                start = max(start, self._next)
-                self._next = start + self._interval
-        if start > now:
-            self._sleep(start - now)
-
-
-def backoff(policy: RetryPolicy, failures: int) -> float:
-    """Full jitter: uniform(0, min(cap, base * 2**(failures-1)))."""
-    return random.uniform(0.0, min(policy.cap, policy.base * (2 ** max(failures - 1, 0))))
-
-
-def retry_after(value: str | None, policy: RetryPolicy) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta or HTTP date), capped."""
-    if not value:
-        return None
-    value = value.strip()
-    seconds: float | None
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, min(seconds, policy.retry_after_cap))
 
 
 def error_detail(response: requests.Response) -> str:
@@ -261,24 +171,74 @@ class Transport:
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._local = threading.local()
         self._rate = RateLimiter(config.requests_per_second)
+        self.health = HostHealth(host, config.retry)
         self._proxies: dict[tuple[str, str], dict[str, str]] = {}
-        self.session = requests.Session()
-        # Never pick up credentials from ~/.netrc; proxies are read per origin below.
-        self.session.trust_env = False
-        certs = host_certs(self.endpoint, certs_dirs) if not config.plain_http else None
-        if certs is not None and certs.directory:
-            log.debug("%s: certificates from %s", host, certs.directory)
-        own = trust_context(host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs)
-        # Other origins (token realms, storage redirects): the common trust, no client cert.
-        other = _Adapter(default_context(), config.concurrency)
-        self.session.mount("http://", other)
-        self.session.mount("https://", other)
-        self.session.mount(self.base_url + "/", _Adapter(own, config.concurrency))
-        self.session.headers["User-Agent"] = "reconciler-registry"
+        self._own: ssl.SSLContext | None = None
+        if not config.plain_http:  # built here: a bad caFile fails when the client is made
+            certs = host_certs(self.endpoint, certs_dirs)
+            if certs is not None and certs.directory:
+                log.debug("%s: certificates from %s", host, certs.directory)
+            self._own = trust_context(
+                host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs
+            )
+        self._lazy = threading.Lock()
+        self._session: requests.Session | None = None
+        self._pool: urllib3.HTTPConnectionPool | None = None
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
+    @property
+    def session(self) -> requests.Session:
+        """For other origins (token realms, storage redirects) and proxies, made on first
+        use: a plain-HTTP registry that needs neither never loads a trust store."""
+        with self._lazy:
+            if self._session is None:
+                session = requests.Session()
+                # Never pick up credentials from ~/.netrc; proxies are read per origin below.
+                session.trust_env = False
+                # Other origins: the common trust, no client certificate.
+                other = _Adapter(default_context(), self.config.concurrency)
+                session.mount("http://", other)
+                session.mount("https://", other)
+                if self._own is not None:
+                    session.mount(self.base_url + "/", _Adapter(self._own, self.config.concurrency))
+                session.headers["User-Agent"] = USER_AGENT
+                self._session = session
+            return self._session
+
+    def _direct(self) -> urllib3.HTTPConnectionPool:
+        """The registry's own origin, without a proxy, is spoken to on a urllib3 pool of
+        ``concurrency`` keep-alive connections: the ``requests`` layer (sessions, cookie
+        jar, hooks, settings merged per request) cost three times the CPU of the request
+        itself, and on a small machine the client's CPU is the registry's too."""
+        with self._lazy:
+            if self._pool is None:
+                parts = urlsplit(self.base_url)
+                timeout = urllib3.Timeout(
+                    connect=self.config.connect_timeout, read=self.config.read_timeout
+                )
+                host = parts.hostname or self.endpoint
+                if self._own is None:
+                    self._pool = urllib3.HTTPConnectionPool(
+                        host, parts.port or 80, timeout=timeout, maxsize=self.config.concurrency,
+                        retries=False,
+                    )  # fmt: skip
+                else:
+                    self._pool = urllib3.HTTPSConnectionPool(
+                        host, parts.port or 443, timeout=timeout, maxsize=self.config.concurrency,
+                        retries=False, ssl_context=self._own,
+                    )  # fmt: skip
+            return self._pool
+
+    def pause(self, seconds: float) -> None:
+        """This thread waits (the transport's sleep: tests record it instead)."""
+        self._sleep(seconds)
+
     def close(self) -> None:
-        self.session.close()
+        with self._lazy:
+            if self._session is not None:
+                self._session.close()
+            if self._pool is not None:
+                self._pool.close()
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -331,6 +291,7 @@ class Transport:
         same = self.same_origin(url)
         waited = False  # this request slept out a Retry-After itself
         while True:
+            self.health.check()
             sent_headers = dict(headers or {})
             authorization = self.auth.authorization(scopes) if same else None
             if authorization:
@@ -354,6 +315,7 @@ class Transport:
                 self.stats.record(self.host, method, "error")
                 failures += 1
                 reason = _short(exc)
+                self._failed(reason)
                 delay = backoff(policy, failures)
                 if not replayable or not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
@@ -376,6 +338,9 @@ class Transport:
                     continue
             if status == 429 or (500 <= status < 600 and status != 501):
                 failures += 1
+                if status != 429:  # a 429 is an answer: the host is alive, only busy
+                    detail = error_detail(response)
+                    self._failed(f"HTTP {status}" + (f" ({detail})" if detail else ""))
                 hinted = retry_after(response.headers.get("Retry-After"), policy)
                 delay = backoff(policy, failures) if hinted is None else hinted
                 if hinted:
@@ -397,7 +362,15 @@ class Transport:
                 self._sleep(delay)
                 waited = hinted is not None
                 continue
+            self.health.success()
             return response
+
+    def _failed(self, answered: str) -> None:
+        """Tell the breaker; once it is open, this request stops retrying too."""
+        self.health.failure(answered)
+        down = self.health.down()
+        if down is not None:
+            raise down
 
     @staticmethod
     def _may_retry(policy: RetryPolicy, failures: int, started: float, delay: float) -> bool:
@@ -441,21 +414,58 @@ class Transport:
         stream: bool,
         limit: int,
     ) -> requests.Response:
-        response = self.session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            stream=True,
-            timeout=self._timeout,
-            allow_redirects=False,
-            verify=True,
-            proxies=self._proxies_for(url),
-        )
+        proxies = self._proxies_for(url)
+        if not proxies and self.same_origin(url):
+            response = self._send_direct(method, url, headers, data)
+        else:
+            response = self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                stream=True,
+                timeout=self._timeout,
+                allow_redirects=False,
+                verify=True,
+                proxies=proxies,
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
         if not stream:
             read_capped(response, limit, f"{self.host}: {method} {redact_url(url)}", method)
+        return response
+
+    def _send_direct(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | UploadBody | None
+    ) -> requests.Response:
+        """One request on the direct pool, as a streamed :class:`requests.Response`; its
+        errors are raised as requests' own, so one set of rules handles both paths."""
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
+        if data is not None:
+            sent["Content-Length"] = str(len(data))
+        try:
+            raw = self._direct().urlopen(
+                method, target, body=cast(Any, data), headers=sent, retries=False, redirect=False,
+                preload_content=False, decode_content=False, assert_same_host=False,
+            )  # fmt: skip
+        except urllib3.exceptions.SSLError as exc:
+            raise requests.exceptions.SSLError(str(exc)) from None
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ReadTimeout(str(exc)) from None
+        except urllib3.exceptions.NewConnectionError as exc:
+            raise requests.exceptions.ConnectionError(str(exc)) from None
+        except urllib3.exceptions.ConnectTimeoutError as exc:
+            raise requests.exceptions.ConnectTimeout(str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ConnectionError(str(exc)) from None
+        response = requests.Response()
+        response.status_code = raw.status
+        response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+        response.raw = raw
+        response.url = url
+        response.reason = raw.reason or ""
         return response
 
     def _proxies_for(self, url: str) -> dict[str, str]:

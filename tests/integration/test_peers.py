@@ -24,7 +24,7 @@ import pytest
 
 from reconciler.cli.main import main
 from tests.support import recordkeys
-from tests.support.registry_servers import RegistryServer, require_tool
+from tests.support.registry_servers import RegistryServer, build_image, push, require_tool
 from tests.support.staterepo import StateRepo
 from tests.support.world import build_world, desired_only, plain
 
@@ -277,3 +277,67 @@ def test_cosign_verify_attestation_accepts_the_reconciler_vsa(
     statement = json.loads(base64.b64decode(envelope["payload"]))
     assert statement["predicateType"] == "https://slsa.dev/verification_summary/v1"
     assert digest.removeprefix("sha256:") in json.dumps(statement["subject"])
+
+
+@pytest.mark.parametrize("bundle", [False, True], ids=["legacy-sig", "bundle"])
+def test_cosign_verify_still_passes_on_the_target_after_a_promotion_with_records_on(
+    bundle: bool,
+    plain_registry: RegistryServer,
+    second_registry: RegistryServer,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Signed by `cosign sign --key` (legacy `.sig` or a bundle), applied in the source
+    repository (dev) and copied to another registry (prod) with record signing on: the
+    verification summaries hide no signature from `cosign verify` (v3 looks only at
+    bundles once one exists), and `cosign verify-attestation` finds them."""
+    cosign = require_tool("cosign")
+    env = {**os.environ, "COSIGN_PASSWORD": "", "COSIGN_YES": "true", "HOME": str(tmp_path)}
+    run(cosign, "generate-key-pair", cwd=tmp_path, env=env)
+    source = f"{plain_registry.host}/acme/{tmp_path.name[-12:].lower()}"
+    target = f"{second_registry.host}/prod/{tmp_path.name[-12:].lower()}"
+    digest = push(plain(plain_registry.host), source.split("/", 1)[1], build_image(source))
+    run(
+        cosign, "sign", "--key", str(tmp_path / "cosign.key"),
+        f"--new-bundle-format={str(bundle).lower()}", "--use-signing-config=false",
+        "--tlog-upload=false", "--allow-insecure-registry", "--allow-http-registry",
+        f"{source}@{digest}",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    hosts = (plain_registry.host, second_registry.host)
+    registries = "\n".join(f'\tregistries: "{h}": plainHTTP: true' for h in hosts)
+    repo = StateRepo(tmp_path / "state")
+    repo.commit(
+        {
+            "reconciler.cue": f"package reconciler\nsettings: {{\n{registries}\n"
+            f'\tverify: keys: ["keys/cosign.pub"]\n\t{recordkeys.SETTINGS}\n}}\n',
+            "keys/cosign.pub": (tmp_path / "cosign.pub").read_text(),
+            recordkeys.RECORDS_PUB: recordkeys.session_key()[1],
+            "catalogs/shop.cue": f'package reconciler\ncatalogs: shop: {{source: "{source}", '
+            f'releases: [{{name: "v1", items: {{web: "{digest}"}}}}]}}\n',
+            "environments/dev.cue": 'package reconciler\nenvironments: dev: {catalog: "shop", '
+            'release: "v1"}\n',
+            "environments/prod.cue": 'package reconciler\nenvironments: prod: {catalog: "shop", '
+            f'release: "v1", target: repository: "{target}"}}\n',
+        }
+    )
+    assert main(["apply", "--repo", str(repo.path)]) == 0, capsys.readouterr().out
+    records_pub = tmp_path / "records.pub"
+    records_pub.write_text(recordkeys.session_key()[1])
+    insecure = ("--allow-http-registry", "--allow-insecure-registry")
+    for where in (source, target):
+        run(
+            cosign, "verify", "--key", str(tmp_path / "cosign.pub"),
+            "--insecure-ignore-tlog=true", *insecure, f"{where}@{digest}",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        verified = run(
+            cosign, "verify-attestation", "--key", str(records_pub),
+            "--type", "https://slsa.dev/verification_summary/v1",
+            "--insecure-ignore-tlog=true", *insecure, f"{where}@{digest}",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        statement = json.loads(base64.b64decode(json.loads(verified.splitlines()[0])["payload"]))
+        assert statement["predicateType"] == "https://slsa.dev/verification_summary/v1"
+        assert digest.removeprefix("sha256:") in json.dumps(statement["subject"])

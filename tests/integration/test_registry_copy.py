@@ -14,6 +14,7 @@ import pytest
 from reconciler.model import Policy, PublicKey
 from reconciler.registry import (
     OCI_MANIFEST,
+    Descriptor,
     DigestMismatch,
     DockerCredentials,
     HostConfig,
@@ -310,3 +311,42 @@ def test_a_cosign_style_config_follows_the_merged_layers(
     assert [
         layer["annotations"]["dev.cosignproject.cosign/signature"] for layer in merged["layers"]
     ] == ["sig-dst", "sig-src"]
+
+
+class _AddsReferrerAfterListing:
+    """The source, with another writer adding a referrer just after the copy listed them
+    (as an environment attaching its verification summary does during a pass)."""
+
+    def __init__(self, inner: HttpRegistry, repo: str, subject: Built, early: Built) -> None:
+        self.inner, self.repo, self.subject, self.early = inner, repo, subject, early
+        self.late: Built | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def referrers(self, repo: str, digest: str) -> list[Descriptor]:
+        found = self.inner.referrers(repo, digest)
+        if digest == self.subject.digest and self.late is None:
+            self.late = build_referrer(self.subject, "application/vnd.example.late")
+            push(self.inner, self.repo, self.late)
+            index = referrers_index(self.early, self.late)
+            push(self.inner, self.repo, index, tag=referrers_tag(digest))
+        return found
+
+
+def test_a_referrer_added_at_the_source_during_the_copy_does_not_break_the_target_index(
+    plain: HttpRegistry,
+) -> None:
+    """The source's tag-schema index, read after its referrers were copied, names one
+    that was not: the target gets an index of what was copied, not a dangling one."""
+    source, target = fresh(), fresh()
+    image = build_image("late-referrer")
+    push(plain, source, image, tag="v1")
+    early = build_referrer(image)
+    push(plain, source, early)
+    push(plain, source, referrers_index(early), tag=referrers_tag(image.digest))
+    racing = _AddsReferrerAfterListing(plain, source, image, early)
+    copy_artifact(racing, source, image.digest, plain, target, tag="v1")  # type: ignore[arg-type]
+    index = plain.get_manifest(target, referrers_tag(image.digest))
+    assert [d.digest for d in index.children()] == [early.digest]
+    assert plain.manifest_exists(target, early.digest)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -253,12 +255,13 @@ ITEMS = 10
 
 
 def fleet_state(
-    host: str, proxy: str, tmp_path: Path, items: int = ITEMS
+    host: str, proxy: str, tmp_path: Path, items: int = ITEMS, attempts: int | None = None
 ) -> tuple[StateRepo, str, dict[str, str]]:
     """One catalog of ``items`` images and ENVS environments on it: 200 tags to apply.
 
     The images are pushed directly; the state names the registry through ``proxy``.
     """
+    registry = "plainHTTP: true" + (f", attempts: {attempts}" if attempts else "")
     source = f"f{uuid.uuid4().hex[:8]}/fleet"
     direct = HttpRegistry(host, HostConfig(plain_http=True))
     digests = {f"i{n}": push(direct, source, build_image(f"{source}-{n}")) for n in range(items)}
@@ -269,7 +272,7 @@ def fleet_state(
     )
     files = {
         "reconciler.cue": "package reconciler\n\nsettings: {\n"
-        f'\tregistries: "{proxy}": plainHTTP: true\n'
+        f'\tregistries: "{proxy}": {{{registry}}}\n'
         f"\tverify: insecureSkipSignatures: true\n\t{recordkeys.SETTINGS}\n}}\n",
         "catalogs/fleet.cue": 'package reconciler\n\ncatalogs: "example.org/fleet": {\n'
         f'\tsource: "{proxy}/{source}"\n\treleases: [{{name: "v1", items: {{{items}}}}}]\n}}\n',
@@ -279,6 +282,19 @@ def fleet_state(
     repo = StateRepo(tmp_path / "state")
     repo.commit(files, "a fleet")
     return repo, source, digests
+
+
+def apply_process(repo: StateRepo) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`reconciler apply --json` as a user runs it; the timeout is a hang guard only."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", "--repo", str(repo.path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return done, time.monotonic() - started
 
 
 def applied(repo: StateRepo, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
@@ -296,7 +312,12 @@ def converged(host: str, source: str, digests: dict[str, str]) -> int:
     )
 
 
-def test_one_apply_converges_when_a_third_of_all_requests_answer_503(
+RUNS = 10
+RUN_ITEMS = 3  # 20 environments x 3 items a run: 60 tags, records and VSAs
+
+
+@pytest.mark.timeout(1200)
+def test_one_apply_converges_when_a_third_of_all_requests_answer_503_ten_runs_in_a_row(
     plain_registry: RegistryServer,
     fault_proxy: FaultProxy,
     tmp_path: Path,
@@ -304,21 +325,31 @@ def test_one_apply_converges_when_a_third_of_all_requests_answer_503(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Every third request answered 503 by the proxy: every environment applies in one
+    `apply`, run after run (each a fresh fleet: first converge, records and signed
+    verification summaries included)."""
     caplog.set_level(logging.WARNING, logger="urllib3")
-    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path)
-    fault_proxy.add(Fault("status", status=503, times=-1, every=3))
-    started = time.monotonic()
-    code, result = applied(repo, capsys)
-    elapsed = time.monotonic() - started
-    statuses = {o["name"]: o["status"] for o in result["environments"]}
-    assert code == 0, [o.get("error") for o in result["environments"] if o.get("error")]
-    assert set(statuses.values()) == {"applied"}
-    assert converged(plain_registry.host, source, digests) == ENVS * ITEMS
-    injected = fault_proxy.count(outcome="status")
-    assert injected > 100  # the faults really were there, a third of everything
-    assert injected * 3 <= fault_proxy.count() + 3
+    for run in range(RUNS):
+        fault_proxy.clear()
+        repo, source, digests = fleet_state(
+            plain_registry.host, fault_proxy.host, tmp_path / f"r{run}", RUN_ITEMS
+        )
+        fault_proxy.add(Fault("status", status=503, times=-1, every=3))
+        started = time.monotonic()
+        code, result = applied(repo, capsys)
+        elapsed = time.monotonic() - started
+        errors = [o.get("error") for o in result["environments"] if o.get("error")]
+        assert code == 0, (run, errors)
+        assert {o["status"] for o in result["environments"]} == {"applied"}, run
+        assert converged(plain_registry.host, source, digests) == ENVS * RUN_ITEMS, run
+        injected = fault_proxy.count(outcome="status")
+        assert injected > 50  # the faults really were there, a third of everything
+        assert injected * 3 <= fault_proxy.count() + 3
+        with capsys.disabled():
+            print(
+                f"\nrun {run}: 60 tags at 33% 503: {elapsed:.1f} s, {fault_proxy.count()} requests"
+            )
     assert "Connection pool is full" not in caplog.text
-    print(f"\n200 tags at 33% 503: {elapsed:.1f} s, {fault_proxy.count()} requests")
 
 
 def test_one_apply_converges_when_the_first_requests_answer_429_with_retry_after(
@@ -356,3 +387,95 @@ def test_a_retry_after_pauses_every_request_to_the_host(
     # The first answer was a 429: every request that had not started waited for it.
     late = [t - started for _, t in done]
     assert sorted(late)[-1] >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("fault", "answered"),
+    [(Fault("status", status=500, times=-1), "HTTP 500"), (Fault("reset", times=-1), "reset")],
+    ids=["500", "reset"],
+)
+def test_apply_against_a_dead_registry_fails_with_one_error_and_moves_nothing(
+    fault: Fault,
+    answered: str,
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+) -> None:
+    """Every request answered 500 (or reset): the breaker opens, every environment fails
+    with the same error naming the host and what it answered, and `apply` exits 1."""
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path)
+    fault_proxy.add(fault)
+    done, elapsed = apply_process(repo)
+    assert done.returncode == 1, done.stderr[-2000:]
+    outcomes = json.loads(done.stdout)["environments"]
+    assert {o["status"] for o in outcomes} == {"failed"}
+    errors = {o["error"]["message"] for o in outcomes}
+    assert len(errors) == 1, errors  # one error, not one per request
+    (error,) = errors
+    assert f"registry {fault_proxy.host} is down" in error and answered in error
+    assert {o["error"]["disposition"] for o in outcomes} == {"retry"}
+    assert converged(plain_registry.host, source, digests) == 0
+    # The breaker stopped the retries: fewer requests than 8 attempts of one per environment.
+    assert fault_proxy.count() < ENVS * 8
+    print(
+        f"\ndead registry ({answered}): exit 1 after {elapsed:.1f} s, {fault_proxy.count()} requests"
+    )
+
+
+def test_a_lost_upload_session_starts_over_from_a_new_one(
+    direct: HttpRegistry, proxied: HttpRegistry, fault_proxy: FaultProxy
+) -> None:
+    """The registry forgets the session between POST and PUT (BLOB_UPLOAD_UNKNOWN): the
+    blob is looked for, then uploaded through a new session."""
+    repo = fresh()
+    blob = uuid.uuid4().bytes * 64
+    digest = "sha256:" + __import__("hashlib").sha256(blob).hexdigest()
+    fault_proxy.add(Fault("lose-session", times=1, method="PUT", path="/blobs/uploads/"))
+    proxied.put_blob(repo, digest, len(blob), [blob])
+    assert direct.read_blob(repo, digest, len(blob)) == blob
+    assert fault_proxy.count("PUT", "/blobs/uploads/") == 2
+    assert fault_proxy.count("POST", "/blobs/uploads/") == 2
+    assert fault_proxy.count("HEAD", f"/blobs/{digest}") == 1
+
+
+def test_a_record_write_that_outlasts_its_requests_retries_is_retried_as_a_step(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The record's manifest PUT fails more times than a request's attempts: the tags
+    have moved, and the record step runs again until it is written."""
+    repo, _, _ = fleet_state(plain_registry.host, fault_proxy.host, tmp_path, items=2, attempts=2)
+    fault_proxy.add(
+        Fault("status", status=503, times=3, method="PUT", path="/manifests/reconciler-record")
+    )
+    code, result = applied(repo, capsys)
+    assert code == 0, [o.get("error") for o in result["environments"] if o.get("error")]
+    assert {o["status"] for o in result["environments"]} == {"applied"}
+    assert fault_proxy.count(outcome="status") == 3
+
+
+def test_tags_that_moved_without_their_record_say_exactly_that(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo, source, digests = fleet_state(plain_registry.host, fault_proxy.host, tmp_path, items=2)
+    fault_proxy.add(
+        Fault("status", status=400, times=-1, method="PUT", path="/manifests/reconciler-record")
+    )
+    code, result = applied(repo, capsys)
+    assert code == 1
+    assert converged(plain_registry.host, source, digests) == ENVS * 2
+    for outcome in result["environments"]:
+        assert outcome["status"] == "failed"
+        message = outcome["error"]["message"]
+        assert message.startswith(
+            "the tags are in place (2 moved, 0 pruned) but the apply record could not be written: "
+        ), message
+        assert "HTTP 400" in message

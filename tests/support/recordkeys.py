@@ -7,6 +7,8 @@ would; tests about unsigned or foreign records make their own.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -19,8 +21,10 @@ SETTINGS = f'records: keys: ["{RECORDS_PUB}"]'
 
 @cache
 def session_key() -> tuple[Path, str]:
-    """(private key path, public key PEM)."""
+    """(private key path, public key PEM); the directory (a private key) is removed
+    when the process that made it exits."""
     directory = Path(tempfile.mkdtemp(prefix="reconciler-record-key-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     private, public = generate(directory / "records.key")
     return private, public.read_text()
 

@@ -486,7 +486,9 @@ class Fault:
 
     kind: ``status`` (answer ``status`` with ``headers``), ``delay`` (sleep, then
     forward), ``reset`` (RST the connection), ``corrupt`` (flip a byte of the
-    response body), ``hook`` (call ``action``, then forward). ``times=-1``: forever.
+    response body), ``hook`` (call ``action``, then forward), ``lose-session``
+    (cancel the upload session the request names upstream, then forward it: the
+    registry itself answers ``BLOB_UPLOAD_UNKNOWN``). ``times=-1``: forever.
     """
 
     kind: str
@@ -621,6 +623,9 @@ class FaultProxy:
             time.sleep(fault.delay)
         if fault is not None and fault.kind == "hook" and fault.action is not None:
             fault.action()
+        if fault is not None and fault.kind == "lose-session":
+            with contextlib.suppress(OSError):
+                self._forward("DELETE", request, b"")
         try:
             status, headers, data = self._forward(method, request, body)
         except OSError:

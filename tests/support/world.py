@@ -141,11 +141,14 @@ REFERRERS_INDEX = re.compile(r"^sha256-[0-9a-f]{64}$")
 
 
 def desired_only(tags: dict[str, str]) -> dict[str, str]:
-    """Without record tags and referrer indexes (verification summaries)."""
+    """Without record tags and where verification summaries live: referrer indexes, and
+    the ``.att`` of a legacy-signed artifact."""
     return {
         t: d
         for t, d in tags.items()
-        if not t.startswith("reconciler-record.") and not REFERRERS_INDEX.match(t)
+        if not t.startswith("reconciler-record.")
+        and not REFERRERS_INDEX.match(t)
+        and not (t.endswith(".att") and REFERRERS_INDEX.match(t.removesuffix(".att")))
     }
 
 

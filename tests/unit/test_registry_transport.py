@@ -21,11 +21,12 @@ from reconciler.registry import (
     DockerCredentials,
     HostConfig,
     HttpRegistry,
+    RegistryRefused,
     RequestStats,
     ResponseTooLarge,
     RetryPolicy,
 )
-from reconciler.registry.transport import RateLimiter, backoff, retry_after
+from reconciler.registry.pacing import RateLimiter, backoff, retry_after
 
 Reply = tuple[int, dict[str, str], bytes]
 Route = Callable[[http.server.BaseHTTPRequestHandler], Reply]
@@ -287,3 +288,43 @@ def test_a_401_from_another_origin_is_not_answered_with_credentials(
         assert "Authorization" not in other.seen[0][2]
     finally:
         other.close()
+
+
+def _image_naming(blob: bytes) -> bytes:
+    desc = {"mediaType": "application/octet-stream", "digest": sha(blob), "size": len(blob)}
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {**desc, "mediaType": "application/vnd.oci.empty.v1+json"},
+            "layers": [desc],
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["blobs-there", "blob-missing"])
+def test_a_manifest_refused_as_naming_unknown_blobs_is_sent_again_only_if_they_exist(
+    server: FakeServer, present: bool
+) -> None:
+    """distribution's filesystem storage can answer MANIFEST_BLOB_UNKNOWN while another
+    request rewrites a blob's link: the PUT is sent again when every blob is there."""
+    blob = b"{}"
+    manifest = _image_naming(blob)
+    answers = iter([400, 201])
+    unknown = json.dumps({"errors": [{"code": "MANIFEST_BLOB_UNKNOWN", "message": "x"}]})
+
+    def put(handler: http.server.BaseHTTPRequestHandler) -> Reply:
+        status = next(answers)
+        body = unknown.encode() if status == 400 else b""
+        return status, {"Docker-Content-Digest": sha(manifest)} if status == 201 else {}, body
+
+    server.route("PUT", "/v2/r/manifests/v1", put)
+    server.route("HEAD", f"/v2/r/blobs/{sha(blob)}", lambda h: (200 if present else 404, {}, b""))
+    registry = client(server.host, sleep=lambda s: None)
+    if present:
+        assert registry.put_manifest("r", "v1", manifest) == sha(manifest)
+    else:
+        with pytest.raises(RegistryRefused, match="MANIFEST_BLOB_UNKNOWN"):
+            registry.put_manifest("r", "v1", manifest)
+    puts = [m for m, p, _ in server.seen if m == "PUT"]
+    assert len(puts) == (2 if present else 1)
