@@ -29,7 +29,6 @@ from reconciler.cli.render import (
     state_json,
     table,
 )
-from reconciler.daemon import service as daemon
 from reconciler.daemon.options import DaemonConfig
 from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.engine.reconcile import Mode, PassResult, Reconciler, promotion_order
@@ -235,7 +234,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     reconciler = make_reconciler(args)
     try:
-        return daemon.main(DaemonConfig.from_args(args), reconciler)
+        from reconciler.daemon import service  # the loop's libraries load for `run` only
+
+        return service.main(DaemonConfig.from_args(args), reconciler)
     finally:
         reconciler.close()
 
