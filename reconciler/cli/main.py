@@ -25,6 +25,8 @@ log = logging.getLogger("reconciler")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``reconciler`` command: the only place errors become exit codes; a bug prints
+    one line (the traceback with ``-v``), never a bare trace."""
     args = parse(argv)
     _configure_logging(args)
     func: Callable[[argparse.Namespace], int] = args.func
