@@ -138,6 +138,7 @@ class Registries:
         self._lock = threading.Lock()
 
     def get(self, location: str | Reference) -> Registry:
+        """The client for ``location``'s host (or layout store), opened once and then shared."""
         key = _store_of(location)
         with self._lock:
             if key not in self._open:
@@ -147,6 +148,7 @@ class Registries:
             return self._open[key]
 
     def close(self) -> None:
+        """Close every client opened so far; a later :meth:`get` opens anew."""
         with self._lock:
             for registry in self._open.values():
                 registry.close()

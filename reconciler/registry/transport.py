@@ -78,7 +78,9 @@ _REASONS = (
 class UploadBody(Protocol):
     """A streamed request body of known length (sent once, never replayed)."""
 
-    def read(self, n: int = -1, /) -> bytes: ...
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes (all with -1), as a file object reads."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -95,16 +97,19 @@ class RequestStats:
         self._counts: Counter[tuple[str, str, str]] = Counter()
 
     def record(self, host: str, method: str, status: str) -> None:
+        """Count one request (``status`` "error" when no response came back)."""
         with self._lock:
             self._counts[(host, method, status)] += 1
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
+        """A consistent copy of the counts, for metrics."""
         with self._lock:
             return dict(self._counts)
 
     def total(
         self, *, host: str | None = None, method: str | None = None, status: str | None = None
     ) -> int:
+        """Requests matching every filter given."""
         return sum(
             n
             for (h, m, s), n in self.snapshot().items()
@@ -114,6 +119,7 @@ class RequestStats:
         )
 
     def writes(self, host: str | None = None) -> int:
+        """Write requests (PUT, POST, PATCH, DELETE): what a read-only command must not make."""
         return sum(
             n
             for (h, m, _), n in self.snapshot().items()
@@ -199,6 +205,8 @@ def error_detail(response: requests.Response) -> str:
 
 
 def error_codes(response: requests.Response) -> set[str]:
+    """The distribution API error codes of a response (``MANIFEST_UNKNOWN``, …); empty when
+    its body holds none."""
     try:
         body = response.json()
     except ValueError:
@@ -278,12 +286,16 @@ class Transport:
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
     def close(self) -> None:
+        """Close the session's connections."""
         self.session.close()
 
     def url(self, path: str) -> str:
+        """The absolute URL of an API path on this host's endpoint."""
         return f"{self.base_url}{path}"
 
     def same_origin(self, url: str) -> bool:
+        """``url`` is this host's own endpoint: credentials go only there, never to a token
+        realm or storage redirect on another origin."""
         return _origin(url) == self._origin
 
     @contextmanager
