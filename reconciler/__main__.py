@@ -1,3 +1,5 @@
+"""``python -m reconciler``: the same CLI as the ``reconciler`` command."""
+
 from reconciler.cli.main import main
 
 raise SystemExit(main())

@@ -36,6 +36,7 @@ class Problem:
         return f"{text}\n  hint: {self.hint}" if self.hint else text
 
     def to_json(self) -> dict[str, object]:
+        """For ``--output json``: every field, ``line`` None when unknown."""
         return {
             "file": self.file,
             "line": self.line,

@@ -83,9 +83,12 @@ class Policy:
 
     @property
     def empty(self) -> bool:
+        """Names no key, no identity and no opt-out: it could accept nothing, so validation
+        refuses it and verification never treats it as satisfied."""
         return not (self.keys or self.identities or self.insecure_skip_signatures)
 
     def describe(self) -> str:
+        """The policy in a few words (``1 key + 2 attestations``), for status and refusals."""
         if self.insecure_skip_signatures:
             return "UNVERIFIED (insecureSkipSignatures)"
         parts = []
@@ -104,6 +107,9 @@ class Policy:
 
 @dataclass(frozen=True)
 class RegistryEntry:
+    """One host's ``settings.registries`` entry as a commit states it; unset values take the
+    registry layer's defaults (:func:`reconciler.engine.reconcile.registry_settings`)."""
+
     plain_http: bool = False
     ca_file: str | None = None  # a path in the state repository
     ca_data: bytes | None = field(default=None, repr=False)  # its content at the commit
@@ -157,6 +163,9 @@ class NotifyTarget:
 
 @dataclass(frozen=True)
 class Settings:
+    """A commit's ``settings``. Proposed by that commit; used only once the commit is in
+    force (:class:`reconciler.verify.inforce.PolicyInForce`)."""
+
     registries: Mapping[str, RegistryEntry] = field(default_factory=lambda: MappingProxyType({}))
     verify: Policy | None = None
     allowed_signers: str | None = None  # path of an SSH allowed-signers file in the repo
@@ -176,6 +185,7 @@ class ItemRef:
 
     @classmethod
     def parse(cls, text: str) -> ItemRef:
+        """``[repository@]digest``, as the catalogs write an item."""
         repo, sep, digest = text.rpartition("@")
         return cls(digest=digest, repository=repo if sep else None)
 
@@ -185,6 +195,9 @@ class ItemRef:
 
 @dataclass(frozen=True)
 class Release:
+    """One release of a catalog: a digest per item. ``hazards`` (name -> why) keep it out of
+    environments that do not set ``allowHazards`` (unless VEX statements clear them)."""
+
     name: str
     items: Mapping[str, ItemRef]
     metadata: Mapping[str, str] = field(default_factory=frozen_map)
@@ -192,6 +205,7 @@ class Release:
 
     @property
     def hazardous(self) -> bool:
+        """The release lists at least one hazard."""
         return bool(self.hazards)
 
 
@@ -233,6 +247,7 @@ class Catalog:
     discover: Discovery | None = None
 
     def release(self, name: str) -> Release | None:
+        """The release named ``name``, or None (those environments name exist: validated)."""
         return next((r for r in self.releases if r.name == name), None)
 
 
@@ -249,11 +264,15 @@ class DesiredTag:
 
     @property
     def reference(self) -> str:
+        """``repository:tag``: how the tag is named in messages and verification summaries."""
         return f"{self.repository}:{self.tag}"
 
 
 @dataclass(frozen=True)
 class Environment:
+    """One environment as declared: which release of which catalog it runs, where its tags
+    go, and the rules it opts into (``requires``, ``prune``, ``allowHazards``, ``suspend``)."""
+
     name: str
     catalog: str
     release: str
@@ -300,6 +319,7 @@ class DesiredState:
         return e.target_repository or self.catalogs[e.catalog].source
 
     def release_of(self, env: str) -> Release:
+        """The release ``env`` runs (the cross-checks guarantee it exists)."""
         e = self.environments[env]
         release = self.catalogs[e.catalog].release(e.release)
         assert release is not None  # guaranteed by the cross-checks
@@ -375,6 +395,8 @@ class Record:
     signer: str | None = None
 
     def to_json(self) -> dict[str, object]:
+        """The predicate as signed and stored: ``schema`` 2 when a receipt is carried, else 1.
+        The digest and signatures are not part of it: they belong to the stored artifact."""
         doc: dict[str, object] = {
             "schema": 1,
             "environment": self.environment,
@@ -398,6 +420,12 @@ class Record:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object], digest: str) -> Record:
+        """A stored predicate, read back from the manifest at ``digest``.
+
+        Raises:
+            ValueError: a field is missing or of the wrong type.
+        """
+
         def text(key: str) -> str:
             value = doc.get(key)
             if not isinstance(value, str):
@@ -448,12 +476,16 @@ class Observed:
 
 
 class Action(StrEnum):
+    """What a change does to a tag: create it, move it, or delete it (prune only)."""
+
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
 
 
 class Drift(StrEnum):
+    """Why a tag is not as desired; reported with each change."""
+
     MISSING = "missing"  # the tag does not exist
     STALE = "stale"  # it points at another digest of a catalog
     FOREIGN = "foreign"  # it points at a digest in no catalog: a tamper signal
@@ -489,4 +521,5 @@ class EnvPlan:
 
     @property
     def in_sync(self) -> bool:
+        """Nothing to move and no new record due."""
         return not self.changes and not self.record_due

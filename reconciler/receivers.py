@@ -32,6 +32,9 @@ _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
 class Reach(StrEnum):
+    """Whether an address may receive notifications: ``public`` always, ``private`` only
+    with ``--notify-allow-private``, ``never`` (metadata, link-local, this host) at all."""
+
     PUBLIC = "public"
     PRIVATE = "private"  # allowed by the operator's flag only
     NEVER = "never"

@@ -48,6 +48,8 @@ log = logging.getLogger("reconciler")
 
 @contextmanager
 def progress(args: argparse.Namespace, title: str) -> Iterator[None]:
+    """Show ``title``'s progress on stderr while the block runs (``--progress``; none with
+    ``--quiet``)."""
     mode = "none" if args.quiet else args.progress
     with Progress(mode).task(title):
         yield
@@ -68,6 +70,13 @@ def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
 
 
 def make_reconciler(args: argparse.Namespace) -> Reconciler:
+    """The reconciler the options describe. The record key is loaded only for commands that
+    take ``--record-key`` (those that write records), so a bad key fails them alone.
+
+    Raises:
+        KeyProblem: the record key cannot be used.
+        TrustRootProblem: the trust root cannot be read.
+    """
     set_auth_file(getattr(args, "authfile", None))
     cache_dir = args.cache_dir or default_cache_dir()
     source = GitSource(args.repo, cache_dir=cache_dir)
@@ -80,6 +89,7 @@ def make_reconciler(args: argparse.Namespace) -> Reconciler:
 
 
 def load_state(args: argparse.Namespace) -> DesiredState:
+    """The desired state of the ref's newest commit, not yet judged."""
     return make_reconciler(args).load()
 
 
@@ -87,6 +97,8 @@ def load_state(args: argparse.Namespace) -> DesiredState:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    """``keygen PATH``: a record-signing key pair and, with ``--write-trust-root``, a trust
+    root naming its public key (and ``--allowed-signers``)."""
     if args.allowed_signers and not args.write_root:
         raise Stalled("--allowed-signers goes into a trust root: add --write-trust-root FILE")
     signers = None
@@ -115,6 +127,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """``init DIR``: a working state repository (:mod:`reconciler.proposals.scaffold`), and
+    what to do next."""
     options = scaffold.InitOptions(
         args.directory,
         source=args.source,
@@ -167,6 +181,8 @@ def _distribution(name: str) -> str | None:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    """``version``: reconciler's version and those of the tools it depends on, the cue that
+    would run included, for bug reports."""
     found = versions()
     if args.json:
         _dump(found, sys.stdout)
@@ -183,6 +199,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
+    """``completion SHELL``: the script, generated from the parser so it never falls behind."""
     from reconciler.cli.parser import build_parser  # the parser names these commands
 
     sys.stdout.write(completion.script(build_parser(), args.shell))
@@ -202,6 +219,8 @@ def _run(args: argparse.Namespace, mode: Mode, title: str) -> PassResult:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """``plan``: exit 0, or 1 when an environment is refused or failed; with
+    ``--detailed-exitcode``, 2 when changes are pending."""
     result = _run(args, Mode.PLAN, "plan")
     if args.format == "markdown":
         sys.stdout.write(plan_markdown(result))
@@ -213,6 +232,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    """``apply`` (``--dry-run``: verify, write nothing): exit 0, or 1 when an environment
+    is refused or failed."""
     result = _run(args, Mode.PLAN if args.dry_run else Mode.APPLY, "apply")
     if not (args.quiet and result.ok):
         _report(args, result, "dry run" if args.dry_run else "apply")
@@ -220,6 +241,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``status``: exit 0 in sync, 2 when an environment is not as desired, 1 when one is
+    refused or failed."""
     result = _run(args, Mode.STATUS, "status")
     if not (args.quiet and result.ok):
         _report(args, result, "status")
@@ -232,6 +255,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: the daemon, until a signal stops it."""
     reconciler = make_reconciler(args)
     try:
         from reconciler.daemon import service  # the loop's libraries load for `run` only
@@ -242,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    """``promote ENV RELEASE``: a branch and commit for a merge request; nothing is applied."""
     flows = Workflows(make_reconciler(args))
     with progress(args, f"promote {args.environment}"):
         proposal = flows.promote(
@@ -256,6 +281,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """``rollback ENV``: a branch reverting the environment's last promotion, for a merge
+    request."""
     flows = Workflows(make_reconciler(args))
     with progress(args, f"rollback {args.environment}"):
         proposal = flows.rollback(args.environment, to=args.to, branch=args.branch, push=args.push)
@@ -273,6 +300,8 @@ def _unique(pairs: Sequence[tuple[str, str]], what: str) -> dict[str, str]:
 
 
 def cmd_release_add(args: argparse.Namespace) -> int:
+    """``release add CATALOG RELEASE ITEM=REF…``: a branch adding the release, its tags
+    resolved to digests and verified first."""
     items = _unique(args.items, "item")
     flows = Workflows(make_reconciler(args))
     try:
@@ -310,6 +339,9 @@ def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
+    """``discover``: one round of release discovery (and ``--follow``), each proposal a
+    branch. A URL repository needs ``--push``: branches in the local mirror would be lost.
+    Exit 1 when a proposal failed."""
     reconciler = make_reconciler(args)
     flows = Workflows(reconciler)
     if is_url(reconciler.source.location) and not args.push:
@@ -350,6 +382,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """``audit``: per environment, git's promotions and rollbacks joined with the apply
+    records that carried them out."""
     flows = Workflows(make_reconciler(args))
     try:
         with progress(args, "audit"):
@@ -398,6 +432,8 @@ def _receipt_summary(verified: Mapping[str, str]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """``validate`` (for merge-request CI): the state loads and cross-checks, or the error
+    names every problem; ``--worktree`` checks the work tree's files, edits included."""
     reconciler = make_reconciler(args)
     shown = redact_url(args.repo) if is_url(args.repo) else args.repo
     if args.worktree:

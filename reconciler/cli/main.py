@@ -1,7 +1,8 @@
 """Command line: argparse, output formatting and exit codes; the logic lives elsewhere.
 
-Exit codes: 0 success, 1 an error or an invalid state, 2 a usage error (argparse,
-including an option that means nothing for the command, e.g. ``promote --env``).
+Exit codes: 0 success, 1 an error, an invalid state or a refusal, 2 a usage error
+(argparse, including an option that means nothing for the command, e.g. ``promote
+--env``) -- and, for ``status`` and ``plan --detailed-exitcode``, "not in sync".
 Errors print their message and hint; a traceback only with ``-v``. Progress of long
 work goes to stderr (``--progress``), results to stdout.
 """
@@ -25,6 +26,8 @@ log = logging.getLogger("reconciler")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``reconciler`` command: the only place errors become exit codes; a bug prints
+    one line (the traceback with ``-v``), never a bare trace."""
     args = parse(argv)
     _configure_logging(args)
     func: Callable[[argparse.Namespace], int] = args.func

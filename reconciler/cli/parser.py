@@ -181,6 +181,8 @@ def _command(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command with its options; each command accepts only the common options that
+    mean something for it (:data:`ACCEPTS`)."""
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="Promote OCI artifacts between environments from a git state repository.",

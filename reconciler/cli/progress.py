@@ -59,10 +59,13 @@ class Progress:
 
     @property
     def enabled(self) -> bool:
+        """Anything is shown: a live line (a terminal) or plain lines."""
         return self.live or self.plain
 
     @contextlib.contextmanager
     def task(self, title: str) -> Iterator[Progress]:
+        """Show the work under ``title`` until the block ends, by listening to the package's
+        log records; loggers' levels are restored afterwards."""
         if not self.enabled:
             yield self
             return
@@ -92,6 +95,8 @@ class Progress:
             self._finish()
 
     def step(self, message: str) -> None:
+        """One step of the work (a log message): counted when it moved, copied, recorded or
+        pruned something, and shown."""
         with self._lock:
             for prefix, name in _COUNTED.items():
                 if message.startswith(prefix):

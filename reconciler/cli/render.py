@@ -112,6 +112,8 @@ _SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
 
 
 def print_outcome(o: EnvOutcome, result: PassResult, out: TextIO) -> None:
+    """One environment's outcome for people: status, record, changes, what was applied,
+    warnings, and the error with its hint."""
     env = result.environment(o.environment)
     verify = " UNVERIFIED" if result.unverified(o.environment) else ""
     print(f"\n{o.environment}  {env.catalog} {env.release}  {o.status.value}{verify}", file=out)
@@ -275,6 +277,8 @@ def state_json(state: DesiredState, envs: Sequence[str]) -> dict[str, Any]:
 
 
 def print_state(state: DesiredState, envs: Sequence[str], out: TextIO, header: str) -> None:
+    """The desired state for people (``validate``): catalogs and their releases, then each
+    environment's tags and signature policy."""
     print(f"state    {header}  commit {state.commit[:12]}  tree {state.tree[:12]}", file=out)
     print("\ncatalogs", file=out)
     rows = []
@@ -308,6 +312,7 @@ def print_state(state: DesiredState, envs: Sequence[str], out: TextIO, header: s
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Left-aligned columns, as wide as their widest cell."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     for row in [headers, *rows]:
         print(

@@ -17,6 +17,9 @@ log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under p
 
 
 class Health(StrEnum):
+    """Where an environment (or the git source) stands, and so when it is tried again; the
+    health metrics export it."""
+
     OK = "ok"
     WAITING = "waiting"  # on another environment: retried every pass
     BACKOFF = "backoff"  # transient error: retried after a growing delay
@@ -70,19 +73,24 @@ class Backoff:
         return now >= self.not_before
 
     def succeeded(self) -> bool:
+        """A pass worked: all waits end. True when this is a recovery."""
         recovered = self.health is not Health.OK
         self.health, self.failures, self.reason, self.not_before = Health.OK, 0, "", 0.0
         return recovered
 
     def waiting(self, inputs: Hashable, reason: str) -> bool:
+        """Waiting on another environment (``requires``): retried every pass, no backoff."""
         return self._enter(Health.WAITING, inputs, reason, 0.0)
 
     def transient(self, now: float, inputs: Hashable, reason: str) -> bool:
+        """A transient failure: the next try is after a random delay that doubles per failure,
+        up to the cap (full jitter, so replicas and environments do not retry in step)."""
         self.failures += 1
         ceiling = min(self.policy.cap, self.policy.base * 2 ** min(self.failures - 1, 60))
         return self._enter(Health.BACKOFF, inputs, reason, now + self._rand(0.0, ceiling))
 
     def stalled(self, now: float, inputs: Hashable, reason: str) -> bool:
+        """A person must act: tried again on new ``inputs``, else only after ``stalled_retry``."""
         self.failures = 0
         return self._enter(Health.STALLED, inputs, reason, now + self.policy.stalled_retry)
 

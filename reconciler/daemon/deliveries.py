@@ -34,7 +34,10 @@ MAX_ID = 200  # characters: forges send a GUID
 
 
 class Headers(Protocol):
-    def get(self, name: str) -> str | None: ...
+    """The request headers, as ``http.server`` gives them (a test passes a dict)."""
+
+    def get(self, name: str) -> str | None:
+        """The header's value, None if absent."""
 
 
 def delivery_id(headers: Headers) -> str | None:

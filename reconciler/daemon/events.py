@@ -30,6 +30,9 @@ MAX_EVENTS = 1000
 
 @dataclass(frozen=True)
 class RegistryEvent:
+    """One registry notification about a tag or digest; a trigger to re-read it, never
+    taken as what the registry holds."""
+
     action: str
     repository: str  # the repository path in its registry, e.g. "team/app"
     tag: str | None

@@ -21,6 +21,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the daemon's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One line of JSON; the ``extra`` fields ``event``, ``environment`` and ``commit`` when
+        the log call gave them, so log pipelines can select on transitions."""
         doc: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -36,7 +38,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, verbose: bool = False) -> None:
-    """stderr, as text or one JSON object per line; DEBUG with -v."""
+    """The daemon's handler on stderr (``--log-format text|json``, ``--verbose``); only the
+    entry point configures logging, never the library."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -51,6 +51,7 @@ class Notification:
     time: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def document(self, reconciler: str, repository: str) -> dict[str, Any]:
+        """The generic JSON body of the event; the other formats are built from it."""
         return {
             "id": self.id,
             "event": self.kind,

@@ -114,6 +114,8 @@ class Metrics:
         )  # fmt: skip
 
     def set_health(self, environment: str | None, health: Health) -> None:
+        """One health series at 1 and the others at 0, so that a query selects the current one
+        (``environment`` None: the git source)."""
         for state in Health:
             value = 1.0 if state is health else 0.0
             if environment is None:

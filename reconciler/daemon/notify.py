@@ -158,12 +158,16 @@ class _Delivery:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How long a notification is retried before it is dropped (seconds)."""
+
     attempts: int = 6  # 1 + 5 retries: about a minute in all with the defaults
     base: float = 1.0
     cap: float = 30.0
     timeout: float = 5.0  # per request (connect and read)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before the next attempt: the receiver's ``Retry-After`` when it sent one, else
+        exponential with jitter; never more than ``cap``."""
         if retry_after is not None:
             return min(self.cap, max(0.0, retry_after))
         ceiling: float = min(self.cap, self.base * 2.0 ** min(attempt - 1, 30))
@@ -219,6 +223,8 @@ class Notifier:
     # ------------------------------------------------------------------ what to tell
 
     def configure(self, targets: Sequence[NotifyTarget]) -> None:
+        """The receivers of the policy in force (``settings.notify``); set every pass, so a
+        signed change of receivers takes effect without a restart."""
         self.targets = tuple(targets)
 
     def outcome(self, state: DesiredState, o: EnvOutcome) -> Notification | None:

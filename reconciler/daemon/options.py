@@ -94,6 +94,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
+    """``--listen`` reachable only from this host: otherwise the daemon warns that its
+    metrics and readiness are reachable from the network."""
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 

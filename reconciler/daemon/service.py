@@ -186,15 +186,21 @@ class Daemon:
                 scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
+        """Stop taking triggers: a running pass finishes and is not repeated (the caller shuts
+        the scheduler down)."""
         self._stopping.set()
 
     def ready(self, window: float) -> bool:
+        """A pass finished within ``window`` seconds (``/readyz``): a hung loop turns not ready."""
         finished = self.last_finished
         return finished is not None and self.clock() - finished <= window
 
     # -- one pass
 
     def run_pass(self) -> None:
+        """One pass: the git source (with its backoff), then each environment that is due, then
+        discovery. Never raises: a bug is logged and the next pass tries again. Counted in
+        ``reconciler_passes`` by result (ok, failed, idle, standby)."""
         started = self.clock()
         with self._lock:
             forced, self._forced = self._forced, False

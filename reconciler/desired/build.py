@@ -53,10 +53,15 @@ class Snapshotish(StateReader, Protocol):
     """A StateReader that also names its commit and reports what was read."""
 
     @property
-    def commit(self) -> str: ...
+    def commit(self) -> str:
+        """The commit the state is of."""
+
     @property
-    def tree_id(self) -> str: ...
-    def inputs(self) -> frozenset[str]: ...
+    def tree_id(self) -> str:
+        """The tree evaluated: what the evaluation cache is keyed by."""
+
+    def inputs(self) -> frozenset[str]:
+        """Every path read or looked up: what an unsigned commit must not change."""
 
 
 class Builder:
@@ -67,6 +72,7 @@ class Builder:
         self.problems: list[Problem] = []
 
     def problem(self, path: tuple[Any, ...], message: str, hint: str = "") -> None:
+        """Note a problem at ``path`` and go on, so one run reports every problem."""
         file, line = self.sources.where(path)
         self.problems.append(Problem(file, format_cue_path(path), message, hint, line=line))
 
@@ -83,6 +89,13 @@ class Builder:
         return (self.snap.display(primary) if primary else ""), files
 
     def build(self) -> DesiredState:
+        """The desired state, built while it is cross-checked (a signature policy for every
+        environment, ``requires`` known and acyclic, one writer per target tag, no input
+        under ``settings.git.unsignedPaths``, …); every problem is collected before raising.
+
+        Raises:
+            InvalidState: with every problem found.
+        """
         settings = self._settings(self.doc.get("settings") or {})
         catalogs = {name: self._catalog(name, raw) for name, raw in self.doc[CATALOGS].items()}
         envs = {name: self._environment(name, raw) for name, raw in self.doc[ENVIRONMENTS].items()}

@@ -77,6 +77,7 @@ def schema_dir() -> Path:
 
 @cache
 def schema_texts() -> tuple[str, dict[str, Any]]:
+    """(the CUE schema, the JSON Schema), read once per process."""
     d = schema_dir()
     cue_text = (d / "reconciler.cue").read_text(encoding="utf-8")
     json_schema = json.loads((d / "reconciler.schema.json").read_text(encoding="utf-8"))
@@ -84,6 +85,7 @@ def schema_texts() -> tuple[str, dict[str, Any]]:
 
 
 def cue_command() -> str:
+    """The cue executable: ``$RECONCILER_CUE``, else ``cue`` on PATH."""
     return os.environ.get("RECONCILER_CUE") or "cue"
 
 
@@ -117,6 +119,7 @@ class CueError:
 
     @property
     def user_positions(self) -> tuple[Position, ...]:
+        """The positions in the user's files: the schema's own say nothing they can fix."""
         return tuple(p for p in self.positions if not p.file.startswith(SCHEMA_DIR + "/"))
 
 
@@ -274,6 +277,7 @@ class Evaluation:
     positions: Mapping[tuple[Label, ...], tuple[Position, ...]]
 
     def to_json(self) -> dict[str, Any]:
+        """The cache's file format (read back by :meth:`from_json`)."""
         return {
             "value": self.value,
             "positions": [
@@ -284,6 +288,7 @@ class Evaluation:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Evaluation:
+        """Raises: KeyError, TypeError, ValueError: not what :meth:`to_json` wrote."""
         positions = {
             tuple(path): tuple(Position(f, line) for f, line in where)
             for path, where in doc["positions"]
@@ -393,6 +398,7 @@ class CueCache:
         self._memory: dict[str, Evaluation] = {}
 
     def get(self, key: str) -> Evaluation | None:
+        """The evaluation under ``key``, or None; an unreadable file is a miss, not an error."""
         if key in self._memory:
             return self._memory[key]
         if self.directory is None:
@@ -406,6 +412,8 @@ class CueCache:
         return value
 
     def put(self, key: str, value: Evaluation) -> None:
+        """Keep ``value`` under ``key``, written atomically; a cache that cannot be written
+        only costs speed, so it is logged, never raised."""
         self._memory[key] = value
         if self.directory is None:
             return
@@ -420,6 +428,8 @@ class CueCache:
 
 
 def cache_key(tree_id: str, files: StateFiles) -> str:
+    """Identifies one evaluation: the tree, the files evaluated and those cue sees, the
+    schema and the reconciler's version, so an upgrade never reuses a stale result."""
     cue_schema, _ = schema_texts()
     h = hashlib.sha256()
     parts = (_CACHE_FORMAT, __version__, tree_id, cue_schema, "\0".join(sorted(files.cue)))

@@ -29,11 +29,20 @@ _IMPORT_PATH = re.compile(r'"([^"]+)"')
 class StateReader(Protocol):
     """What the loader needs of a snapshot (``reconciler.git.Snapshot`` is one)."""
 
-    def read(self, relpath: str) -> bytes: ...
-    def exists(self, relpath: str) -> bool: ...
-    def files(self, directory: str = "") -> Iterator[tuple[str, int]]: ...
-    def directories(self, directory: str = "") -> Iterator[str]: ...
-    def display(self, relpath: str) -> str: ...
+    def read(self, relpath: str) -> bytes:
+        """The bytes of a file (recorded as read)."""
+
+    def exists(self, relpath: str) -> bool:
+        """Whether a file exists (recorded as looked up: adding it later changes the state)."""
+
+    def files(self, directory: str = "") -> Iterator[tuple[str, int]]:
+        """(path, size) of the files directly in ``directory``."""
+
+    def directories(self, directory: str = "") -> Iterator[str]:
+        """The sub-directories directly in ``directory``."""
+
+    def display(self, relpath: str) -> str:
+        """How a file is named in messages."""
 
 
 @dataclass
@@ -54,6 +63,9 @@ class StateFiles:
 
 
 def read_state_files(snap: StateReader) -> StateFiles:
+    """The state's files: every ``.cue`` at the top and in catalogs/ and environments/, the
+    JSON ones there (``reconciler.json`` at the top), and a CUE module's support files.
+    Problems (too large, not UTF-8) are collected, not raised."""
     out = StateFiles()
     candidates: list[tuple[str, int]] = []
     for directory in ("", CATALOGS, ENVIRONMENTS):

@@ -24,6 +24,8 @@ _HINTS = {"notifyEnv": NOTIFY_ENV_HINT}
 
 
 def schema_problems(doc: dict[str, Any], sources: SourceMap) -> list[Problem]:
+    """Every JSON Schema violation of ``doc``, each at the file and line that caused it and
+    with a hint, rather than the validator's first error."""
     _, schema = schema_texts()
     validator = jsonschema.Draft202012Validator(schema)
     problems = []

@@ -24,6 +24,8 @@ PRIMARY_FIELD = {ENVIRONMENTS: ("release", "catalog"), CATALOGS: ("releases", "s
 
 @dataclass(frozen=True, order=True)
 class Position:
+    """A place in a state file, as cue reports it or as found in a JSON file."""
+
     file: str  # relative to the state directory
     line: int
 
@@ -68,6 +70,7 @@ class SourceMap:
         self._texts[rel] = text
 
     def exact(self, path: Iterable[Label]) -> tuple[Position, ...]:
+        """The positions recorded for exactly ``path`` (none for its children)."""
         return self._positions.get(_key(path), ())
 
     def under(self, path: Iterable[Label]) -> tuple[Position, ...]:
@@ -126,6 +129,7 @@ def _key(path: Iterable[Label]) -> tuple[str, ...]:
 
 
 def line_of(text: str, needle: str) -> int | None:
+    """The line of ``needle`` in ``text``, preferring it as a quoted JSON key; None if absent."""
     for quoted in (f'"{needle}"', needle):
         at = text.find(quoted)
         if at >= 0:

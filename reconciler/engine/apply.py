@@ -54,6 +54,9 @@ class TagMoved(Transient):
 
 @dataclass
 class ApplyResult:
+    """What an apply did, for the outcome and the next record: tags moved and pruned, digests
+    copied into the target, and prunes this registry could not do (no tag-delete API)."""
+
     moved: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)

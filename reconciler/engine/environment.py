@@ -109,10 +109,13 @@ class Pass:
         self.heads: dict[str, Record | None] = {}
 
     def registry_of(self, repository: str) -> tuple[Registry, str]:
+        """The client for ``repository``'s host, and the repository's name on that host."""
         ref = parse_reference(repository)
         return self.registries.get(ref), ref.repository
 
     def environment(self, name: str) -> EnvOutcome:
+        """One environment's outcome. Every error is caught and classified here, a bug included,
+        so that the other environments of the pass still converge."""
         outcome = EnvOutcome(name, Status.FAILED)
         try:
             self._environment(name, outcome)
@@ -249,6 +252,8 @@ class Pass:
         yield from self.once.get(("chain", name, head.digest), chain).records[1:]
 
     def head_of(self, name: str) -> Record | None:
+        """The newest record of ``name`` as this pass knows it: the one it observed or wrote (in
+        a plan, the one it would write), else the trusted head, read once for the pass."""
         if name not in self.heads:
             self.heads[name] = self.once.get(("head", name), partial(self.trusted_head, name))
         return self.heads[name]
@@ -273,6 +278,7 @@ class Pass:
 
     @property
     def record_trust(self) -> records.RecordTrust:
+        """The one judge of which records count, sharing this pass's :class:`Once`."""
         return records.RecordTrust(
             self.trust, self.owner.anchors, self.owner.record_cache, self.once.get
         )
@@ -364,6 +370,9 @@ class Pass:
         return self.once.get(("manifest", repository, digest), read)
 
     def evidence(self, repository: str, digest: str) -> list[Evidence]:
+        """The signatures and attestations of ``digest`` in ``repository``, looked up once per
+        pass (environments promoting the same release share them)."""
+
         def find() -> list[Evidence]:
             registry, repo = self.registry_of(repository)
             return find_evidence(registry, repo, digest)
@@ -407,6 +416,11 @@ class Pass:
         receipt: Receipt,
         key: SigningKey | None,
     ) -> Record:
+        """Write the apply record, once every move is confirmed, and move the local anchor to it.
+
+        Raises:
+            RecordConflict: another writer moved the record head since it was observed.
+        """
         record = self.new_record(name, observed, applied, receipt)
         record = replace(record, note=self.transition(name, observed.record))
         registry, repo = self.registry_of(record.repository)
@@ -464,6 +478,8 @@ class Pass:
     def new_record(
         self, name: str, observed: Observed, applied: ApplyResult, receipt: Receipt
     ) -> Record:
+        """The record of this pass: the desired tags, the tags still owned (what prune may touch
+        later) and the receipt. A plan pass builds it too, as the head required environments see."""
         env = self.state.environments[name]
         repository = self.state.target_of(name)
         desired = {t.tag: t.digest for t in self.state.tags[name]}

@@ -18,12 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Mode(StrEnum):
+    """How far a pass goes: ``status`` stops after the plan, ``plan`` after the gate.
+    Only ``apply`` writes anything: tags, records, verification summaries, local anchors."""
+
     STATUS = "status"  # observe and plan: desired vs actual, no verification
     PLAN = "plan"  # observe, plan and verify; write nothing
     APPLY = "apply"
 
 
 class Status(StrEnum):
+    """What became of one environment in a pass: ``refused`` waits for a person, ``failed``
+    is retried when the error is transient (:attr:`EnvOutcome.transient`)."""
+
     IN_SYNC = "in-sync"
     PENDING = "pending"  # changes verified, not applied (plan, dry run)
     APPLIED = "applied"
@@ -34,6 +40,9 @@ class Status(StrEnum):
 
 @dataclass
 class EnvOutcome:
+    """One environment's result, filled in step by step, so a failure still shows how far
+    the pass got (the record observed, the plan, the receipt)."""
+
     environment: str
     status: Status
     plan: EnvPlan | None = None
@@ -47,6 +56,7 @@ class EnvOutcome:
 
     @property
     def transient(self) -> bool:
+        """The error is worth retrying later (network, 429, 5xx): no person need act."""
         return isinstance(self.error, Transient)
 
 
@@ -75,8 +85,10 @@ class PassResult:
 
     @property
     def ok(self) -> bool:
+        """No environment was refused or failed: the command succeeded."""
         return all(o.status not in (Status.REFUSED, Status.FAILED) for o in self.outcomes)
 
     @property
     def in_sync(self) -> bool:
+        """Every environment was as desired (or suspended): nothing pending or applied."""
         return all(o.status in (Status.IN_SYNC, Status.SUSPENDED) for o in self.outcomes)

@@ -24,6 +24,7 @@ class CatalogIndex:
 
     @classmethod
     def of(cls, state: DesiredState) -> CatalogIndex:
+        """Every release of every catalog, indexed once per pass rather than scanned per tag."""
         known, hazardous = set(), set()
         for catalog in state.catalogs.values():
             for release in catalog.releases:
@@ -34,6 +35,8 @@ class CatalogIndex:
         return cls(frozenset(known), frozenset(hazardous))
 
     def classify(self, current: str) -> Drift:
+        """Why a tag points at ``current`` instead of the desired digest; a digest that no
+        catalog names is foreign, a tamper signal."""
         if current not in self.known:
             return Drift.FOREIGN
         if current in self.hazardous:

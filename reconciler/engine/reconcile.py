@@ -82,6 +82,7 @@ def registry_settings(policy: PolicyInForce) -> RegistrySettings:
 
 
 def reconciler_identity() -> str:
+    """Who wrote a record when the deployment does not say: ``reconciler/VERSION@HOSTNAME``."""
     return f"reconciler/{__version__}@{socket.gethostname()}"
 
 
@@ -158,6 +159,14 @@ class Reconciler:
         return judgement.judged or (self._trails.get(commit, ()) if commit else ())
 
     def load(self) -> DesiredState:
+        """The desired state of the ref's newest commit, fetched first. Not yet judged: only
+        :meth:`judge` says whether it may be used.
+
+        Raises:
+            GitUnreachable: the remote did not answer.
+            GitSourceError: the ref or ``path`` does not exist.
+            InvalidState: the commit's desired state does not validate.
+        """
         self.source.fetch()
         return self.loader.load(self.source.snapshot(self.ref, self.path))
 
@@ -175,6 +184,7 @@ class Reconciler:
 
     @property
     def history(self) -> History:
+        """The state repository's commit graph, for the gate's history step and the judge."""
         return History(self.source.repo)
 
     def registries(self, policy: PolicyInForce) -> Registries:
@@ -238,7 +248,8 @@ class Reconciler:
         return PassResult(trusted, result, judgement, proposed)
 
     def close(self) -> None:
-        if self._registries is not None:
+        """Close the registry clients this reconciler made (a caller's are the caller's)."""
+        if self._registries is not None and self._owns_registries:
             self._registries.close()
 
 

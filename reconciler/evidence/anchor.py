@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Anchor:
+    """The record this host last trusted for one environment, and its commit (whose settings
+    named the record keys then in force)."""
+
     digest: str
     commit: str
 
@@ -39,12 +42,19 @@ class Anchors:
         self.directory = cache_dir / "anchors" if cache_dir else None
 
     def path(self, repository: str, env: str) -> Path | None:
+        """The anchor file of ``env`` in ``repository`` (None: no cache directory); the name is
+        hashed so that any repository or environment name makes a safe file name."""
         if self.directory is None:
             return None
         key = hashlib.sha256(f"{repository}\0{env}".encode()).hexdigest()[:32]
         return self.directory / f"{key}.json"
 
     def get(self, repository: str, env: str) -> Anchor | None:
+        """The anchored record of ``env``, None if there is none yet.
+
+        Raises:
+            OSError: the anchor exists but cannot be read; it never silently counts as absent.
+        """
         path = self.path(repository, env)
         if path is None:
             return None
@@ -58,6 +68,7 @@ class Anchors:
             raise OSError(f"the local anchor {path} is unreadable: {exc}") from None
 
     def set(self, repository: str, env: str, anchor: Anchor) -> None:
+        """Anchor ``env`` at ``anchor``, atomically (only applying passes do)."""
         path = self.path(repository, env)
         if path is None or self.get(repository, env) == anchor:
             return
@@ -79,6 +90,7 @@ class Anchors:
             raise OSError(f"the local anchor {path} is unreadable: {exc}") from None
 
     def set_policy(self, repository: str, commit: str) -> None:
+        """Move the commit in force for ``repository``, atomically (only applying passes do)."""
         path = self.path(_POLICY, repository)
         if path is None or self.policy(repository) == commit:
             return

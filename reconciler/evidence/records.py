@@ -88,6 +88,7 @@ class Trust:
 
     @property
     def signed(self) -> bool:
+        """Record keys are in force: an unsigned record is not a record."""
         return bool(self.keys)
 
 
@@ -132,6 +133,8 @@ class RecordCache:
         self.directory = cache_dir / "records" if cache_dir else None
 
     def get(self, digest: str) -> tuple[bytes, bytes] | None:
+        """(manifest, envelope) of ``digest``, or None when absent, unreadable or not matching
+        the digest; the envelope is checked by the caller against the manifest's layer."""
         if self.directory is None:
             return None
         base = self.directory / digest.replace(":", "-")
@@ -142,6 +145,7 @@ class RecordCache:
         return (manifest, body) if sha256_digest(manifest) == digest else None
 
     def put(self, digest: str, manifest: bytes, body: bytes) -> None:
+        """Keep a record read from the registry; a failure to write is logged, never raised."""
         if self.directory is None:
             return
         base = self.directory / digest.replace(":", "-")

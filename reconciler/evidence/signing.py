@@ -49,9 +49,11 @@ class SigningKey:
 
     @property
     def keyid(self) -> str:
+        """The id the envelope names and ``settings.records.keys`` must list (:func:`key_id`)."""
         return key_id(self.public)
 
     def sign(self, data: bytes) -> bytes:
+        """A raw signature over ``data``: ECDSA with SHA-256, or Ed25519."""
         if isinstance(self.private, ed25519.Ed25519PrivateKey):
             return self.private.sign(data)
         return self.private.sign(data, ec.ECDSA(hashes.SHA256()))

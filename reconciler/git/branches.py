@@ -72,6 +72,12 @@ def branch_exists(source: GitSource, branch: str) -> bool:
 
 
 def push_branch(source: GitSource, branch: str) -> None:
+    """Push ``branch`` to origin, for a merge request.
+
+    Raises:
+        BranchRefused: the repository has no origin.
+        GitUnreachable: the push failed.
+    """
     try:
         remote = source.repo.remotes["origin"]
     except KeyError:

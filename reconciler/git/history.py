@@ -48,6 +48,7 @@ class Commit:
 
     @property
     def short(self) -> str:
+        """The id as shown in messages."""
         return self.id[:SHORT_SHA]
 
 
@@ -60,6 +61,11 @@ class History:
     # ------------------------------------------------------------------ commits
 
     def commit(self, rev: str) -> Commit:
+        """The commit ``rev`` (its id) as values.
+
+        Raises:
+            GitSourceError: no such commit.
+        """
         c = self._commit(rev)
         return Commit(
             id=str(c.id),

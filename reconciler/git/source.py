@@ -40,6 +40,7 @@ def default_cache_dir() -> Path:
 
 
 def is_url(location: str) -> bool:
+    """A remote (``scheme://`` or scp-like ``user@host:path``), mirrored; else a local path."""
     return "://" in location or bool(_SCP_LIKE.match(location))
 
 
@@ -81,6 +82,8 @@ class Snapshot:
         return bytes(obj.data)
 
     def exists(self, relpath: str) -> bool:
+        """Whether a file exists at ``relpath``; recorded as consulted either way, since adding
+        the file later would change the state."""
         self.consulted.add(relpath)
         try:
             return isinstance(self.tree[relpath], pygit2.Blob)
@@ -139,6 +142,12 @@ class GitSource:
 
     @property
     def repo(self) -> pygit2.Repository:
+        """The repository, opened on first use: a local path in place, a URL as a bare
+        mirror under the cache directory (filled by :meth:`fetch`).
+
+        Raises:
+            GitSourceError: a local path that does not exist or is no git repository.
+        """
         if self._repo is None:
             self._repo = self._open()
         return self._repo
@@ -183,6 +192,11 @@ class GitSource:
         return Snapshot(repo, self.display, ref, str(commit.id), str(tree.id), clean, tree)
 
     def resolve(self, ref: str) -> pygit2.Commit:
+        """The commit ``ref`` names: a branch, a tag, origin's branch, or any revision.
+
+        Raises:
+            GitSourceError: nothing by that name.
+        """
         repo = self.repo
         candidates = [ref] if ref.startswith("refs/") else []
         candidates += [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/remotes/origin/{ref}"]

@@ -60,6 +60,9 @@ class EntryStatus(StrEnum):
 
 @dataclass
 class AuditEntry:
+    """One line of the audit: a commit that changed an environment's release and what became
+    of it (from the records that count), or a record that does not count."""
+
     environment: str
     commit: str
     author: str
@@ -79,6 +82,7 @@ class AuditEntry:
     reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
+        """The documented ``audit --json`` shape of one entry."""
         return {
             "environment": self.environment,
             "commit": self.commit,
@@ -101,6 +105,8 @@ class AuditEntry:
 
 
 def merge_request(message: str) -> str | None:
+    """The merge request a commit came through (GitLab ``group/repo!12``, GitHub ``#12``),
+    read from the message the forge wrote, or None."""
     for pattern in _MR:
         m = pattern.search(message)
         if m:
@@ -109,6 +115,8 @@ def merge_request(message: str) -> str | None:
 
 
 def commit_kind(message: str, before: str | None, after: str | None) -> EntryKind:
+    """How a commit changed the release: a rollback (a revert, or made by ``rollback``), a
+    promotion, or ``other`` when the release stayed."""
     if before == after:
         return EntryKind.OTHER
     if reverted_commit(message) or "Rollback-Environment:" in message:

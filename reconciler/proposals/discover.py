@@ -74,6 +74,7 @@ class Finding:
     proposal: Proposal | None = None
 
     def to_json(self) -> dict[str, object]:
+        """The documented ``discover --json`` shape of one finding."""
         return {
             "kind": self.kind,
             "catalog": self.catalog,
@@ -281,6 +282,8 @@ class Proposer:
 
     @staticmethod
     def wanted(state: DesiredState) -> bool:
+        """Some catalog has ``discover`` or some environment ``follow``: else no tick touches
+        the registry."""
         return any(c.discover for c in state.catalogs.values()) or any(
             e.follow for e in state.environments.values()
         )

@@ -87,9 +87,11 @@ class NewItem:
 
     @property
     def origin(self) -> str:
+        """Where the digest came from, as shown in the commit message: the tag, else the digest."""
         return f"{self.repository}:{self.tag}" if self.tag else f"{self.repository}@{self.digest}"
 
     def to_json(self) -> dict[str, object]:
+        """For ``release add --json``."""
         return {
             "ref": self.ref,
             "repository": self.repository,
@@ -208,6 +210,7 @@ class Entry:
     hazards: Mapping[str, str] = field(default_factory=dict)
 
     def document(self) -> dict[str, object]:
+        """The entry as a JSON object, optional maps left out when empty."""
         doc: dict[str, object] = {"name": self.name, "items": dict(self.items)}
         if self.metadata:
             doc["metadata"] = dict(self.metadata)

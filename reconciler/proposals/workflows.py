@@ -146,6 +146,7 @@ class Proposal:
     verified: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        """The documented ``--json`` shape of ``promote`` and ``rollback``."""
         return {
             "environment": self.environment,
             "branch": self.branch,
@@ -168,6 +169,7 @@ class ReleaseProposal(Proposal):
     items: dict[str, releases.NewItem] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        """The documented ``release add --json`` shape."""
         return {
             "catalog": self.catalog,
             "release": self.release_to,
@@ -188,6 +190,8 @@ def release_branch(catalog: str, release: str) -> str:
 
 
 def promote_branch(env: str, release: str) -> str:
+    """``promote/<env>/<release>``, each part cleaned for a branch name; follow relies on it
+    to find a promotion it proposed already."""
     return _branch_name("promote", env, release)
 
 
@@ -209,6 +213,17 @@ class Workflows:
         message: str | None = None,
         push: bool = False,
     ) -> Proposal:
+        """A branch ``promote/<env>/<release>`` whose one commit changes the environment's
+        release literal in its file (every other byte kept), pre-checked as ``apply`` would
+        check it: the commit it builds on must be in force, and the edit changes no setting.
+
+        Raises:
+            WorkflowRefused: unknown environment or release, the release already runs, a
+                message that is not one line, a file that cannot be edited safely, the
+                pre-check failed, a branch that exists, or a URL repository without ``push``.
+            InvalidState: the state at the ref, or as edited, does not validate.
+            GitUnreachable: the fetch or the push failed.
+        """
         self._require_push_for_urls(push)
         one_line(release, "release")
         if message is not None:
@@ -383,6 +398,17 @@ class Workflows:
     def rollback(
         self, env: str, *, to: str | None = None, branch: str | None = None, push: bool = False
     ) -> Proposal:
+        """A branch whose one commit reverts the newest change of the environment's release
+        (or the commit ``to``), pre-checked like :meth:`promote`. A new commit, not a reset:
+        the history moves forward, as the gate's history rule requires.
+
+        Raises:
+            WorkflowRefused: unknown environment or commit, a revert that conflicts or does
+                not change the release, the pre-check failed, a branch that exists, or a URL
+                repository without ``push``.
+            InvalidState: the state at the ref, or as reverted, does not validate.
+            GitUnreachable: the fetch or the push failed.
+        """
         self._require_push_for_urls(push)
         state = self._load_with(env)
         head = str(self.source.resolve(self.reconciler.ref).id)
@@ -436,6 +462,7 @@ class Workflows:
 
     @property
     def history(self) -> History:
+        """The state repository's history (the reconciler's)."""
         return self.reconciler.history
 
     # ------------------------------------------------------------------ shared

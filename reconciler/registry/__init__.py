@@ -165,6 +165,7 @@ class Registries:
             return found
 
     def close(self) -> None:
+        """Close every client opened so far; a later :meth:`get` opens anew."""
         with self._lock:
             for registry in self._open.values():
                 registry.close()

@@ -79,6 +79,8 @@ class Credential:
 
 @dataclass(frozen=True)
 class Challenge:
+    """A parsed ``WWW-Authenticate`` header: the scheme (lower case) and its parameters."""
+
     scheme: str
     params: dict[str, str]
 
@@ -112,6 +114,7 @@ def server_key(host: str) -> str:
 
 
 def docker_config_path(config_dir: str | None = None) -> Path:
+    """Docker's ``config.json``: in ``config_dir``, ``$DOCKER_CONFIG`` or ``~/.docker``."""
     base = config_dir or os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
     return Path(base) / "config.json"
 
@@ -153,9 +156,17 @@ class DockerCredentials:
 
     @property
     def files(self) -> list[Path]:
+        """The credential files consulted, in order (for hints)."""
         return list(self._files)
 
     def lookup(self, host: str) -> Credential | None:
+        """The credential for ``host`` from the first file (or helper) that has one, or None;
+        answers are kept for ``CREDENTIAL_TTL`` seconds, then looked up again.
+
+        Raises:
+            AuthenticationFailed: a credential file is unusable (``--authfile`` missing,
+                too large, not JSON, …).
+        """
         host = canonical_host(host)
         with self._lock:
             if self._clock() - self._since > CREDENTIAL_TTL:
@@ -319,6 +330,7 @@ class Authenticator:
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
 
     def credential(self) -> Credential | None:
+        """The host's credential as of now (the lookup caches it, not this object)."""
         return self._credential()
 
     def authorization(self, scopes: Sequence[str]) -> str | None:
@@ -437,4 +449,5 @@ def credential_hint(cred: Credential | None) -> str:
 
 
 def scope(repository: str, *actions: str) -> str:
+    """A token scope, ``repository:<name>:<actions>``, as the token endpoint expects."""
     return f"repository:{repository}:{','.join(actions)}"

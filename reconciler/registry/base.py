@@ -24,7 +24,9 @@ class Registry(Protocol):
         ...
 
     @property
-    def stats(self) -> RequestStats: ...
+    def stats(self) -> RequestStats:
+        """Requests made, by host, method and status (one counter for a Registries' clients)."""
+        ...
 
     @property
     def has_referrers_api(self) -> bool | None:
@@ -35,7 +37,9 @@ class Registry(Protocol):
         """The digest the tag points at; None when the tag or repository is absent."""
         ...
 
-    def manifest_exists(self, repo: str, digest: str) -> bool: ...
+    def manifest_exists(self, repo: str, digest: str) -> bool:
+        """Whether ``repo`` holds the manifest ``digest``, without reading it (a copy skips it)."""
+        ...
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
         """Exact bytes and media type; raises NotFound or DigestMismatch."""
@@ -53,15 +57,23 @@ class Registry(Protocol):
         """
         ...
 
-    def list_tags(self, repo: str) -> list[str]: ...
+    def list_tags(self, repo: str) -> list[str]:
+        """Every tag of ``repo`` (empty when the repository is absent): one request tells the
+        pass which tags exist, so absent tags cost none."""
+        ...
 
-    def blob_exists(self, repo: str, digest: str) -> bool: ...
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        """Whether ``repo`` holds the blob ``digest`` (a copy uploads only missing blobs)."""
+        ...
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Make a blob of ``from_repo`` (same registry) available in ``repo``."""
         ...
 
-    def open_blob(self, repo: str, digest: str) -> AbstractContextManager[Iterator[bytes]]: ...
+    def open_blob(self, repo: str, digest: str) -> AbstractContextManager[Iterator[bytes]]:
+        """A blob as a stream of chunks, for copying large layers unread; the digest is checked
+        where it is stored (``put_blob``)."""
+        ...
 
     def read_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
         """A small blob (a record, a signature payload), capped and digest-checked once.
@@ -78,4 +90,6 @@ class Registry(Protocol):
         """Manifests whose ``subject`` is ``digest`` (API, else the tag schema)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; the client is not used afterwards."""
+        ...

@@ -121,6 +121,8 @@ class RegistrySettings:
     certs_dirs: tuple[str, ...] | None = None
 
     def for_host(self, host: str) -> HostConfig:
+        """The host's configuration, matched however the host is spelled (``docker.io`` or
+        ``index.docker.io``), else ``default``."""
         found = self.hosts.get(host)
         if found is None:
             wanted = canonical_host(host)

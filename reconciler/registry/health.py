@@ -41,6 +41,7 @@ class HostHealth:
 
     @property
     def is_open(self) -> bool:
+        """The host is taken as down: requests fail at once (until a probe succeeds)."""
         with self._lock:
             return self._open_until is not None
 

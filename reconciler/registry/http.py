@@ -120,6 +120,7 @@ class HttpRegistry:
         return f"HttpRegistry({self.name!r})"
 
     def close(self) -> None:
+        """Close the host's connections."""
         self._t.close()
 
     # -- manifests -------------------------------------------------------------
@@ -144,6 +145,11 @@ class HttpRegistry:
         return None if got is None else got.digest
 
     def manifest_exists(self, repo: str, digest: str) -> bool:
+        """A HEAD of the manifest: True on 200, False on 404.
+
+        Raises:
+            RegistryError: any other answer (after the transport's retries).
+        """
         path = self._manifest_path(repo, check_digest(digest))
         response = self._t.request(
             "HEAD", path, scopes=[scope(repo, "pull")], headers={"Accept": MANIFEST_ACCEPT}
@@ -345,6 +351,11 @@ class HttpRegistry:
     # -- blobs -----------------------------------------------------------------
 
     def blob_exists(self, repo: str, digest: str) -> bool:
+        """A HEAD of the blob: True on 200, False on 404.
+
+        Raises:
+            RegistryError: any other answer (after the transport's retries).
+        """
         response = self._t.request(
             "HEAD", self._blob_path(repo, digest), scopes=[scope(repo, "pull")]
         )

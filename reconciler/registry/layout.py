@@ -81,6 +81,7 @@ class LayoutRegistry:
     # -- manifests -------------------------------------------------------------
 
     def resolve(self, repo: str, tag: str) -> str | None:
+        """The digest ``index.json`` names for ``tag`` (the last entry, if several do)."""
         check_tag(tag)
         self._count("HEAD")
         found = None
@@ -90,10 +91,17 @@ class LayoutRegistry:
         return check_digest(found) if isinstance(found, str) else None
 
     def manifest_exists(self, repo: str, digest: str) -> bool:
+        """Whether the manifest's blob file exists."""
         self._count("HEAD")
         return self._blob_path(self._dir(repo), digest).is_file()
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """The manifest by digest, or by tag through ``index.json``; read capped and verified.
+
+        Raises:
+            NotFound: no such tag or manifest.
+            DigestMismatch: the file does not hash to its name.
+        """
         if not is_digest(ref):
             digest = self.resolve(repo, ref)
             if digest is None:
@@ -106,6 +114,13 @@ class LayoutRegistry:
         return Manifest(data, media_type_of(data))
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str | None = None) -> str:
+        """Store the manifest and, for a tag, point ``index.json`` at it (replacing the tag's
+        entry), as a registry would: refused while a blob or child it names is missing.
+
+        Raises:
+            RegistryRefused: a blob or child manifest is missing.
+            DigestMismatch: ``ref`` is a digest the bytes do not hash to.
+        """
         digest = sha256_digest(data)
         if is_digest(ref):
             verify_digest(data, check_digest(ref), f"manifest for {repo}@{ref}")
@@ -145,6 +160,7 @@ class LayoutRegistry:
         self._update_index(directory, untag)
 
     def list_tags(self, repo: str) -> list[str]:
+        """The tags ``index.json`` names, each once, in its order; [] without a layout."""
         self._count("GET")
         names = (_ref_name(e) for e in self._read_index(self._dir(repo)).get("manifests", []))
         return list(dict.fromkeys(n for n in names if n))
@@ -152,6 +168,7 @@ class LayoutRegistry:
     # -- blobs -----------------------------------------------------------------
 
     def blob_exists(self, repo: str, digest: str) -> bool:
+        """Whether the blob file exists."""
         self._count("HEAD")
         return self._blob_path(self._dir(repo), digest).is_file()
 
@@ -176,6 +193,11 @@ class LayoutRegistry:
 
     @contextmanager
     def open_blob(self, repo: str, digest: str) -> Iterator[Iterator[bytes]]:
+        """The blob file in chunks.
+
+        Raises:
+            NotFound: no such blob.
+        """
         self._count("GET")
         path = self._blob_path(self._dir(repo), digest)
         try:
@@ -194,6 +216,11 @@ class LayoutRegistry:
         return data
 
     def put_blob(self, repo: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+        """Store a blob (temp file, verified, renamed); a blob already there is kept.
+
+        Raises:
+            DigestMismatch: the chunks do not hash to ``digest``.
+        """
         directory = self._dir(repo)
         self._ensure_layout(directory)
         self._count("PUT")

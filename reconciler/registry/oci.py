@@ -36,10 +36,13 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def sha256_digest(data: bytes) -> str:
+    """The ``sha256:<hex>`` digest of ``data``, as manifests and references name it."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def is_digest(ref: str) -> bool:
+    """``ref`` looks like a digest of any algorithm (else it is a tag); whether it can be
+    verified is :func:`check_digest`'s question."""
     return _ANY_DIGEST.match(ref) is not None and ":" in ref
 
 
@@ -56,6 +59,11 @@ def check_digest(digest: str) -> str:
 
 
 def check_tag(tag: str) -> str:
+    """``tag`` if the OCI tag grammar allows it.
+
+    Raises:
+        InvalidReference: it does not.
+    """
     if _TAG.match(tag):
         return tag
     raise InvalidReference(
@@ -64,6 +72,12 @@ def check_tag(tag: str) -> str:
 
 
 def verify_digest(data: bytes, digest: str, what: str) -> None:
+    """Content is trusted only once it hashes to the digest it was asked for by.
+
+    Raises:
+        DigestMismatch: naming ``what``, both digests, and that the source is not to be
+            trusted.
+    """
     actual = sha256_digest(data)
     if actual != digest:
         raise DigestMismatch(
@@ -91,6 +105,12 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> Descriptor:
+        """A descriptor of a manifest; ``where`` names it in errors.
+
+        Raises:
+            InvalidManifest: no digest or size, or fields of the wrong type.
+            InvalidReference: a digest that is not ``sha256:``.
+        """
         if not isinstance(obj, dict):
             raise InvalidManifest(f"{where}: descriptor is not an object")
         digest = obj.get("digest")
@@ -114,6 +134,7 @@ class Descriptor:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The descriptor as it was read (``raw``, every field kept), else as built."""
         if self.raw:
             return dict(self.raw)
         out: dict[str, Any] = {
@@ -136,13 +157,20 @@ class Manifest(NamedTuple):
 
     @property
     def digest(self) -> str:
+        """The digest of the exact bytes: what a tag points at."""
         return sha256_digest(self.data)
 
     @property
     def is_index(self) -> bool:
+        """An index (OCI or Docker manifest list): its children are manifests, not layers."""
         return self.media_type in INDEX_TYPES
 
     def document(self) -> dict[str, Any]:
+        """The parsed JSON (parsed again on each call; the bytes stay the truth).
+
+        Raises:
+            InvalidManifest: not a JSON object.
+        """
         return parse_document(self.data)
 
     def children(self) -> list[Descriptor]:
@@ -168,10 +196,13 @@ class Manifest(NamedTuple):
         return out
 
     def subject(self) -> Descriptor | None:
+        """The manifest this one refers to (a signature's or attestation's artifact), if any."""
         doc = self.document()
         return Descriptor.from_json(doc["subject"], "subject") if "subject" in doc else None
 
     def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:
+        """A descriptor pointing at this manifest, for a referrers index; ``annotations``
+        replace the manifest's own."""
         doc = self.document()
         artifact_type = doc.get("artifactType")
         if not isinstance(artifact_type, str):
@@ -192,6 +223,7 @@ class Manifest(NamedTuple):
 
 
 def parse_document(data: bytes) -> dict[str, Any]:
+    """Raises: InvalidManifest: ``data`` is not a JSON object."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

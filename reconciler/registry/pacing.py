@@ -32,16 +32,19 @@ class RequestStats:
         self._counts: Counter[tuple[str, str, str]] = Counter()
 
     def record(self, host: str, method: str, status: str) -> None:
+        """Count one request (``status`` "error" when no response came back)."""
         with self._lock:
             self._counts[(host, method, status)] += 1
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
+        """A consistent copy of the counts, for metrics."""
         with self._lock:
             return dict(self._counts)
 
     def total(
         self, *, host: str | None = None, method: str | None = None, status: str | None = None
     ) -> int:
+        """Requests matching every filter given."""
         return sum(
             n
             for (h, m, s), n in self.snapshot().items()
@@ -51,6 +54,7 @@ class RequestStats:
         )
 
     def writes(self, host: str | None = None) -> int:
+        """Write requests (PUT, POST, PATCH, DELETE): what a read-only command must not make."""
         return sum(
             n
             for (h, m, _), n in self.snapshot().items()

@@ -36,6 +36,7 @@ class Reference:
 
     @property
     def is_layout(self) -> bool:
+        """An OCI layout on disk rather than a registry host."""
         return self.registry == LAYOUT_PREFIX
 
     @property
@@ -44,6 +45,7 @@ class Reference:
         return self.digest or self.tag
 
     def with_tag(self, tag: str | None) -> Reference:
+        """The same repository and digest with another tag (None: none)."""
         return Reference(self.registry, self.repository, tag, self.digest)
 
     def __str__(self) -> str:
@@ -60,6 +62,11 @@ class Reference:
 
 
 def check_repository(name: str) -> str:
+    """``name`` if the distribution spec's repository grammar allows it.
+
+    Raises:
+        InvalidReference: it does not (upper case, empty components, over 255 characters).
+    """
     parts = name.split("/")
     if not name or len(name) > 255 or not all(_REPO_COMPONENT.match(p) for p in parts):
         raise InvalidReference(

@@ -85,7 +85,9 @@ _REASONS = (
 class UploadBody(Protocol):
     """A streamed request body of known length (sent once, never replayed)."""
 
-    def read(self, n: int = -1, /) -> bytes: ...
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes (all with -1), as a file object reads."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -109,6 +111,8 @@ def error_detail(response: requests.Response) -> str:
 
 
 def error_codes(response: requests.Response) -> set[str]:
+    """The distribution API error codes of a response (``MANIFEST_UNKNOWN``, …); empty when
+    its body holds none."""
     try:
         body = response.json()
     except ValueError:
@@ -234,6 +238,7 @@ class Transport:
         self._sleep(seconds)
 
     def close(self) -> None:
+        """Close the connections (the session's and the pool's)."""
         with self._lazy:
             if self._session is not None:
                 self._session.close()
@@ -241,9 +246,12 @@ class Transport:
                 self._pool.close()
 
     def url(self, path: str) -> str:
+        """The absolute URL of an API path on this host's endpoint."""
         return f"{self.base_url}{path}"
 
     def same_origin(self, url: str) -> bool:
+        """``url`` is this host's own endpoint: credentials go only there, never to a token
+        realm or storage redirect on another origin."""
         return _origin(url) == self._origin
 
     @contextmanager

@@ -37,6 +37,7 @@ _warned_lock = threading.Lock()
 
 
 def default_certs_dirs() -> tuple[str, ...]:
+    """Where podman and Docker look for per-host certificates (``certs.d/<host>/``)."""
     return (
         str(Path.home() / ".config" / "containers" / "certs.d"),
         "/etc/containers/certs.d",

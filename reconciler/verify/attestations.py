@@ -22,6 +22,7 @@ AFFECTED, NOT_AFFECTED, FIXED = "affected", "not_affected", "fixed"
 
 
 def is_openvex(predicate_type: str) -> bool:
+    """Any version of OpenVEX: cosign attests ``…/ns``, documents name ``…/ns/v0.2.0``."""
     return predicate_type.startswith("https://openvex.dev/ns")
 
 
@@ -65,6 +66,7 @@ class VexStatement:
     signer: str
 
     def describe(self) -> str:
+        """For receipts and refusals: the status, who signed it and why."""
         why = f": {self.detail}" if self.detail else ""
         return f"{self.status} per VEX signed by {self.signer}{why}"
 
@@ -155,6 +157,9 @@ def _newer(candidate: VexStatement, current: VexStatement) -> bool:
 
 @dataclass(frozen=True)
 class VexVerdict:
+    """What the VEX statements change about a release's hazards: the vulnerabilities they
+    add, and the catalog's hazards they clear for every digest."""
+
     hazards: dict[str, str]  # vulnerability -> why (affected per VEX)
     cleared: dict[str, str]  # catalog hazard -> why it no longer counts
 

@@ -132,6 +132,7 @@ def verify_commit(
 
 
 def has_signers(allowed_signers: bytes) -> bool:
+    """The allowed-signers text lists anyone (an empty file would accept no signature at all)."""
     lines = allowed_signers.decode("utf-8", "replace").splitlines()
     return any(line.strip() and not line.lstrip().startswith("#") for line in lines)
 

@@ -44,6 +44,8 @@ _ROLE_SUFFIX = {Role.ENVIRONMENT: "", Role.CATALOG: " (catalog signers)"}
 
 
 class Step(IntEnum):
+    """The gate's checks in order: each may run only right after the one before it."""
+
     NEW = 0
     RECORDS = 1
     HISTORY = 2
@@ -67,9 +69,11 @@ class ArtifactReceipt:
 
     @property
     def tlog_ignored(self) -> bool:
+        """A signature or attestation was accepted without a transparency-log entry: said loudly."""
         return any(m.insecure_ignore_tlog for _, m in (*self.signatures, *self.attestations))
 
     def describe(self) -> str:
+        """How the digest was verified, in one line for people (records' ``verified``)."""
         parts = [f"integrity ({self.manifests} manifests)"]
         if self.unverified:
             parts.append(UNVERIFIED)
@@ -80,6 +84,7 @@ class ArtifactReceipt:
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
+        """The receipt's entry for this digest, as stored in the record."""
         doc: dict[str, Any] = {
             "item": self.item,
             "digest": self.digest,
@@ -111,6 +116,7 @@ class Receipt:
 
     @property
     def signers(self) -> list[str]:
+        """The principals that signed the commits of the trail."""
         return sorted(
             {how.removeprefix("signed by ") for _, how in self.commits if "signed" in how}
         )
@@ -121,6 +127,7 @@ class Receipt:
         return {a.digest: a.describe() + suffix for a in self.artifacts}
 
     def to_json(self) -> dict[str, Any]:
+        """As stored in the apply record (its ``receipt``), with its own ``schema``."""
         return {
             "schema": 1,
             "environment": self.environment,
@@ -365,6 +372,11 @@ class Gate:
     # ------------------------------------------------------------------ receipt
 
     def receipt(self) -> Receipt:
+        """What was checked, handed out only after every step passed.
+
+        Raises:
+            RuntimeError: a step was skipped (a bug, not a refusal).
+        """
         if self._step != Step.ARTIFACTS:
             raise RuntimeError(f"gate: no receipt after only {self._step.name.lower()}")
         return Receipt(

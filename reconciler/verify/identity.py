@@ -102,6 +102,7 @@ class Issuer:
         self.value = _Value(exact, pattern)
 
     def verify(self, cert: Certificate) -> None:
+        """Raises: VerificationError: the certificate names another issuer, or none."""
         issuer = issuer_of(cert)
         if issuer is None or not self.value.matches(issuer):
             raise VerificationError(f"issuer {issuer!r} is not {self.value}")
@@ -114,6 +115,7 @@ class Subject:
         self.value = _Value(exact, pattern)
 
     def verify(self, cert: Certificate) -> None:
+        """Raises: VerificationError: no SAN of the certificate matches."""
         sans = subjects_of(cert)
         if not any(self.value.matches(s) for s in sans):
             raise VerificationError(f"subject {sorted(sans)} does not match {self.value}")
@@ -202,6 +204,8 @@ def _der_utf8(data: bytes) -> str | None:
 
 
 def subjects_of(cert: Certificate) -> set[str]:
+    """Every identity the certificate's SAN carries: email, URI and Fulcio's own
+    ``OtherName`` (a username), so a policy may name any of them."""
     try:
         san = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
     except ExtensionNotFound:

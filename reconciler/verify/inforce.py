@@ -112,6 +112,7 @@ class PolicyInForce:
 
     @property
     def unsigned_paths(self) -> tuple[str, ...]:
+        """Path globs a commit may change unsigned (``settings.git.unsignedPaths`` in force)."""
         return self.settings.unsigned_paths
 
 
@@ -128,6 +129,7 @@ class Judgement:
 
     @property
     def passed(self) -> bool:
+        """The candidate itself is in force (not only some commit before it)."""
         return self.refusal is None and self.policy.commit == self.candidate
 
     def trusted(self) -> DesiredState:

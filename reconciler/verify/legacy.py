@@ -81,6 +81,7 @@ MAX_CHAIN = 8
 
 
 def refuse(message: str) -> Refused:
+    """A refusal under the ``signatures`` rule, as every legacy check says no."""
     return Refused(Rule.SIGNATURES, message)
 
 

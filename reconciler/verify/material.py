@@ -74,6 +74,7 @@ class Match:
         return f"{self.signer} ({self.evidence[:19]}{tlog}){loud}"
 
     def to_json(self) -> dict[str, Any]:
+        """The match as the receipt stores it."""
         doc: dict[str, Any] = {
             "signer": self.signer,
             "evidence": self.evidence,
@@ -96,6 +97,7 @@ class Verified:
 
     @property
     def predicate_type(self) -> str | None:
+        """The in-toto predicate type the evidence claims, None without a statement."""
         if self.statement is None:
             return None
         kind = self.statement.get("predicateType")
@@ -103,10 +105,14 @@ class Verified:
 
     @property
     def is_signature(self) -> bool:
+        """Counts as a signature of the digest (no statement, or cosign's signing predicate),
+        rather than an attestation, which satisfies only an attestation rule."""
         return self.statement is None or self.predicate_type in PREDICATE_TYPES
 
 
 def key_id(key: PublicKey) -> str:
+    """A short stable id of a public key (``sha256:`` and 16 hex digits of its SPKI DER),
+    however its PEM is written."""
     spki = load_pem_public_key(key.pem.encode()).public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo
     )
@@ -114,6 +120,8 @@ def key_id(key: PublicKey) -> str:
 
 
 def public_key(key: PublicKey) -> Any | None:
+    """The key ready to verify with, or None (logged) when its PEM is unusable: one bad key
+    of a policy must not stop the others from matching."""
     try:
         return load_pem_public_key(key.pem.encode())
     except (ValueError, TypeError):
@@ -122,6 +130,7 @@ def public_key(key: PublicKey) -> Any | None:
 
 
 def verify_with(key: PublicKey, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
+    """The signature verifies with ``key``; False, never an exception, for an unusable key."""
     public = public_key(key)
     return public is not None and verify_raw(public, signature, data, prehashed)
 

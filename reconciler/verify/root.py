@@ -57,6 +57,7 @@ class TrustRoot:
 
     @classmethod
     def on_first_use(cls) -> TrustRoot:
+        """No pins: the newest commit's own settings are taken, said loudly."""
         return cls("trust on first use", first_use=True)
 
     @classmethod
@@ -76,6 +77,12 @@ class TrustRoot:
 
     @classmethod
     def parse(cls, doc: object, origin: str) -> TrustRoot:
+        """The trust root's JSON, strictly: an unknown field is refused, not ignored.
+
+        Raises:
+            TrustRootProblem: naming ``origin``, the field and the expected format.
+        """
+
         def bad(field: str, why: str) -> TrustRootProblem:
             return TrustRootProblem(
                 f"trust root {origin}: {field}: {why}",
@@ -105,6 +112,7 @@ class TrustRoot:
         )
 
     def to_json(self) -> dict[str, object]:
+        """The file format :meth:`parse` reads."""
         return {
             "schema": SCHEMA,
             "allowedSigners": self.allowed_signers.decode() if self.allowed_signers else None,
@@ -128,6 +136,8 @@ def trust_root_from(path: Path | None, first_use: bool = False) -> TrustRoot | N
 
 
 def no_trust_root(repository: str) -> TrustRootProblem:
+    """The error for a host that has judged nothing of ``repository`` and has nothing to
+    start from, with the ways out."""
     return TrustRootProblem(
         f"this host has judged nothing of {repository} yet and has no trust root to start from",
         _HINT,
@@ -135,4 +145,5 @@ def no_trust_root(repository: str) -> TrustRootProblem:
 
 
 def write_trust_root(path: Path, root: TrustRoot) -> None:
+    """Write ``root`` in the format :meth:`TrustRoot.load` reads (``keygen --write-trust-root``)."""
     path.write_text(json.dumps(root.to_json(), indent=2) + "\n", encoding="utf-8")

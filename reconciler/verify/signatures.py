@@ -290,6 +290,11 @@ def accept(
     item: Evidence,
     predicate_types: frozenset[str] | None = PREDICATE_TYPES,
 ) -> Match:
+    """The rule of ``policy`` that ``item`` satisfies for ``digest``.
+
+    Raises:
+        Refused: the evidence does not verify, or names another digest or signer.
+    """
     return verify(policy, digest, item, predicate_types).match
 
 

@@ -54,6 +54,8 @@ class KeylessResult:
 
 
 def sigstore_version() -> str:
+    """The installed sigstore-python's version, pinned against :data:`TESTED_VERSIONS` by
+    the tests so that an upgrade is looked at before it changes what is trusted."""
     import sigstore
 
     return str(sigstore.__version__)
@@ -73,6 +75,7 @@ _refresh_lock = threading.Lock()
 
 
 def refresh_requested() -> bool:
+    """``RECONCILER_SIGSTORE_REFRESH`` asks for the public-good root over TUF (online)."""
     return os.environ.get(REFRESH_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 

@@ -42,6 +42,7 @@ class Validity:
     end: datetime | None
 
     def contains(self, when: datetime) -> bool:
+        """``when`` falls within the period (both ends inclusive)."""
         return (self.start is None or self.start <= when) and (self.end is None or when <= self.end)
 
 
@@ -55,6 +56,7 @@ class LogKey:
     url: str = ""
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        """The log signed ``data`` with this key; False, not an exception, otherwise."""
         return verify_signature(self.key, signature, data)
 
 
@@ -68,12 +70,16 @@ class Authority:
 
 @dataclass(frozen=True)
 class TrustRoot:
+    """The Fulcio authorities, transparency logs and CT logs a Sigstore root pins, each with
+    its validity period (not :class:`reconciler.verify.root.TrustRoot`, the deployment's)."""
+
     authorities: tuple[Authority, ...]
     tlogs: tuple[LogKey, ...]
     ctlogs: tuple[LogKey, ...]
 
     @classmethod
     def from_json(cls, text: str) -> TrustRoot:
+        """Raises: ValueError: the text is not a usable ``trusted_root.json``."""
         return _parse(text)
 
     def tlog(self, log_id: bytes, when: datetime) -> LogKey:
@@ -81,6 +87,7 @@ class TrustRoot:
         return _find(self.tlogs, log_id, when, "transparency log")
 
     def ctlog(self, log_id: bytes, when: datetime) -> LogKey:
+        """The CT log ``log_id`` valid at ``when`` (for an SCT); ValueError otherwise."""
         return _find(self.ctlogs, log_id, when, "CT log")
 
     def ca_certificates(self, when: datetime) -> list[x509.Certificate]:

@@ -37,6 +37,9 @@ class TlogError(ValueError):
 
 @dataclass(frozen=True)
 class InclusionProof:
+    """A Merkle path from the entry to ``root_hash`` of a tree of ``tree_size`` entries,
+    and the log's signed checkpoint of that root."""
+
     log_index: int
     tree_size: int
     root_hash: bytes
@@ -46,6 +49,9 @@ class InclusionProof:
 
 @dataclass(frozen=True)
 class LogEntry:
+    """A Rekor entry as a bundle or cosign's annotation carries it; trusted only once
+    :func:`verify_entry` checked it against a trusted root."""
+
     body: bytes  # the canonicalized entry body, as the log hashed it
     integrated_time: int
     log_index: int
@@ -55,6 +61,7 @@ class LogEntry:
 
     @property
     def time(self) -> datetime:
+        """When the log integrated the entry: when certificates and log keys must be valid."""
         return datetime.fromtimestamp(self.integrated_time, UTC)
 
     @classmethod
