@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -32,7 +31,7 @@ from reconciler.cli.render import (
 from reconciler.daemon.options import DaemonConfig
 from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.engine.reconcile import Mode, PassResult, Reconciler, promotion_order
-from reconciler.errors import InvalidState, ReconcilerError, Stalled, redact_url
+from reconciler.errors import ReconcilerError, Stalled, redact_url
 from reconciler.evidence.signing import generate, signing_key_from
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
@@ -53,20 +52,6 @@ def progress(args: argparse.Namespace, title: str) -> Iterator[None]:
     mode = "none" if args.quiet else args.progress
     with Progress(mode).task(title):
         yield
-
-
-def _print_error(args: argparse.Namespace, exc: ReconcilerError) -> None:
-    if args.verbose:
-        traceback.print_exc()
-    if args.json:
-        errors: list[dict[str, object]]
-        if isinstance(exc, InvalidState):
-            errors = [p.to_json() for p in exc.problems]
-        else:
-            errors = [{"message": exc.message, "hint": exc.hint}]
-        _dump({"valid": False, "errors": errors}, sys.stdout)
-    else:
-        print(f"error: {exc}", file=sys.stderr)
 
 
 def make_reconciler(args: argparse.Namespace) -> Reconciler:
