@@ -252,15 +252,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """``promote ENV RELEASE``: a branch and commit for a merge request; nothing is applied."""
-    flows = Workflows(make_reconciler(args))
-    with progress(args, f"promote {args.environment}"):
-        proposal = flows.promote(
-            args.environment,
-            args.release,
-            branch=args.branch,
-            message=args.message,
-            push=args.push,
-        )
+    reconciler = make_reconciler(args)
+    try:
+        with progress(args, f"promote {args.environment}"):
+            proposal = Workflows(reconciler).promote(
+                args.environment,
+                args.release,
+                branch=args.branch,
+                message=args.message,
+                push=args.push,
+            )
+    finally:
+        reconciler.close()
     _print_proposal(args, proposal)
     return 0
 
@@ -268,9 +271,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     """``rollback ENV``: a branch reverting the environment's last promotion, for a merge
     request."""
-    flows = Workflows(make_reconciler(args))
-    with progress(args, f"rollback {args.environment}"):
-        proposal = flows.rollback(args.environment, to=args.to, branch=args.branch, push=args.push)
+    reconciler = make_reconciler(args)
+    try:
+        with progress(args, f"rollback {args.environment}"):
+            proposal = Workflows(reconciler).rollback(
+                args.environment, to=args.to, branch=args.branch, push=args.push
+            )
+    finally:
+        reconciler.close()
     _print_proposal(args, proposal)
     return 0
 
