@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -143,6 +143,8 @@ class Reconciler:
         commit = judgement.policy.commit
         if commit is not None and judgement.judged:
             self._trails[commit] = judgement.judged
+            while len(self._trails) > STATES_KEPT:  # receipts of the recent commits only
+                self._trails.pop(next(iter(self._trails)))
         if persist and commit is not None and commit != base:
             self.anchors.set_policy(self.repository, commit)
         return judgement
@@ -259,8 +261,7 @@ def _selection(
     """(the environments to run, of the commit in force, in promotion order; those only
     the newest commit names, which are refused with it). Unknown to both: Stalled."""
     known = set(trusted.environments) | set(candidate.environments)
-    if envs and set(envs) - known:
-        promotion_order(candidate, [n for n in envs if n not in trusted.environments])
+    _known(envs or (), known)
     wanted = set(envs) if envs else known
     names = [n for n in promotion_order(trusted) if n in wanted]
     return names, sorted(n for n in wanted if n not in trusted.environments)
@@ -299,14 +300,19 @@ def promotion_order(state: DesiredState, only: Sequence[str] | None = None) -> l
     for name in sorted(state.environments):
         visit(name)
     if only:
-        unknown = sorted(set(only) - set(state.environments))
-        if unknown:
-            raise Stalled(
-                f"unknown environment{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-                f"--env takes one of: {', '.join(sorted(state.environments))}",
-            )
+        _known(only, state.environments)
         return [n for n in done if n in only]
     return done
+
+
+def _known(names: Iterable[str], known: Collection[str]) -> None:
+    """Raises: Stalled naming the environments of ``names`` that are not ``known``."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise Stalled(
+            f"unknown environment{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+            f"--env takes one of: {', '.join(sorted(known))}",
+        )
 
 
 def promotion_levels(state: DesiredState, names: Sequence[str]) -> list[list[str]]:

@@ -133,7 +133,8 @@ def audit(
 ) -> list[AuditEntry]:
     """A timeline per environment: commits that changed its file, joined with its records."""
     reconciler = flows.reconciler
-    policy = reconciler.in_force()
+    candidate = reconciler.load()
+    policy = reconciler.in_force(candidate)
     state = policy.trusted  # targets and record keys as the policy in force has them
     names = sorted(envs or state.environments)
     unknown = [n for n in names if n not in state.environments]
@@ -197,7 +198,7 @@ def audit(
         name for name, mine in timelines.items() if mine and mine[0].status is EntryStatus.PENDING
     ]
     if waiting:
-        for outcome in reconciler.run(Mode.PLAN, waiting).outcomes:
+        for outcome in reconciler.run(Mode.PLAN, waiting, state=candidate).outcomes:
             if outcome.status in (Status.REFUSED, Status.FAILED) and outcome.error is not None:
                 newest = timelines[outcome.environment][0]
                 newest.status, newest.reason = EntryStatus.REFUSED, outcome.error.message

@@ -47,6 +47,7 @@ from reconciler.verify.root import TrustRoot
 
 log = logging.getLogger(__name__)
 
+SIGNATURES_KEPT = 4096  # (commit, signers) verdicts kept: a refused head is not re-verified
 FIRST_CONTACT_DEPTH = 200  # mainline commits searched for one the trust root's signers signed
 _UNDO_HINT = (
     "undo it with a signed commit that restores those files (reconciler rollback, "
@@ -131,18 +132,6 @@ class Judgement:
     def passed(self) -> bool:
         """The candidate itself is in force (not only some commit before it)."""
         return self.refusal is None and self.policy.commit == self.candidate
-
-    def trusted(self) -> DesiredState:
-        """The state to reconcile towards: the candidate's when it passed, else the last
-        judged one (drift is still corrected towards what was applied).
-
-        Raises:
-            Refused: nothing has been judged at all.
-        """
-        if self.policy.state is None:
-            assert self.refusal is not None
-            raise self.refusal
-        return self.policy.state
 
 
 # --------------------------------------------------------------------------- facts
@@ -305,6 +294,8 @@ class Judge:
     def _signer(self, commit: str, signers: bytes) -> tuple[str | None, str, str]:
         key = (commit, hashlib.sha256(signers).hexdigest())
         if key not in self._signed:
+            while len(self._signed) >= SIGNATURES_KEPT:  # a long-running daemon: oldest first
+                self._signed.pop(next(iter(self._signed)))
             try:
                 self._signed[key] = (verify_commit(self.history, commit, signers), "", "")
             except Refused as exc:
@@ -343,10 +334,10 @@ class Judge:
             start = PolicyInForce(root, candidate.commit, candidate, self.prefix)
             return Judgement(candidate.commit, start, ((candidate.commit, how),), None, how)
         source = f"the trust root ({root.origin})" if pinned else "its own allowed signers"
-        base, signer, newest = None, None, ("", "", "")
+        base, signer, newest = None, None, None
         for commit in self.history.mainline(candidate.commit, FIRST_CONTACT_DEPTH):
             found = self._signer(commit.id, signers)
-            newest = newest if newest[0] or found[0] else (commit.label, found[1], found[2])
+            newest = newest or found  # why the newest commit does not vouch, if it does not
             if found[0] is not None:
                 base, signer = commit.id, found[0]
                 break
@@ -357,8 +348,9 @@ class Judge:
                 refusal=Refused(
                     Rule.COMMITS,
                     f"first contact: no commit of the last {FIRST_CONTACT_DEPTH} on the "
-                    f"mainline is signed by {source} ({newest[1]})",
-                    newest[2] or "sign a commit on main with a key of the trust root",
+                    f"mainline is signed by {source} ({newest[1] if newest else 'no commits'})",
+                    (newest[2] if newest else "")
+                    or "sign a commit on main with a key of the trust root",
                 ),
             )
         if root.first_use:

@@ -103,6 +103,11 @@ def use_trust_root(
     return path
 
 
+def pin_alice(monkeypatch: pytest.MonkeyPatch, signed: SignedWorld, path: Path) -> None:
+    """The hosts' trust root pins alice as commit signer and the session's record key."""
+    use_trust_root(monkeypatch, path, signed.alice.allowed(ALICE), [recordkeys.session_key()[1]])
+
+
 def fresh_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> Path:
     """Another host: a new cache directory, so no local anchor (a CI job, a new replica)."""
     cache = tmp_path / name
@@ -122,12 +127,7 @@ def rooted(
     trust root pinning alice as commit signer and the session's record key."""
     world = build_world(plain_registry.host, tmp_path)
     signed = require_signed_commits(world, tmp_path / "ssh")
-    use_trust_root(
-        monkeypatch,
-        tmp_path / "trust-root.json",
-        signed.alice.allowed(ALICE),
-        [recordkeys.session_key()[1]],
-    )
+    pin_alice(monkeypatch, signed, tmp_path / "trust-root.json")
     code, envs = signed.apply(capsys)
     assert code == 0, envs
     return signed
@@ -208,13 +208,16 @@ def test_a_new_environment_is_judged_from_the_policy_in_force(
     alice then signs an unrelated commit on top. The new environment is judged from the
     policy in force, like every other: refused, and the other repository stays empty."""
     world = rooted.world
+    before = world.tags()
     rogue = rooted.unsigned({"environments/zz.cue": ROGUE % world.host}, "add zz")
     code, envs = rooted.apply(capsys)
     assert_refused(envs["rogue"], COMMITS, rogue)
+    assert world.tags() == before
     rooted.signed({"docs/README.md": "hello"}, "docs")
     code, envs = rooted.apply(capsys)
     assert_refused(envs["rogue"], COMMITS, rogue)
     assert code == 1
+    assert world.tags() == before
     assert world.tags("elsewhere/app") == {}
 
 
@@ -360,8 +363,10 @@ def test_no_command_sends_a_request_to_a_host_of_an_unjudged_commit(
         },
         "move the shop",
     )
+    before = world.tags()
     world.cli(capsys, *command)
     assert attacker.connections == 0
+    assert world.tags() == before
 
 
 # --------------------------------------------------------------------------- 5. fresh host
@@ -389,18 +394,20 @@ def test_a_fresh_host_refuses_a_replayed_record_head(
     code, envs = rooted.apply(capsys)
     assert envs["dev"]["status"] == "applied"
     retag(world, old, "reconciler-record.dev")
+    before = world.tags()
 
     code, envs = rooted.apply(capsys)  # this host has an anchor
     assert_refused(envs["dev"], RECORDS)
+    assert world.tags() == before
     fresh_host(monkeypatch, tmp_path, "fresh")
     code, envs = rooted.apply(capsys)
     assert_refused(envs["dev"], RECORDS)
     assert "replay" in envs["dev"]["error"]["message"]
     assert code == 1
+    assert world.tags() == before
 
     unsigned = rooted.unsigned({"environments/dev.cue": world.env("dev", "v1.1")}, "roll back")
     fresh_host(monkeypatch, tmp_path, "fresh2")
-    before = world.tags()
     code, envs = rooted.apply(capsys)
     refused_everywhere(envs, COMMITS, unsigned)
     assert "replay" in envs["dev"]["transition"]  # and what is wrong at the commit in force
@@ -497,12 +504,7 @@ def test_a_planted_file_cannot_become_policy_later(
     for digest in world.digests["v1.2"].values():
         sign_legacy(world.registry, world.source, digest, evil)
     signed = require_signed_commits(world, tmp_path / "ssh", verify='keys: ["keys/cosign.pub"]')
-    use_trust_root(
-        monkeypatch,
-        tmp_path / "root.json",
-        signed.alice.allowed(ALICE),
-        [recordkeys.session_key()[1]],
-    )
+    pin_alice(monkeypatch, signed, tmp_path / "root.json")
     code, envs = signed.apply(capsys)
     assert code == 0, envs
     before = world.tags()
