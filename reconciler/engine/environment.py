@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,6 +107,7 @@ class Pass:
         self.claimed = claimed_tags(state)
         self.once = Once()
         self.heads: dict[str, Record | None] = {}
+        self.now = owner.clock()  # one instant for the pass's rules (soak, freeze)
 
     def registry_of(self, repository: str) -> tuple[Registry, str]:
         """The client for ``repository``'s host, and the repository's name on that host."""
@@ -315,6 +316,8 @@ class Pass:
         history = self.owner.history
         gate.history(last is None or history.descends(self.state.commit, last.commit))
         gate.commits(self.judgement, self.owner.trail_of(self.judgement))
+        base = last.commit if last is not None else None
+        gate.governance(self.owner.governance.judge(gate.name, base, self.state.commit))
 
     def verify(self, gate: Gate, name: str) -> Receipt:
         """Gate steps (3) to (5) for every digest the environment would point at.
@@ -323,7 +326,9 @@ class Pass:
             Refused: a rule said no (Waiting: a required environment is not there yet).
         """
         gate.hazards()
-        gate.requires(self.ran)
+        gate.requires(self.ran, self.now)
+        windows = (*gate.env.governance.freeze, *self.policy.settings.freeze)
+        gate.freeze(windows, self.now, self.rollback(name, gate.last))
         manifests: dict[str, int] = {}
         evidence: dict[str, list[Evidence]] = {}
         for tag in self.state.tags[name]:
@@ -397,6 +402,19 @@ class Pass:
             )
         return f"{name} promoted from {previous.release} to {env.release}"
 
+    def rollback(self, name: str, previous: Record | None) -> bool:
+        """The change reverts an earlier promotion of ``name`` (by content): what a freeze
+        window lets through unless it says ``allowRollback: false``."""
+        env = self.state.environments[name]
+        if previous is None or (previous.catalog, previous.release) == (env.catalog, env.release):
+            return False
+        return bool(
+            self.once.get(
+                ("reverted", previous.commit, env.file),
+                partial(self._reverted, previous.commit, env.file),
+            )
+        )
+
     def _reverted(self, since: str, path: str) -> str | None:
         """The commit undone (by content) by the newest change of ``path`` after ``since``."""
         history = self.owner.history
@@ -451,7 +469,7 @@ class Pass:
         env = self.state.environments[name]
         moved = {c.to_digest for c in plan.changes if c.to_digest is not None}
         policy = f"{self.owner.source.display}@{self.state.commit}#{env.file}"
-        verified_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        verified_at = self.owner.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         steps: list[Callable[[], str]] = []
         for artifact in receipt.artifacts:
             tag = next(t for t in self.state.tags[name] if t.item == artifact.item)
@@ -497,7 +515,7 @@ class Pass:
                 previous.owned if previous else {}, desired, set(applied.deleted), gone
             ),
             verified=receipt.verified(),
-            time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            time=self.owner.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             reconciler=self.owner.identity,
             previous=previous.digest if previous else None,
             policy=self.state.policy_fingerprint(name),
