@@ -403,17 +403,16 @@ class Pass:
         return f"{name} promoted from {previous.release} to {env.release}"
 
     def rollback(self, name: str, previous: Record | None) -> bool:
-        """The change reverts an earlier promotion of ``name`` (by content): what a freeze
-        window lets through unless it says ``allowRollback: false``."""
-        env = self.state.environments[name]
-        if previous is None or (previous.catalog, previous.release) == (env.catalog, env.release):
+        """The change returns ``name`` to the digests it ran right before its current ones,
+        as its signed records show: what a freeze window lets through unless it says
+        ``allowRollback: false``."""
+        if previous is None:
             return False
-        return bool(
-            self.once.get(
-                ("reverted", previous.commit, env.file),
-                partial(self._reverted, previous.commit, env.file),
-            )
-        )
+        desired = {t.tag: t.digest for t in self.state.tags[name]}
+        for record in self.ran(name):
+            if dict(record.tags) != dict(previous.tags):
+                return dict(record.tags) == desired
+        return False
 
     def _reverted(self, since: str, path: str) -> str | None:
         """The commit undone (by content) by the newest change of ``path`` after ``since``."""
