@@ -406,6 +406,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             how = _receipt_summary(e.verified)
             signed = f", record signed by key {e.signer}" if e.signer else ", record unsigned"
             print(f"      applied {e.applied_at} by {e.applied_by}{signed}: {how}")
+            for said in e.governance:
+                print(f"      governance: {said}")
         if e.reason:
             print(f"      {e.reason}")
     return 0
