@@ -327,6 +327,8 @@ def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
     print(f"  commit   {p.commit[:12]} on {p.base[:12]}")
     for digest, how in sorted(p.verified.items()):
         print(f"  verified {digest[:19]}  {how}")
+    for rule in p.governance:
+        print(f"  rule     {rule}")
     if not p.pushed:
         print(f"  next: git push origin {p.branch}, then open a merge request")
 

@@ -314,6 +314,29 @@ def _notes(
     return tuple(notes)
 
 
+def explain(env: str, rules: Governance, every: Sequence[FreezeWindow] = ()) -> list[str]:
+    """The governance rules of ``env`` for people (``promote`` shows them on its proposal)."""
+    said = []
+    if rules.signers:
+        lines = (rules.signers_data or b"").decode("utf-8", "replace").splitlines()
+        who = [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        said.append(f"signers: a change to {env} is signed by one of {rules.signers} "
+                    f"({', '.join(who) or 'nobody'})")  # fmt: skip
+    if rules.approvals > 1:
+        said.append(
+            f"four eyes: another of {env}'s signers merges it with a signed merge commit, or "
+            "approves it with an empty signed commit (git commit --allow-empty -S)"
+        )
+    for required, seconds in sorted(rules.soak.items()):
+        said.append(f"soak: {required} runs the same digests for {_duration(seconds)} first")
+    for w in (*rules.freeze, *every):
+        when = f"{','.join(w.days)} {w.start}-{w.until} {w.time_zone}" if w.days else (
+            f"{w.start} to {w.until}")  # fmt: skip
+        rollback = "" if w.allow_rollback else ", rollbacks too"
+        said.append(f"freeze: {when} ({w.reason}{rollback})")
+    return said
+
+
 # --------------------------------------------------------------------------- soak (G3)
 
 

@@ -21,6 +21,7 @@ from reconciler.engine.outcomes import EnvOutcome, Mode, Status
 from reconciler.engine.reconcile import Reconciler
 from reconciler.evidence.signing import signing_key_from
 from reconciler.git import GitSource
+from reconciler.proposals.workflows import Workflows
 from reconciler.verify import Rule, Waiting
 from reconciler.verify.root import trust_root_from
 from tests.support.attack import SIGNERS, SignedWorld, settings_cue
@@ -151,8 +152,10 @@ def assert_refused(outcome: EnvOutcome, rule: Rule, *named: str) -> None:
 # --------------------------------------------------------------------------- who may promote
 
 
-def test_a_prod_signer_may_promote_prod(governed: Governed) -> None:
-    governed.promote("v1.2", governed.bob)
+def test_a_prod_signer_may_promote_prod_and_audit_says_who(
+    governed: Governed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit = governed.promote("v1.2", governed.bob)
     outcomes = governed.apply()
     assert outcomes["prod"].status is Status.APPLIED, outcomes["prod"].error
     assert expected_tags(governed.world, prod="v1.2").items() <= governed.world.tags().items()
@@ -160,6 +163,35 @@ def test_a_prod_signer_may_promote_prod(governed: Governed) -> None:
     assert receipt is not None and receipt.governance is not None
     assert [s for _, s in receipt.governance.changes] == [BOB]
     assert receipt.to_json()["governance"]["signers"] == PROD_SIGNERS
+    code, audit = governed.world.cli(capsys, "audit", "--env", "prod")
+    assert code == 0
+    entry = next(e for e in audit["entries"] if e["commit"] == commit)
+    assert entry["governance"] == [f"{commit[:10]} signed by {BOB}, one of prod's signers "
+                                   f"({PROD_SIGNERS})"]  # fmt: skip
+
+
+def test_promote_shows_the_rules_the_merge_must_meet(governed: Governed) -> None:
+    commit_ssh_signed(
+        governed.repo,
+        governed.alice,
+        {
+            "environments/dev.cue": governed.world.env("dev", "v1.2"),
+            "environments/staging.cue": governed.world.env("staging", "v1.2"),
+            "environments/prod.cue": governed.prod("v1.1", "\tapprovals: 2\n"),
+        },
+        "dev and staging to v1.2; four eyes for prod",
+    )
+    assert governed.apply()["staging"].status is Status.APPLIED
+    reconciler = governed.world.reconciler()
+    try:
+        proposal = Workflows(reconciler).promote("prod", "v1.2")
+    finally:
+        reconciler.close()
+    assert proposal.to_json()["governance"] == [
+        f"signers: a change to prod is signed by one of {PROD_SIGNERS} ({ALICE}, {BOB})",
+        "four eyes: another of prod's signers merges it with a signed merge commit, or "
+        "approves it with an empty signed commit (git commit --allow-empty -S)",
+    ]
 
 
 def test_a_repository_signer_who_is_not_a_prod_signer_cannot_promote_prod(
