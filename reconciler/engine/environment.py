@@ -481,6 +481,7 @@ class Pass:
                 policy_uri=policy,
                 evidence=artifact.to_json(),
                 verified_at=verified_at,
+                levels=receipt.levels(),
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
             steps.append(

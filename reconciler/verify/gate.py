@@ -133,6 +133,20 @@ class Receipt:
             {how.removeprefix("signed by ") for _, how in self.commits if "signed" in how}
         )
 
+    def levels(self) -> tuple[str, ...]:
+        """The governance rules that held, as the VSA's ``verifiedLevels`` name them."""
+        said = []
+        if self.governance is not None and self.governance.governance.signers:
+            said.append("RECONCILER_GOVERNANCE_SIGNERS")
+        if self.governance is not None and self.governance.governance.approvals > 1:
+            said.append("RECONCILER_GOVERNANCE_FOUR_EYES")
+        soaked = self.governance.governance.soak if self.governance else {}
+        if any(e in soaked for e, _ in self.requires):
+            said.append("RECONCILER_GOVERNANCE_SOAK")
+        if self.freeze:
+            said.append("RECONCILER_GOVERNANCE_FREEZE")
+        return tuple(said)
+
     def verified(self) -> dict[str, str]:
         """digest -> how it was verified, for people (and records' ``verified``)."""
         suffix = f"; commits signed by {', '.join(self.signers)}" if self.signers else ""
@@ -247,7 +261,10 @@ class Gate:
         :class:`~reconciler.verify.governance.GovernanceJudge` (which raises its refusal);
         None: the environment has no governance to judge by."""
         self._enter(Step.GOVERNANCE)
-        self._governance = verdict if verdict is not None and verdict.changes else None
+        if verdict is not None and (
+            verdict.changes or verdict.governance.governed or verdict.governance.soak
+        ):
+            self._governance = verdict
         self._verdict = verdict
         self._step = Step.GOVERNANCE
 
