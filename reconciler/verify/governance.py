@@ -210,7 +210,7 @@ class GovernanceJudge:
         approved = [
             (commit, *found)
             for commit, signer in authors
-            if (found := self._approval(commit, signer, ids, rules.signers_data)) is not None
+            if (found := self._approval(env, commit, signer, ids, rules.signers_data)) is not None
         ]
         if rules.approvals > 1:
             done = {c for c, _, _ in approved}
@@ -220,19 +220,20 @@ class GovernanceJudge:
         return authors, approved
 
     def _changes_env(self, commit: str, env: str) -> bool:
+        """The commit's view differs from its parent's; a merge's from *every* parent's
+        (it made a combination no parent's author signed, clean or not)."""
         info = self.history.commit(commit)
-        if len(info.parents) > 1:
-            return not self.history.clean_merge(commit)  # a resolution may change anything
-        parent = info.parents[0] if info.parents else None
-        return self.view_at(commit, env).fingerprint != self.view_at(parent, env).fingerprint
+        mine = self.view_at(commit, env).fingerprint
+        parents = info.parents or (None,)
+        return all(mine != self.view_at(p, env).fingerprint for p in parents)
 
     def _approval(
-        self, change: str, author: str, ids: Sequence[str], signers: bytes
+        self, env: str, change: str, author: str, ids: Sequence[str], signers: bytes
     ) -> tuple[str, str] | None:
         """(approving commit, approver): a later commit of ``ids`` that descends from
         ``change``, adds nothing of its own, and is signed by another of the signers."""
         for commit in reversed(ids):
-            if commit == change or not self._adds_nothing(commit):
+            if commit == change or not self._adds_nothing(commit, env):
                 continue
             if not self.history.descends(commit, change):
                 continue
@@ -241,11 +242,12 @@ class GovernanceJudge:
                 return commit, signer
         return None
 
-    def _adds_nothing(self, commit: str) -> bool:
-        """A merge, or an empty commit (its tree is its parent's)."""
+    def _adds_nothing(self, commit: str, env: str) -> bool:
+        """A merge that makes no combination of its own for ``env``, or an empty commit
+        (its tree is its parent's)."""
         info = self.history.commit(commit)
         if len(info.parents) > 1:
-            return True
+            return not self._changes_env(commit, env)
         return bool(info.parents) and self.history.entry(commit, "") == self.history.entry(
             info.parents[0], ""
         )
@@ -258,7 +260,7 @@ class GovernanceJudge:
             c
             for c in ids
             if c != change
-            and self._adds_nothing(c)
+            and self._adds_nothing(c, env)
             and self.history.descends(c, change)
             and self._signer(c, rules.signers_data)[0] == author
         ]

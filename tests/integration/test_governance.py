@@ -358,3 +358,31 @@ def test_freeze_holds_a_promotion_until_the_window_ends_and_lets_a_rollback_thro
     receipt = outcomes["prod"].receipt
     assert receipt is not None and "rollback during a freeze (weekend)" in receipt.freeze
     assert expected_tags(governed.world, prod="v1.1").items() <= governed.world.tags().items()
+
+
+def test_attack_an_unsigned_merge_combining_a_catalog_edit_with_a_prod_promotion(
+    governed: Governed,
+) -> None:
+    """mallory rewrites v1.2's digests on one branch (prod runs v1.1: no change to prod
+    there); alice promotes prod to v1.2 on another, as she saw it. Merged with the merge
+    button (unsigned, clean), prod would run digests no prod signer ever signed."""
+    before = governed.prod_tags()
+    history = governed.world.reconciler().history
+    main = str(governed.repo.revparse_single("main").id)
+    catalog = (history.file_at(main, "catalogs/shop.cue") or b"").decode()
+    for item, digest in governed.world.digests["v1.2"].items():
+        catalog = catalog.replace(digest, governed.world.digests["v1.1"][item])
+    swapped = governed.aside({"catalogs/shop.cue": catalog}, governed.mallory, "tidy catalog")
+    files = {
+        "environments/dev.cue": governed.world.env("dev", "v1.2"),
+        "environments/staging.cue": governed.world.env("staging", "v1.2"),
+        "environments/prod.cue": governed.prod("v1.2"),
+    }
+    promoted = governed.aside(files, governed.alice, "promote to v1.2")
+    SignedWorld(governed.world, governed.alice, governed.mallory, "").merge(swapped, "merge A")
+    merge = SignedWorld(governed.world, governed.alice, governed.mallory, "").merge(
+        promoted, "merge B"
+    )
+    outcomes = governed.apply()
+    assert_refused(outcomes["prod"], Rule.SIGNERS, merge[:10])
+    assert governed.prod_tags() == before
