@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -120,6 +121,7 @@ class GovernanceJudge:
         self.history, self.load, self.verify = history, load, verify
         self._views: dict[tuple[str, str], View] = {}
         self._signed: dict[tuple[str, bytes], tuple[str | None, str]] = {}
+        self._lock = threading.Lock()  # environments are judged in threads at once
 
     def view_at(self, commit: str | None, env: str) -> View:
         """``env`` at ``commit`` (None: before history); a state that does not load is a
@@ -127,15 +129,14 @@ class GovernanceJudge:
         if commit is None:
             return View("", Governance())
         key = (commit, env)
-        if key not in self._views:
+        found = self._views.get(key)
+        if found is None:
             try:
                 found = view(self.load(commit), env)
             except (GitSourceError, ReconcilerError):
                 found = View(f"unloadable {commit}", Governance())
-            while len(self._views) >= VIEWS_KEPT:
-                self._views.pop(next(iter(self._views)))
-            self._views[key] = found
-        return self._views[key]
+            _keep(self._views, key, found, self._lock)
+        return found
 
     def judge(self, env: str, base: str | None, tip: str) -> Verdict:
         """(G1) and (G2) for ``env``'s change from ``base`` (its last applied commit; None:
@@ -281,20 +282,28 @@ class GovernanceJudge:
 
     def _signer(self, commit: str, signers: bytes) -> tuple[str | None, str]:
         key = (commit, hashlib.sha256(signers).digest())
-        if key not in self._signed:
-            while len(self._signed) >= VIEWS_KEPT:
-                self._signed.pop(next(iter(self._signed)))
+        found = self._signed.get(key)
+        if found is None:
             try:
-                self._signed[key] = (self.verify(self.history, commit, signers), "")
+                found = (self.verify(self.history, commit, signers), "")
             except Refused as exc:
-                self._signed[key] = (None, exc.reason)
-        return self._signed[key]
+                found = (None, exc.reason)
+            _keep(self._signed, key, found, self._lock)
+        return found
 
     def _label(self, commit: str) -> str:
         try:
             return self.history.commit(commit).label
         except GitSourceError:
             return f"commit {commit[:SHORT]}"
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any, lock: threading.Lock) -> None:
+    """Store a verdict that cannot change, dropping the oldest past :data:`VIEWS_KEPT`."""
+    with lock:
+        while len(cache) >= VIEWS_KEPT:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
 
 
 def _short(commit: str | None) -> str:
