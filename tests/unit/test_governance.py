@@ -7,10 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
+from reconciler.daemon.backoff import Backoff
+from reconciler.engine.outcomes import EnvOutcome, Status
 from reconciler.model import FreezeWindow, Governance, Record, frozen_map, parse_duration
 from reconciler.verify import Rule, Waiting
 from reconciler.verify.governance import Verdict, active_until, check_freeze, soaked
+from tests.unit.test_daemon_schedule import daemon, state
 
 NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
 CATALOG = "example.org/acme/shop"
@@ -112,3 +116,14 @@ def test_a_freeze_override_needs_four_eyes() -> None:
         check_freeze("prod", [FIXED], FRIDAY, False, verdict(False))
     said = check_freeze("prod", [FIXED], FRIDAY, False, verdict(True))
     assert "overridden: INC-7" in said and "bob" in said
+
+
+def test_the_daemon_runs_a_pass_when_a_waiting_rule_will_be_satisfied() -> None:
+    d, _, _ = daemon()
+    d.scheduler = BackgroundScheduler(timezone=UTC)  # not started: jobs wait to be run
+    d.envs["a"] = Backoff(d.policy)
+    until = datetime(2030, 1, 1, 13, 0, tzinfo=UTC)
+    error = Waiting(Rule.FREEZE, "a is frozen", until=until)
+    d._outcome(state(), EnvOutcome("a", Status.REFUSED, error=error), ("c",), 0.0)
+    (job,) = d.scheduler.get_jobs()
+    assert job.trigger.run_date == until and job.func == d.trigger
