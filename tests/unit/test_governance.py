@@ -11,10 +11,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.daemon.backoff import Backoff
 from reconciler.engine.outcomes import EnvOutcome, Status
+from reconciler.errors import InvalidState
 from reconciler.model import FreezeWindow, Governance, Record, frozen_map, parse_duration
 from reconciler.verify import Rule, Waiting
 from reconciler.verify.governance import Verdict, active_until, check_freeze, soaked
 from tests.unit.test_daemon_schedule import daemon, state
+from tests.unit.test_desired_build import Reader, build, document
 
 NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
 CATALOG = "example.org/acme/shop"
@@ -79,6 +81,8 @@ def test_soak_a_run_ended_by_a_promotion_counts_one_ended_by_a_rollback_does_not
 
 FIXED = FreezeWindow("release day", "2026-12-04T09:00:00Z", "2026-12-04T12:00:00+00:00")
 WEEKEND = FreezeWindow("weekend", "18:00", "08:00", ("fri",), "Europe/Berlin")
+WEEKEND_RAW = {"days": ["fri"], "from": "18:00", "until": "08:00", "timeZone": "Europe/Berlin",
+               "reason": "weekend"}  # fmt: skip
 
 
 def test_fixed_and_recurring_windows() -> None:
@@ -127,3 +131,48 @@ def test_the_daemon_runs_a_pass_when_a_waiting_rule_will_be_satisfied() -> None:
     d._outcome(state(), EnvOutcome("a", Status.REFUSED, error=error), ("c",), 0.0)
     (job,) = d.scheduler.get_jobs()
     assert job.trigger.run_date == until and job.func == d.trigger
+
+
+def test_governance_is_parsed_with_its_signers_file_as_an_input() -> None:
+    signers = b"alice@example.org ssh-ed25519 AAAA\n"
+    reader = Reader({"keys/prod_signers": signers})
+    doc = document(
+        staging={},
+        prod={
+            "requires": [{"environment": "staging", "soak": "1d12h"}],
+            "signers": "keys/prod_signers",
+            "approvals": 2,
+            "freeze": [WEEKEND_RAW],
+            "overrideFreeze": "INC-7",
+        },
+    )
+    state = build(doc, reader)
+    prod = state.environments["prod"]
+    assert prod.requires == ("staging",)
+    assert prod.governance.soak == {"staging": 36 * 3600}
+    assert prod.governance.signers_data == signers and prod.governance.approvals == 2
+    assert prod.governance.freeze == (WEEKEND,) and prod.governance.override_freeze == "INC-7"
+    assert "keys/prod_signers" in state.inputs
+
+
+@pytest.mark.parametrize(
+    ("prod", "where", "says"),
+    [
+        ({"approvals": 2}, "approvals", "needs the environment's signers"),
+        ({"signers": "keys/nobody"}, "signers", "is not a file"),
+        ({"freeze": [{**WEEKEND_RAW, "timeZone": "Mars/Olympus"}]}, "timeZone", "unknown time"),
+        (
+            {
+                "freeze": [
+                    {"from": "2026-12-05T00:00:00Z", "until": "2026-12-04T00:00:00Z", "reason": "r"}
+                ]
+            },
+            "until",
+            "ends before it starts",
+        ),
+    ],
+)
+def test_governance_problems_name_the_field(prod: dict[str, object], where: str, says: str) -> None:
+    with pytest.raises(InvalidState) as exc:
+        build(document(prod=prod))
+    assert any(where in p.field and says in p.message for p in exc.value.problems), exc.value
