@@ -56,6 +56,7 @@ class View:
 
     fingerprint: str
     governance: Governance
+    loaded: bool = True  # False: the state does not load; its governance is unknown
 
 
 def view(state: DesiredState, env: str) -> View:
@@ -134,7 +135,7 @@ class GovernanceJudge:
             try:
                 found = view(self.load(commit), env)
             except (GitSourceError, ReconcilerError):
-                found = View(f"unloadable {commit}", Governance())
+                found = View(f"unloadable {commit}", Governance(), loaded=False)
             _keep(self._views, key, found, self._lock)
         return found
 
@@ -148,6 +149,14 @@ class GovernanceJudge:
                 another of them.
         """
         current, last = self.view_at(base, env), base
+        if not current.loaded:
+            raise Refused(
+                Rule.SIGNERS,
+                f"the state of {_short(base)}, the last commit applied to {env}, no longer "
+                "loads: the governance rules in force for its next change are unknown",
+                "make that commit's state load again (the cue version it was written for, "
+                "the files it reads): its rules govern what may change next",
+            )
         changes: list[tuple[str, str]] = []
         approvals: list[tuple[str, str, str]] = []
         refusal: Refused | None = None
@@ -165,7 +174,9 @@ class GovernanceJudge:
                     continue
                 changes += found
                 approvals += approved
-                current, last, refusal = seen, step, None
+                # A step that does not load keeps the rules it was judged by.
+                current = seen if seen.loaded else View(seen.fingerprint, current.governance)
+                last, refusal = step, None
         except GitSourceError as exc:
             raise Refused(Rule.SIGNERS, exc.message, exc.hint) from None
         if refusal is not None:
