@@ -16,6 +16,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from reconciler.cli.main import main
 from reconciler.desired import Loader
 from reconciler.engine.outcomes import EnvOutcome, Mode, Status
 from reconciler.engine.reconcile import Reconciler
@@ -156,6 +157,9 @@ def test_a_prod_signer_may_promote_prod_and_audit_says_who(
     governed: Governed, capsys: pytest.CaptureFixture[str]
 ) -> None:
     commit = governed.promote("v1.2", governed.bob)
+    assert main(["plan", "--repo", str(governed.world.repo.path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"governance: {commit[:10]} signed by {BOB}, one of prod's signers" in shown
     outcomes = governed.apply()
     assert outcomes["prod"].status is Status.APPLIED, outcomes["prod"].error
     assert expected_tags(governed.world, prod="v1.2").items() <= governed.world.tags().items()
