@@ -29,7 +29,7 @@ from reconciler.errors import GitSourceError, ReconcilerError
 from reconciler.evidence import records, vsa
 from reconciler.evidence.anchor import Anchor
 from reconciler.evidence.signing import SigningKey
-from reconciler.model import DesiredState, EnvPlan, Observed, Record
+from reconciler.model import RECORD_TAG_PREFIX, DesiredState, EnvPlan, Observed, Record
 from reconciler.registry import (
     Manifest,
     Registry,
@@ -317,7 +317,37 @@ class Pass:
         gate.history(last is None or history.descends(self.state.commit, last.commit))
         gate.commits(self.judgement, self.owner.trail_of(self.judgement))
         base = last.commit if last is not None else None
+        for orphan in self.orphans(gate.name):  # its removal must have met its own rules
+            self.owner.governance.judge(orphan.environment, orphan.commit, self.state.commit)
         gate.governance(self.owner.governance.judge(gate.name, base, self.state.commit))
+
+    def orphans(self, name: str) -> list[Record]:
+        """Trusted heads, in ``name``'s target repository, of environments the state no
+        longer declares that own a tag ``name`` desires: taking such a tag over is a change
+        to the removed environment, judged by its governance (an untrusted head owns
+        nothing)."""
+        repository = self.state.target_of(name)
+        registry, repo = self.registry_of(repository)
+        retry = self.step_retry(registry)
+        present = self.once.get(
+            ("tags", repository),
+            lambda: frozenset(retry(f"list {repository}", partial(registry.list_tags, repo))),
+        )
+        desired = {t.tag for t in self.state.tags[name]}
+        found = []
+        for tag in sorted(present):
+            other = tag.removeprefix(RECORD_TAG_PREFIX)
+            if other == tag or other in self.state.environments or other.startswith("sha256-"):
+                continue
+            try:
+                head = self.record_trust.head(
+                    registry, repo, other, present, canonical_repository(repository)
+                )
+            except Refused:
+                continue
+            if head is not None and desired & set(head.owned):
+                found.append(head)
+        return found
 
     def verify(self, gate: Gate, name: str) -> Receipt:
         """Gate steps (3) to (5) for every digest the environment would point at.

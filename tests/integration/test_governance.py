@@ -390,3 +390,27 @@ def test_attack_an_unsigned_merge_combining_a_catalog_edit_with_a_prod_promotion
     outcomes = governed.apply()
     assert_refused(outcomes["prod"], Rule.SIGNERS, merge[:10])
     assert governed.prod_tags() == before
+
+
+def test_attack_removing_prod_and_declaring_its_tags_in_a_new_environment(
+    governed: Governed,
+) -> None:
+    before = governed.prod_tags()
+    prod2 = (
+        'package reconciler\n\nenvironments: prod2: {\n\tcatalog: "example.org/acme/shop"\n'
+        '\trelease: "v1.2"\n\ttarget: tag: "prod-{item}"\n}\n'
+    )
+    commit = commit_ssh_signed(
+        governed.repo,
+        governed.mallory,
+        {
+            "environments/prod.cue": None,
+            "environments/prod2.cue": prod2,
+            "environments/dev.cue": governed.world.env("dev", "v1.2"),
+            "environments/staging.cue": governed.world.env("staging", "v1.2"),
+        },
+        "replace prod",
+    )
+    outcomes = governed.apply()
+    assert_refused(outcomes["prod2"], Rule.SIGNERS, commit[:10], "prod's signers")
+    assert governed.prod_tags() == before
