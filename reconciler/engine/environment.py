@@ -317,15 +317,18 @@ class Pass:
         gate.history(last is None or history.descends(self.state.commit, last.commit))
         gate.commits(self.judgement, self.owner.trail_of(self.judgement))
         base = last.commit if last is not None else None
-        for orphan in self.orphans(gate.name):  # its removal must have met its own rules
+        for orphan in self.orphans(gate.name, last):  # its removal must have met its rules
             self.owner.governance.judge(orphan.environment, orphan.commit, self.state.commit)
         gate.governance(self.owner.governance.judge(gate.name, base, self.state.commit))
 
-    def orphans(self, name: str) -> list[Record]:
+    def orphans(self, name: str, last: Record | None) -> list[Record]:
         """Trusted heads, in ``name``'s target repository, of environments the state no
-        longer declares that own a tag ``name`` desires: taking such a tag over is a change
-        to the removed environment, judged by its governance (an untrusted head owns
-        nothing)."""
+        longer declares that own a tag ``name`` desires and its own record (``last``) does
+        not: taking such a tag over is a change to the removed environment, judged by its
+        governance (an untrusted head owns nothing)."""
+        desired = {t.tag for t in self.state.tags[name]}
+        if last is not None and desired <= set(last.owned):
+            return []
         repository = self.state.target_of(name)
         registry, repo = self.registry_of(repository)
         retry = self.step_retry(registry)
@@ -333,7 +336,6 @@ class Pass:
             ("tags", repository),
             lambda: frozenset(retry(f"list {repository}", partial(registry.list_tags, repo))),
         )
-        desired = {t.tag for t in self.state.tags[name]}
         found = []
         for tag in sorted(present):
             other = tag.removeprefix(RECORD_TAG_PREFIX)
