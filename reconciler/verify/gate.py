@@ -181,7 +181,6 @@ class Gate:
         self._hazards: Mapping[str, str] = {}
         self._requires: list[tuple[str, str]] = []
         self._artifacts: tuple[ArtifactReceipt, ...] = ()
-        self._governance: Verdict | None = None
         self._verdict: Verdict | None = None
         self._freeze = ""
 
@@ -261,10 +260,6 @@ class Gate:
         :class:`~reconciler.verify.governance.GovernanceJudge` (which raises its refusal);
         None: the environment has no governance to judge by."""
         self._enter(Step.GOVERNANCE)
-        if verdict is not None and (
-            verdict.changes or verdict.governance.governed or verdict.governance.soak
-        ):
-            self._governance = verdict
         self._verdict = verdict
         self._step = Step.GOVERNANCE
 
@@ -442,6 +437,11 @@ class Gate:
 
     # ------------------------------------------------------------------ receipt
 
+    def _governed(self) -> bool:
+        """Governance applied to this change: there is something to put in the receipt."""
+        v = self._verdict
+        return v is not None and bool(v.changes or v.governance.governed or v.governance.soak)
+
     def receipt(self) -> Receipt:
         """What was checked, handed out only after every step passed.
 
@@ -459,6 +459,6 @@ class Gate:
             hazards=self._hazards,
             requires=tuple(self._requires),
             artifacts=self._artifacts,
-            governance=self._governance,
+            governance=self._verdict if self._governed() else None,
             freeze=self._freeze,
         )
