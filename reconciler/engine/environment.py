@@ -360,7 +360,8 @@ class Pass:
         gate.hazards()
         gate.requires(self.ran, self.now)
         windows = (*gate.env.governance.freeze, *self.policy.settings.freeze)
-        gate.freeze(windows, self.now, self.rollback(name, gate.last))
+        # Whether it is a rollback is read from the records only when a window could care.
+        gate.freeze(windows, self.now, bool(windows) and self.rollback(name, gate.last))
         manifests: dict[str, int] = {}
         evidence: dict[str, list[Evidence]] = {}
         for tag in self.state.tags[name]:
