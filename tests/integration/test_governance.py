@@ -414,3 +414,15 @@ def test_attack_removing_prod_and_declaring_its_tags_in_a_new_environment(
     outcomes = governed.apply()
     assert_refused(outcomes["prod2"], Rule.SIGNERS, commit[:10], "prod's signers")
     assert governed.prod_tags() == before
+
+
+def test_attack_turning_four_eyes_off_in_the_change_itself(governed: Governed) -> None:
+    """approvals: 2 is in force; alice lowers it to 1 and promotes prod in one commit:
+    judged by the rule in force, the commit needs a second signer."""
+    governed.promote("v1.1", governed.alice, extra="\tapprovals: 2\n")
+    assert governed.apply()["prod"].status is Status.IN_SYNC
+    before = governed.prod_tags()
+    commit = governed.promote("v1.2", governed.alice, extra="\tapprovals: 1\n")
+    outcomes = governed.apply()
+    assert_refused(outcomes["prod"], Rule.APPROVALS, commit[:10], ALICE)
+    assert governed.prod_tags() == before
