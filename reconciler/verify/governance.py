@@ -160,6 +160,7 @@ class GovernanceJudge:
         changes: list[tuple[str, str]] = []
         approvals: list[tuple[str, str, str]] = []
         refusal: Refused | None = None
+        judged_by: dict[str, Governance] = {}  # change -> the rules it was judged by
         try:
             steps = self._steps(base, tip)
             for step in steps:
@@ -174,17 +175,43 @@ class GovernanceJudge:
                     continue
                 changes += found
                 approvals += approved
+                judged_by.update(dict.fromkeys((c for c, _ in found), current.governance))
                 # A step that does not load keeps the rules it was judged by.
                 current = seen if seen.loaded else View(seen.fingerprint, current.governance)
                 last, refusal = step, None
+            if refusal is not None:
+                raise refusal
+            approvals += self._late_approvals(env, base, tip, changes, approvals, judged_by)
         except GitSourceError as exc:
             raise Refused(Rule.SIGNERS, exc.message, exc.hint) from None
-        if refusal is not None:
-            raise refusal
         return Verdict(
             env, base, current.governance, tuple(changes), tuple(approvals),
             _notes(env, current.governance, changes, approvals),
         )  # fmt: skip
+
+    def _late_approvals(
+        self,
+        env: str,
+        base: str | None,
+        tip: str,
+        changes: Sequence[tuple[str, str]],
+        approvals: Sequence[tuple[str, str, str]],
+        judged_by: dict[str, Governance],
+    ) -> list[tuple[str, str, str]]:
+        """Approvals that came in a later step than their change (one that passed with
+        ``approvals: 1``): what a freeze override's four eyes may rest on."""
+        done = {c for c, _, _ in approvals}
+        late: list[tuple[str, str, str]] = []
+        window: list[str] | None = None
+        for commit, signer in changes:
+            signers = judged_by[commit].signers_data
+            if commit in done or signers is None:
+                continue
+            window = window if window is not None else self.history.between(base, tip)
+            found = self._approval(env, commit, signer, window, signers)
+            if found is not None:
+                late.append((commit, *found))
+        return late
 
     def _steps(self, base: str | None, tip: str) -> list[str]:
         """Mainline commits after ``base`` up to ``tip``, oldest first (``[tip]`` when

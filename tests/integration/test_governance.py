@@ -271,7 +271,8 @@ def test_four_eyes_refuses_self_approval_and_accepts_another_signers_merge(
     assert outcomes["prod"].status is Status.APPLIED, outcomes["prod"].error
     receipt = outcomes["prod"].receipt
     assert receipt is not None and receipt.governance is not None
-    assert {(c, s) for c, _, s in receipt.governance.approvals} == {(change, BOB)}
+    assert (change, BOB) in {(c, s) for c, _, s in receipt.governance.approvals}
+    assert receipt.governance.four_eyes  # bob's approval covers alice's earlier commit too
 
 
 def test_four_eyes_accepts_a_merge_signed_by_the_other_signer(governed: Governed) -> None:
@@ -288,8 +289,8 @@ def test_four_eyes_accepts_a_merge_signed_by_the_other_signer(governed: Governed
     assert outcomes["prod"].status is Status.APPLIED, outcomes["prod"].error
     receipt = outcomes["prod"].receipt
     assert receipt is not None and receipt.governance is not None
-    assert receipt.to_json()["governance"]["approved"] == [
-        {"commit": change, "by": merge, "approver": BOB}
+    assert {"commit": change, "by": merge, "approver": BOB} in receipt.to_json()["governance"][
+        "approved"
     ]
 
 
@@ -426,3 +427,37 @@ def test_attack_turning_four_eyes_off_in_the_change_itself(governed: Governed) -
     outcomes = governed.apply()
     assert_refused(outcomes["prod"], Rule.APPROVALS, commit[:10], ALICE)
     assert governed.prod_tags() == before
+
+
+def test_a_freeze_override_ships_only_once_a_second_signer_approved_it(
+    governed: Governed,
+) -> None:
+    strict = (
+        '\tfreeze: [{from: "2026-12-04T11:00:00Z", until: "2026-12-04T13:00:00Z", '
+        'reason: "audit week", allowRollback: false}]\n'
+    )
+    governed.promote("v1.2", governed.alice, extra=strict)  # at 10:00, before the window
+    assert governed.apply()["prod"].status is Status.APPLIED
+    before = governed.prod_tags()
+    governed.now = T0 + timedelta(hours=2)
+    override = strict + '\toverrideFreeze: "INC-7: v1.2 breaks checkout"\n'
+    commit = commit_ssh_signed(
+        governed.repo,
+        governed.alice,
+        {"environments/prod.cue": governed.prod("v1.1", override)},
+        "roll prod back despite the freeze",
+    )
+    outcomes = governed.apply()
+    assert_refused(outcomes["prod"], Rule.FREEZE, "audit week", "not approved by a second")
+    assert governed.prod_tags() == before
+
+    approval = governed.approve(governed.bob)
+    outcomes = governed.apply()
+    assert outcomes["prod"].status is Status.APPLIED, outcomes["prod"].error
+    receipt = outcomes["prod"].receipt
+    assert receipt is not None and receipt.governance is not None
+    assert "overridden: INC-7" in receipt.freeze and BOB in receipt.freeze
+    assert receipt.to_json()["governance"]["approved"] == [
+        {"commit": commit, "by": approval, "approver": BOB}
+    ]
+    assert expected_tags(governed.world, prod="v1.1").items() <= governed.world.tags().items()
