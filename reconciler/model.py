@@ -174,6 +174,7 @@ class Settings:
     records_insecure_unsigned: bool = False  # settings.records.insecureUnsigned
     notify: tuple[NotifyTarget, ...] = ()  # settings.notify
     unsigned_paths: tuple[str, ...] = ()  # settings.git.unsignedPaths: may change unsigned
+    freeze: tuple[FreezeWindow, ...] = ()  # settings.freeze: windows for every environment
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,51 @@ class DesiredTag:
 
 
 @dataclass(frozen=True)
+class FreezeWindow:
+    """A time when an environment's tags must not move (``freeze``): fixed (``start`` and
+    ``until`` as aware datetimes) or recurring (``days`` of the week at ``from``-``until``
+    wall-clock times in ``time_zone``; ``until`` at or before ``from`` ends the next day).
+    Judged by :mod:`reconciler.verify.governance`."""
+
+    reason: str
+    start: str  # RFC 3339 (fixed) or "HH:MM" (recurring)
+    until: str
+    days: tuple[str, ...] = ()  # "mon" … "sun": recurring when non-empty
+    time_zone: str = "UTC"
+    allow_rollback: bool = True
+
+
+@dataclass(frozen=True)
+class Governance:
+    """Who may change an environment and when (README: Governance). Read from the state
+    in force for the environment, never from the change judged."""
+
+    signers: str | None = None  # path of the environment's SSH allowed-signers file
+    signers_data: bytes | None = field(default=None, repr=False)  # its content at the commit
+    approvals: int = 1  # 2: the change's signer and an approver's differ (four eyes)
+    freeze: tuple[FreezeWindow, ...] = ()  # the environment's own (settings.freeze: all)
+    soak: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # env -> s
+    override_freeze: str | None = None  # overrideFreeze: a four-eyes change ships anyway
+
+    @property
+    def governed(self) -> bool:
+        """Any rule about who may change the environment applies."""
+        return self.signers is not None or self.approvals > 1
+
+    def to_json(self) -> dict[str, object]:
+        """A stable form, for fingerprints and receipts (the signers file by its hash)."""
+        data = self.signers_data
+        return {
+            "signers": self.signers,
+            "signersSha256": hashlib.sha256(data).hexdigest() if data is not None else None,
+            "approvals": self.approvals,
+            "freeze": [repr(w) for w in self.freeze],
+            "soak": dict(sorted(self.soak.items())),
+            "overrideFreeze": self.override_freeze,
+        }
+
+
+@dataclass(frozen=True)
 class Environment:
     """One environment as declared: which release of which catalog it runs, where its tags
     go, and the rules it opts into (``requires``, ``prune``, ``allowHazards``, ``suspend``)."""
@@ -287,6 +333,7 @@ class Environment:
     file: str = ""  # the file that defines ``release``: what promote edits
     files: tuple[str, ...] = ()  # every file that defines a field of it (CUE positions)
     follow: str | None = None  # "latest": the daemon proposes promotions to newer releases
+    governance: Governance = field(default_factory=lambda: Governance())
 
 
 @dataclass(frozen=True)
@@ -324,6 +371,18 @@ class DesiredState:
         release = self.catalogs[e.catalog].release(e.release)
         assert release is not None  # guaranteed by the cross-checks
         return release
+
+
+_DURATION = re.compile(r"([0-9]+)([dhms])")
+_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``1d12h``, ``24h``, ``90m`` (the schema's ``#Duration``); ValueError else."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration like 24h, 90m or 1d12h")
+    return sum(int(n) * _UNIT_S[u] for n, u in parts)
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

@@ -327,6 +327,8 @@ def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
     print(f"  commit   {p.commit[:12]} on {p.base[:12]}")
     for digest, how in sorted(p.verified.items()):
         print(f"  verified {digest[:19]}  {how}")
+    for rule in p.governance:
+        print(f"  rule     {rule}")
     if not p.pushed:
         print(f"  next: git push origin {p.branch}, then open a merge request")
 
@@ -406,6 +408,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             how = _receipt_summary(e.verified)
             signed = f", record signed by key {e.signer}" if e.signer else ", record unsigned"
             print(f"      applied {e.applied_at} by {e.applied_by}{signed}: {how}")
+            for said in e.governance:
+                print(f"      governance: {said}")
         if e.reason:
             print(f"      {e.reason}")
     return 0

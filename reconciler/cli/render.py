@@ -151,6 +151,10 @@ def print_outcome(o: EnvOutcome, result: PassResult, out: TextIO) -> None:
             f"  applied: {len(a.moved)} moved, {len(a.deleted)} pruned, {len(a.copied)} copied",
             file=out,
         )
+    if o.receipt is not None:
+        said = o.receipt.governance.notes if o.receipt.governance else ()
+        for line in (*said, *([o.receipt.freeze] if o.receipt.freeze else [])):
+            print(f"  governance: {line}", file=out)
     for warning in o.warnings:
         print(f"  warning: {warning}", file=out)
     if o.error is not None:
@@ -190,6 +194,7 @@ def pass_json(result: PassResult) -> dict[str, Any]:
                 "transition": o.note,
                 "verified": o.verified,
                 "receipt": o.receipt.to_json() if o.receipt else None,
+                "until": _until(o.error),
                 "warnings": list(o.warnings),
                 "applied": None
                 if o.applied is None
@@ -324,3 +329,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) ->
 def _dump(value: Any, out: TextIO) -> None:
     json.dump(value, out, indent=2, sort_keys=False)
     out.write("\n")
+
+
+def _until(error: object) -> str | None:
+    """When a waiting rule (soak, freeze) will be satisfied, for ``--json``."""
+    until = getattr(error, "until", None)
+    return until.isoformat() if until is not None else None

@@ -185,6 +185,18 @@ class Daemon:
             with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # stopping
                 scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
+    def _wake_at(self, until: datetime | None) -> None:
+        """A pass when a soak or a freeze window ends (``Waiting.until``), not only at the
+        next interval: the rule is re-checked the moment it can be satisfied."""
+        scheduler = self.scheduler
+        if until is None or scheduler is None or self._stopping.is_set():
+            return
+        with contextlib.suppress(SchedulerNotRunningError):
+            scheduler.add_job(
+                self.trigger, "date", run_date=until, id=f"wake-{until.isoformat()}",
+                replace_existing=True,
+            )  # fmt: skip
+
     def stop(self) -> None:
         """Stop taking triggers: a running pass finishes and is not repeated (the caller shuts
         the scheduler down)."""
@@ -475,6 +487,7 @@ class Daemon:
         match disposition(error):
             case Disposition.WAIT:
                 changed = backoff.waiting(inputs, error.message)
+                self._wake_at(getattr(error, "until", None))
             case Disposition.STALL:
                 changed = backoff.stalled(now, inputs, error.message)
             case Disposition.RETRY:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciler import receivers
 from reconciler.desired.files import CATALOGS, ENVIRONMENTS, StateReader
@@ -28,6 +30,8 @@ from reconciler.model import (
     DesiredTag,
     Discovery,
     Environment,
+    FreezeWindow,
+    Governance,
     Identity,
     ItemRef,
     NotifyTarget,
@@ -39,6 +43,7 @@ from reconciler.model import (
     expand_tag,
     frozen_map,
     matches_paths,
+    parse_duration,
     record_tag,
 )
 from reconciler.registry.errors import InvalidReference
@@ -166,6 +171,7 @@ class Builder:
             records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
             notify=self._notify(raw.get("notify") or []),
             unsigned_paths=tuple((raw.get("git") or {}).get("unsignedPaths") or ()),
+            freeze=tuple(self._freeze(("settings", "freeze"), raw.get("freeze") or ())),
         )
 
     def _registry(self, host: str, r: dict[str, Any]) -> RegistryEntry:
@@ -419,7 +425,7 @@ class Builder:
             items=tuple(items) if items is not None else None,
             target_repository=target.get("repository"),
             tag_template=target.get("tag", DEFAULT_TAG_TEMPLATE),
-            requires=tuple(raw.get("requires") or ()),
+            requires=tuple(_required(r) for r in raw.get("requires") or ()),
             verify=self._policy((ENVIRONMENTS, name, "verify"), verify)
             if verify is not None
             else None,
@@ -429,7 +435,61 @@ class Builder:
             file=file,
             files=files,
             follow=raw.get("follow"),
+            governance=self._governance(name, raw),
         )
+
+    def _governance(self, name: str, raw: dict[str, Any]) -> Governance:
+        """The environment's governance as this commit states it (README: Governance);
+        the signers file is read here, so it is an input of the state."""
+        path = (ENVIRONMENTS, name)
+        signers, data = raw.get("signers"), None
+        if signers and not self.snap.exists(signers):
+            self.problem((*path, "signers"), f"{signers!r} is not a file in the repository",
+                         "commit the SSH allowed-signers file or fix the path")  # fmt: skip
+        elif signers:
+            data = self.snap.read(signers)
+        approvals = int(raw.get("approvals", 1))
+        if approvals > 1 and not signers:
+            self.problem((*path, "approvals"), "approvals: 2 needs the environment's signers",
+                         "add signers: an SSH allowed-signers file of the repository")  # fmt: skip
+        soak: dict[str, int] = {}
+        for i, r in enumerate(raw.get("requires") or ()):
+            if isinstance(r, dict) and r.get("soak"):
+                try:
+                    soak[r["environment"]] = parse_duration(r["soak"])
+                except ValueError as exc:
+                    self.problem((*path, "requires", i, "soak"), str(exc), "write e.g. 24h")
+        return Governance(
+            signers=signers,
+            signers_data=data,
+            approvals=approvals,
+            freeze=tuple(self._freeze((*path, "freeze"), raw.get("freeze") or ())),
+            soak=MappingProxyType(soak),
+            override_freeze=raw.get("overrideFreeze"),
+        )
+
+    def _freeze(self, path: tuple[Any, ...], raw: Any) -> list[FreezeWindow]:
+        windows = []
+        for i, w in enumerate(raw):
+            window = FreezeWindow(
+                reason=w["reason"],
+                start=w["from"],
+                until=w["until"],
+                days=tuple(w.get("days") or ()),
+                time_zone=w.get("timeZone", "UTC"),
+                allow_rollback=bool(w.get("allowRollback", True)),
+            )
+            if window.days:
+                try:
+                    ZoneInfo(window.time_zone)
+                except (ValueError, KeyError, ZoneInfoNotFoundError):
+                    self.problem((*path, i, "timeZone"), f"unknown time zone {window.time_zone!r}",
+                                 "name an IANA time zone, e.g. Europe/Berlin or UTC")  # fmt: skip
+            elif datetime.fromisoformat(window.start) >= datetime.fromisoformat(window.until):
+                self.problem((*path, i, "until"), "the window ends before it starts",
+                             "make until later than from")  # fmt: skip
+            windows.append(window)
+        return windows
 
     def _tags(self, env: Environment, catalogs: Mapping[str, Catalog]) -> tuple[DesiredTag, ...]:
         path = (ENVIRONMENTS, env.name)
@@ -583,3 +643,8 @@ def _find_cycle(start: str, envs: Mapping[str, Environment]) -> list[str] | None
         return None
 
     return visit(start)
+
+
+def _required(entry: str | dict[str, Any]) -> str:
+    """A ``requires`` entry's environment: a name, or ``{environment, soak}``."""
+    return entry if isinstance(entry, str) else str(entry["environment"])

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,7 @@ from reconciler.errors import GitSourceError, ReconcilerError
 from reconciler.evidence import records, vsa
 from reconciler.evidence.anchor import Anchor
 from reconciler.evidence.signing import SigningKey
-from reconciler.model import DesiredState, EnvPlan, Observed, Record
+from reconciler.model import RECORD_TAG_PREFIX, DesiredState, EnvPlan, Observed, Record
 from reconciler.registry import (
     Manifest,
     Registry,
@@ -107,6 +107,7 @@ class Pass:
         self.claimed = claimed_tags(state)
         self.once = Once()
         self.heads: dict[str, Record | None] = {}
+        self.now = owner.clock()  # one instant for the pass's rules (soak, freeze)
 
     def registry_of(self, repository: str) -> tuple[Registry, str]:
         """The client for ``repository``'s host, and the repository's name on that host."""
@@ -315,6 +316,40 @@ class Pass:
         history = self.owner.history
         gate.history(last is None or history.descends(self.state.commit, last.commit))
         gate.commits(self.judgement, self.owner.trail_of(self.judgement))
+        base = last.commit if last is not None else None
+        for orphan in self.orphans(gate.name, last):  # its removal must have met its rules
+            self.owner.governance.judge(orphan.environment, orphan.commit, self.state.commit)
+        gate.governance(self.owner.governance.judge(gate.name, base, self.state.commit))
+
+    def orphans(self, name: str, last: Record | None) -> list[Record]:
+        """Trusted heads, in ``name``'s target repository, of environments the state no
+        longer declares that own a tag ``name`` desires and its own record (``last``) does
+        not: taking such a tag over is a change to the removed environment, judged by its
+        governance (an untrusted head owns nothing)."""
+        desired = {t.tag for t in self.state.tags[name]}
+        if last is not None and desired <= set(last.owned):
+            return []
+        repository = self.state.target_of(name)
+        registry, repo = self.registry_of(repository)
+        retry = self.step_retry(registry)
+        present = self.once.get(
+            ("tags", repository),
+            lambda: frozenset(retry(f"list {repository}", partial(registry.list_tags, repo))),
+        )
+        found = []
+        for tag in sorted(present):
+            other = tag.removeprefix(RECORD_TAG_PREFIX)
+            if other == tag or other in self.state.environments or other.startswith("sha256-"):
+                continue
+            try:
+                head = self.record_trust.head(
+                    registry, repo, other, present, canonical_repository(repository)
+                )
+            except Refused:
+                continue
+            if head is not None and desired & set(head.owned):
+                found.append(head)
+        return found
 
     def verify(self, gate: Gate, name: str) -> Receipt:
         """Gate steps (3) to (5) for every digest the environment would point at.
@@ -323,7 +358,10 @@ class Pass:
             Refused: a rule said no (Waiting: a required environment is not there yet).
         """
         gate.hazards()
-        gate.requires(self.ran)
+        gate.requires(self.ran, self.now)
+        windows = (*gate.env.governance.freeze, *self.policy.settings.freeze)
+        # Whether it is a rollback is read from the records only when a window could care.
+        gate.freeze(windows, self.now, bool(windows) and self.rollback(name, gate.last))
         manifests: dict[str, int] = {}
         evidence: dict[str, list[Evidence]] = {}
         for tag in self.state.tags[name]:
@@ -397,6 +435,18 @@ class Pass:
             )
         return f"{name} promoted from {previous.release} to {env.release}"
 
+    def rollback(self, name: str, previous: Record | None) -> bool:
+        """The change returns ``name`` to the digests it ran right before its current ones,
+        as its signed records show: what a freeze window lets through unless it says
+        ``allowRollback: false``."""
+        if previous is None:
+            return False
+        desired = {t.tag: t.digest for t in self.state.tags[name]}
+        for record in self.ran(name):
+            if dict(record.tags) != dict(previous.tags):
+                return dict(record.tags) == desired
+        return False
+
     def _reverted(self, since: str, path: str) -> str | None:
         """The commit undone (by content) by the newest change of ``path`` after ``since``."""
         history = self.owner.history
@@ -451,7 +501,7 @@ class Pass:
         env = self.state.environments[name]
         moved = {c.to_digest for c in plan.changes if c.to_digest is not None}
         policy = f"{self.owner.source.display}@{self.state.commit}#{env.file}"
-        verified_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        verified_at = self.owner.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         steps: list[Callable[[], str]] = []
         for artifact in receipt.artifacts:
             tag = next(t for t in self.state.tags[name] if t.item == artifact.item)
@@ -464,6 +514,7 @@ class Pass:
                 policy_uri=policy,
                 evidence=artifact.to_json(),
                 verified_at=verified_at,
+                levels=receipt.levels(),
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
             steps.append(
@@ -497,7 +548,7 @@ class Pass:
                 previous.owned if previous else {}, desired, set(applied.deleted), gone
             ),
             verified=receipt.verified(),
-            time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            time=self.owner.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             reconciler=self.owner.identity,
             previous=previous.digest if previous else None,
             policy=self.state.policy_fingerprint(name),

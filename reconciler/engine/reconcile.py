@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from reconciler import __version__
 from reconciler.desired import Loader
@@ -38,6 +39,7 @@ from reconciler.registry import (
     RegistrySettings,
 )
 from reconciler.verify import Refused, Rule
+from reconciler.verify.governance import GovernanceJudge
 from reconciler.verify.inforce import Judge, Judgement, PolicyInForce
 from reconciler.verify.root import TrustRoot, no_trust_root
 
@@ -81,13 +83,23 @@ def registry_settings(policy: PolicyInForce) -> RegistrySettings:
     return RegistrySettings(hosts=hosts)
 
 
+def utc_now() -> datetime:
+    """The real clock: what every deployment uses (tests pass their own to Reconciler)."""
+    return datetime.now(UTC)
+
+
 def reconciler_identity() -> str:
     """Who wrote a record when the deployment does not say: ``reconciler/VERSION@HOSTNAME``."""
     return f"reconciler/{__version__}@{socket.gethostname()}"
 
 
 class Reconciler:
-    """Runs passes against one state repository; holds the caches between passes."""
+    """Runs passes against one state repository; holds the caches between passes.
+
+    ``clock`` is the one source of "now" (soak, freeze windows, record times); only a
+    caller constructing the Reconciler in-process can replace it: no flag, variable or
+    setting of the state repository can, so nobody can move a deployment out of a freeze.
+    """
 
     def __init__(
         self,
@@ -100,8 +112,10 @@ class Reconciler:
         record_key: SigningKey | None = None,
         anchors: Anchors | None = None,
         trust_root: TrustRoot | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.source, self.loader, self.ref, self.path = source, loader, ref, path
+        self.clock = clock
         self._registries = registries
         self._owns_registries = registries is None
         self.identity = identity or reconciler_identity()
@@ -113,6 +127,7 @@ class Reconciler:
         self.trust_root = trust_root
         self._judge: Judge | None = None
         self._trails: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._governance: GovernanceJudge | None = None
 
     @property
     def repository(self) -> str:
@@ -183,6 +198,13 @@ class Reconciler:
                 while len(self._states) > STATES_KEPT:
                     self._states.pop(next(iter(self._states)))
         return state
+
+    @property
+    def governance(self) -> GovernanceJudge:
+        """The judge of environments' governance, kept with its caches between passes."""
+        if self._governance is None:
+            self._governance = GovernanceJudge(self.history, self.state_at)
+        return self._governance
 
     @property
     def history(self) -> History:

@@ -80,6 +80,7 @@ class AuditEntry:
     verified: dict[str, str] = field(default_factory=dict)
     record: str | None = None
     reason: str | None = None
+    governance: list[str] = field(default_factory=list)  # the rules the record says held
 
     def to_json(self) -> dict[str, object]:
         """The documented ``audit --json`` shape of one entry."""
@@ -101,6 +102,7 @@ class AuditEntry:
             "verified": self.verified,
             "record": self.record,
             "reason": self.reason,
+            "governance": self.governance,
         }
 
 
@@ -237,6 +239,16 @@ def _records(
     return trusted, anomalies
 
 
+def governance_of(record: Record) -> list[str]:
+    """What the record's receipt says of governance (README: Governance): who signed and
+    approved the change, and what the freeze windows said."""
+    receipt = record.receipt or {}
+    said = receipt.get("governance")
+    notes = [str(n) for n in said.get("notes", [])] if isinstance(said, dict) else []
+    freeze = receipt.get("freeze")
+    return notes + ([str(freeze)] if freeze else [])
+
+
 def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History) -> None:
     """Join commits (newest first) with apply records.
 
@@ -251,6 +263,7 @@ def _settle(entries: list[AuditEntry], chain: Sequence[Record], history: History
             entry.applied_by, entry.verified = record.reconciler, dict(record.verified)
             entry.signer = record.signer
             entry.record = record.digest
+            entry.governance = governance_of(record)
     applied = [e.commit for e in entries if e.status is EntryStatus.APPLIED]
     for entry in entries:
         if entry.status is not EntryStatus.APPLIED and any(

@@ -32,6 +32,7 @@ from reconciler.git.history import History
 from reconciler.model import TAG_RE, Catalog, DesiredState, ItemRef, Release, frozen_map
 from reconciler.proposals import releases
 from reconciler.verify import Refused
+from reconciler.verify.governance import explain
 from reconciler.verify.inforce import Judgement
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Proposal:
     message: str
     pushed: bool = False
     verified: dict[str, str] = field(default_factory=dict)
+    governance: list[str] = field(default_factory=list)  # the rules the merge must satisfy
 
     def to_json(self) -> dict[str, object]:
         """The documented ``--json`` shape of ``promote`` and ``rollback``."""
@@ -157,6 +159,7 @@ class Proposal:
             "pushed": self.pushed,
             "message": self.message,
             "verified": self.verified,
+            "governance": self.governance,
         }
 
 
@@ -251,7 +254,7 @@ class Workflows:
         start, end, _ = span
         edited = text[:start] + json.dumps(release) + text[end:]
         tree = edit_file(self.source, head, path, edited.encode("utf-8"))
-        _, verified = self._precheck(head, tree, env, release)
+        _, verified, rules = self._precheck(head, tree, env, release)
         subject = one_line(message or f"Promote {env} to {release}", "commit subject")
         one_line(current.release, "release")
         one_line(current.catalog, "catalog")
@@ -263,7 +266,7 @@ class Workflows:
         )
         name = branch or promote_branch(env, release)
         proposal = Proposal(env, name, "", head, current.release, release, body)
-        proposal.verified = verified
+        proposal.verified, proposal.governance = verified, rules
         return self._commit(proposal, tree, head, push)
 
     # ------------------------------------------------------------------ release add
@@ -428,7 +431,7 @@ class Workflows:
                 f"reverting {target[:12]} does not change {env}'s release",
                 "pass --to with the commit that promoted the release to roll back",
             )
-        _, verified = self._precheck(head, tree, env, after)
+        _, verified, rules = self._precheck(head, tree, env, after)
         one_line(before, "release")
         subject = f"Roll back {env} from {before} to {one_line(after, 'release')}"
         body = (
@@ -436,7 +439,8 @@ class Workflows:
             f"Rollback-Environment: {env}\nRollback-From: {before}\nRollback-To: {after}\n"
         )
         name = branch or _branch_name("rollback", env, target[:12])
-        proposal = Proposal(env, name, "", head, before, after, body, verified=verified)
+        proposal = Proposal(env, name, "", head, before, after, body)
+        proposal.verified, proposal.governance = verified, rules
         return self._commit(proposal, tree, head, push)
 
     def _find_promotion(self, head: str, path: str, env: str) -> str:
@@ -485,8 +489,9 @@ class Workflows:
 
     def _precheck(
         self, head: str, tree: str, env: str, release: str
-    ) -> tuple[DesiredState, dict[str, str]]:
-        """Validate the proposed tree and run the checks apply would run for ``env``."""
+    ) -> tuple[DesiredState, dict[str, str], list[str]]:
+        """Validate the proposed tree and run the checks apply would run for ``env``: the
+        state, how its digests were verified, and the governance rules the merge meets."""
         snap = snapshot_of(self.source, head, tree, self.reconciler.path, self.reconciler.ref)
         state = self.reconciler.loader.load(snap)
         if state.environments[env].release != release:
@@ -498,7 +503,9 @@ class Workflows:
             raise WorkflowRefused(
                 f"{env} cannot take {release}: {outcome.error.message}", outcome.error.hint
             )
-        return state, outcome.verified
+        # The edit changes no setting and no governance: these are the ones in force.
+        rules = explain(env, state.environments[env].governance, state.proposed_settings.freeze)
+        return state, outcome.verified, rules
 
     def _as_if(self, proposed: DesiredState) -> Judgement:
         """The verdict apply would reach if ``proposed`` (an edit of the release line on

@@ -5,6 +5,7 @@ A leaf of the verify package, so every check can raise without import cycles.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from reconciler.errors import Stalled, Transient
@@ -20,6 +21,11 @@ class Rule(StrEnum):
     REQUIRES = "requires"  # the required environments ran exactly these digests
     INTEGRITY = "integrity"
     SIGNATURES = "signatures"
+    # Governance (reconciler.verify.governance), judged under the rules in force:
+    SIGNERS = "environment-signers"  # a change to an environment is signed by its signers
+    APPROVALS = "four-eyes"  # and approved by another of them (approvals: 2)
+    SOAK = "soak"  # the required environment ran these digests for that long
+    FREEZE = "freeze"  # no change inside a freeze window
 
 
 class Refused(Stalled):
@@ -32,8 +38,15 @@ class Refused(Stalled):
 
 
 class Waiting(Refused):
-    """Refused for now, but another environment's progress will satisfy the rule
-    (``requires``): checked again every pass, never backed off."""
+    """Refused for now, but another environment's progress (``requires``) or time (soak,
+    a freeze window's end: ``until``) will satisfy the rule: checked again every pass and,
+    with ``until``, at that time; never backed off."""
+
+    def __init__(
+        self, rule: Rule, message: str, hint: str = "", until: datetime | None = None
+    ) -> None:
+        super().__init__(rule, message, hint)
+        self.until = until
 
 
 class Disposition(StrEnum):

@@ -5,15 +5,21 @@
 (2) commits: the repository's judgement put this commit in force (every commit since
     the last judged one signed under the policy in force, a clean merge, or undone:
     :mod:`reconciler.verify.inforce`).
-(3) hazards: the release has none, or the environment accepts them (with an OpenVEX
-    attestation rule in force, judged at (5) together with the VEX statements).
-(4) requires: each required environment ran exactly the digests this one would apply.
-(5) artifacts: each manifest hashes to its digest; signatures and attestations satisfy
+(3) governance: each change to the environment since its last apply is signed by one of
+    its signers and, with ``approvals: 2``, approved by another, under the rules in force
+    before the change (:mod:`reconciler.verify.governance`, G1-G2).
+(4) hazards: the release has none, or the environment accepts them (with an OpenVEX
+    attestation rule in force, judged at (7) together with the VEX statements).
+(5) requires: each required environment ran exactly the digests this one would apply
+    (with ``soak``: for that long, G3).
+(6) freeze: no freeze window is open, or the change is a rollback it allows, or an
+    override with four eyes (G4).
+(7) artifacts: each manifest hashes to its digest; signatures and attestations satisfy
     the environment's policy and, always, the catalog's own signers.
 
 The gate takes values and does no I/O (the pass gathers the facts); like python-tuf's
 trusted set it guards its own order: a step called out of order is a bug and raises,
-and :meth:`Gate.receipt` exists only after all five passed. Every refusal is a
+and :meth:`Gate.receipt` exists only after all of them passed. Every refusal is a
 :class:`Refused` naming the rule, the commit, file or record, and the way out.
 """
 
@@ -21,12 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from reconciler.model import DesiredState, Policy, Record
+from reconciler.model import DesiredState, FreezeWindow, Policy, Record
 from reconciler.verify.attestations import VexStatement, is_openvex, judge_vex, latest
 from reconciler.verify.errors import Refused, Rule, Waiting
+from reconciler.verify.governance import Verdict, check_freeze, soaked
 from reconciler.verify.inforce import Judgement
 from reconciler.verify.signatures import Evidence, Match, judge
 
@@ -50,9 +58,11 @@ class Step(IntEnum):
     RECORDS = 1
     HISTORY = 2
     COMMITS = 3
-    HAZARDS = 4
-    REQUIRES = 5
-    ARTIFACTS = 6
+    GOVERNANCE = 4
+    HAZARDS = 5
+    REQUIRES = 6
+    FREEZE = 7
+    ARTIFACTS = 8
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class Receipt:
     hazards: Mapping[str, str] = field(default_factory=dict)  # accepted with allowHazards
     requires: tuple[tuple[str, str], ...] = ()  # (environment, digest of its record)
     artifacts: tuple[ArtifactReceipt, ...] = ()
+    governance: Verdict | None = None  # who changed and approved it (None: no rules)
+    freeze: str = ""  # what the freeze windows said ("" none open)
 
     @property
     def signers(self) -> list[str]:
@@ -120,6 +132,20 @@ class Receipt:
         return sorted(
             {how.removeprefix("signed by ") for _, how in self.commits if "signed" in how}
         )
+
+    def levels(self) -> tuple[str, ...]:
+        """The governance rules that held, as the VSA's ``verifiedLevels`` name them."""
+        said = []
+        if self.governance is not None and self.governance.governance.signers:
+            said.append("RECONCILER_GOVERNANCE_SIGNERS")
+        if self.governance is not None and self.governance.governance.approvals > 1:
+            said.append("RECONCILER_GOVERNANCE_FOUR_EYES")
+        soaked = self.governance.governance.soak if self.governance else {}
+        if any(e in soaked for e, _ in self.requires):
+            said.append("RECONCILER_GOVERNANCE_SOAK")
+        if self.freeze:
+            said.append("RECONCILER_GOVERNANCE_FREEZE")
+        return tuple(said)
 
     def verified(self) -> dict[str, str]:
         """digest -> how it was verified, for people (and records' ``verified``)."""
@@ -138,6 +164,8 @@ class Receipt:
             "hazards": dict(sorted(self.hazards.items())),
             "requires": [{"environment": e, "record": d} for e, d in self.requires],
             "artifacts": [a.to_json() for a in self.artifacts],
+            **({"governance": self.governance.to_json()} if self.governance else {}),
+            **({"freeze": self.freeze} if self.freeze else {}),
         }
 
 
@@ -153,6 +181,8 @@ class Gate:
         self._hazards: Mapping[str, str] = {}
         self._requires: list[tuple[str, str]] = []
         self._artifacts: tuple[ArtifactReceipt, ...] = ()
+        self._verdict: Verdict | None = None
+        self._freeze = ""
 
     def _enter(self, step: Step) -> None:
         if self._step != step - 1:
@@ -223,7 +253,17 @@ class Gate:
         )
         self._step = Step.COMMITS
 
-    # (3) ----------------------------------------------------------------- hazards
+    # (3) ----------------------------------------------------------------- governance
+
+    def governance(self, verdict: Verdict | None) -> None:
+        """``verdict``: how the change since the last apply passed (G1) and (G2), judged by
+        :class:`~reconciler.verify.governance.GovernanceJudge` (which raises its refusal);
+        None: the environment has no governance to judge by."""
+        self._enter(Step.GOVERNANCE)
+        self._verdict = verdict
+        self._step = Step.GOVERNANCE
+
+    # (4) ----------------------------------------------------------------- hazards
 
     def hazards(self) -> None:
         """Raises: Refused: the release has hazards and ``allowHazards`` is not set."""
@@ -247,21 +287,30 @@ class Gate:
             "to accept them knowingly",
         )
 
-    # (4) ----------------------------------------------------------------- requires
+    # (5) ----------------------------------------------------------------- requires
 
-    def requires(self, ran: Callable[[str], Iterable[Record]]) -> None:
-        """``ran(env)``: that environment's trusted records, newest first (may be lazy).
+    def requires(self, ran: Callable[[str], Iterable[Record]], now: datetime) -> None:
+        """``ran(env)``: that environment's trusted records, newest first (may be lazy);
+        ``now``: the reconciler's clock, for ``soak``.
 
         Satisfied when a record of the required environment, for this catalog, shows
         every digest this environment would apply: a rebuilt digest under an old
-        release name has not been through the chain.
+        release name has not been through the chain. With ``soak``, the records show
+        it ran them for that long (:func:`~reconciler.verify.governance.soaked`).
 
         Raises:
-            Waiting: a required environment never ran these digests (yet).
+            Waiting: a required environment never ran these digests (yet), or not for
+                its soak time (``until``: when it will have).
         """
         self._enter(Step.REQUIRES)
         wanted = {t.item: t.digest for t in self.state.tags[self.name]}
+        soak = self.env.governance.soak
         for name in self.env.requires:
+            if name in soak:
+                digests = set(wanted.values())
+                found = soaked(name, ran(name), self.env.catalog, digests, soak[name], now)
+                self._requires.append((name, found))
+                continue
             newest: Record | None = None
             for record in ran(name):
                 newest = newest or record
@@ -290,7 +339,24 @@ class Gate:
     def _wait_hint(self, name: str) -> str:
         return f"apply {self.env.release} to {name} first (same catalog entry, same digests)"
 
-    # (5) ----------------------------------------------------------------- artifacts
+    # (6) ----------------------------------------------------------------- freeze
+
+    def freeze(self, windows: Sequence[FreezeWindow], now: datetime, rollback: bool) -> None:
+        """``windows``: the environment's and ``settings.freeze`` in force; ``rollback``:
+        the change reverts an earlier promotion (by content). Correcting drift towards the
+        last apply record is not a change: a freeze never stops repair.
+
+        Raises:
+            Waiting: (freeze) a window is open (``until``: when it closes).
+        """
+        self._enter(Step.FREEZE)
+        desired = {t.tag: t.digest for t in self.state.tags[self.name]}
+        if self.last is None or dict(self.last.tags) != desired:  # a repair is no change
+            verdict = self._verdict or Verdict(self.name, None)
+            self._freeze = check_freeze(self.name, windows, now, rollback, verdict)
+        self._step = Step.FREEZE
+
+    # (7) ----------------------------------------------------------------- artifacts
 
     def artifacts(
         self, manifests: Mapping[str, int], evidence: Mapping[str, Sequence[Evidence]]
@@ -371,6 +437,11 @@ class Gate:
 
     # ------------------------------------------------------------------ receipt
 
+    def _governed(self) -> bool:
+        """Governance applied to this change: there is something to put in the receipt."""
+        v = self._verdict
+        return v is not None and bool(v.changes or v.governance.governed or v.governance.soak)
+
     def receipt(self) -> Receipt:
         """What was checked, handed out only after every step passed.
 
@@ -388,4 +459,6 @@ class Gate:
             hazards=self._hazards,
             requires=tuple(self._requires),
             artifacts=self._artifacts,
+            governance=self._verdict if self._governed() else None,
+            freeze=self._freeze,
         )

@@ -19,6 +19,9 @@ from reconciler.desired import schema_dir
 from tests.support.schemas import assert_agree, cat, cue_verdicts, env
 
 D = "sha256:" + "c" * 64
+FIXED = {"from": "2026-12-20T00:00:00Z", "until": "2027-01-04T00:00:00+01:00", "reason": "r"}
+WEEKEND = {"days": ["fri", "sat"], "from": "18:00", "until": "08:00", "timeZone": "UTC",
+           "reason": "weekend", "allowRollback": False}  # fmt: skip
 
 
 CASES: dict[str, tuple[bool, dict[str, Any]]] = {
@@ -106,6 +109,29 @@ CASES: dict[str, tuple[bool, dict[str, Any]]] = {
     "registry-rps-zero": (False, {"settings": {"registries": {"h": {"requestsPerSecond": 0}}}}),
     "registry-unknown-field": (False, {"settings": {"registries": {"h": {"insecure": True}}}}),
     "settings-unknown-field": (False, {"settings": {"verfy": {}}}),
+    # Governance (issue 25)
+    "governance-full": (
+        True,
+        env(
+            requires=["qa", {"environment": "staging", "soak": "1d12h"}],
+            signers="keys/prod_signers",
+            approvals=2,
+            freeze=[FIXED, WEEKEND],
+            overrideFreeze="INC-7",
+        ),
+    ),
+    "governance-settings-freeze": (True, {"settings": {"freeze": [WEEKEND]}}),
+    "governance-approvals-three": (False, env(approvals=3)),
+    "governance-soak-words": (False, env(requires=[{"environment": "s", "soak": "1 day"}])),
+    "governance-requires-unknown-field": (False, env(requires=[{"environment": "s", "x": 1}])),
+    "governance-recurring-with-instants": (False, env(freeze=[{**FIXED, "days": ["fri"]}])),
+    "governance-fixed-with-clock-times": (
+        False,
+        env(freeze=[{"from": "18:00", "until": "08:00", "reason": "r"}]),
+    ),
+    "governance-no-days": (False, env(freeze=[{**WEEKEND, "days": []}])),
+    "governance-bad-day": (False, env(freeze=[{**WEEKEND, "days": ["friday"]}])),
+    "governance-no-reason": (False, env(freeze=[{"from": FIXED["from"], "until": FIXED["until"]}])),
 }
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import pytest
@@ -32,6 +33,8 @@ from reconciler.verify.inforce import CommitFacts, Judgement, PolicyInForce, jud
 from reconciler.verify.root import TrustRoot
 from reconciler.verify.signatures import Evidence
 from tests.support.judged import in_force
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 OLD, NEW = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 SKIP = Policy(insecure_skip_signatures=True)
@@ -119,8 +122,10 @@ def through_requires(gate: Gate, ran: dict[str, list[Record]]) -> None:
     gate.records(True)
     gate.history(True)
     gate.commits(in_force(gate.state))
+    gate.governance(None)
     gate.hazards()
-    gate.requires(lambda name: iter(ran.get(name, [])))
+    gate.requires(lambda name: iter(ran.get(name, [])), NOW)
+    gate.freeze((), NOW, rollback=False)
 
 
 def test_a_receipt_exists_only_after_every_step_in_order() -> None:
@@ -130,7 +135,7 @@ def test_a_receipt_exists_only_after_every_step_in_order() -> None:
     with pytest.raises(RuntimeError, match="no receipt"):
         gate.receipt()
     through_requires(gate, {"staging": [record("staging", NEW)]})
-    with pytest.raises(RuntimeError, match="history checked after requires"):
+    with pytest.raises(RuntimeError, match="history checked after freeze"):
         gate.history(True)
     gate.artifacts({NEW: 1}, {})
     receipt = gate.receipt()
@@ -155,6 +160,7 @@ def test_hazards_are_refused_unless_the_environment_allows_them() -> None:
     gate.records(True)
     gate.history(True)
     gate.commits(in_force(gate.state))
+    gate.governance(None)
     with pytest.raises(Refused) as exc:
         gate.hazards()
     assert exc.value.rule is Rule.HAZARDS and "environments/prod.cue" in exc.value.hint
@@ -162,6 +168,7 @@ def test_hazards_are_refused_unless_the_environment_allows_them() -> None:
     allowed.records(True)
     allowed.history(True)
     allowed.commits(in_force(allowed.state))
+    allowed.governance(None)
     allowed.hazards()
 
 
@@ -204,8 +211,9 @@ def test_requires_reads_the_chain_only_when_the_head_does_not_satisfy() -> None:
     gate.records(True)
     gate.history(True)
     gate.commits(in_force(gate.state))
+    gate.governance(None)
     gate.hazards()
-    gate.requires(ran)
+    gate.requires(ran, NOW)
     assert asked == ["head"]
 
 

@@ -33,6 +33,7 @@ from reconciler.verify.signatures import Evidence
 from tests.support.judged import in_force
 from tests.support.sigstore_instance import cosign_key_pair, in_toto_statement, sign_dsse_with_key
 
+NOW = datetime(2026, 12, 1, 12, 0).astimezone()
 WEB = "sha256:" + hashlib.sha256(b"web").hexdigest()
 WORKER = "sha256:" + hashlib.sha256(b"worker").hexdigest()
 PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -122,8 +123,10 @@ def gate_through(state_: DesiredState, evidence: Mapping[str, list[Evidence]]) -
     gate.records(True)
     gate.history(True)
     gate.commits(in_force(gate.state))
+    gate.governance(None)
     gate.hazards()
-    gate.requires(lambda name: iter(()))
+    gate.requires(lambda name: iter(()), NOW)
+    gate.freeze((), NOW, rollback=False)
     gate.artifacts(dict.fromkeys(evidence, 1), evidence)
     return gate.receipt()
 
@@ -255,6 +258,7 @@ def test_without_a_vex_rule_hazards_are_refused_at_step_3(signer: tuple[Any, Pub
     gate.records(True)
     gate.history(True)
     gate.commits(in_force(gate.state))
+    gate.governance(None)
     with pytest.raises(Refused) as exc:
         gate.hazards()
     assert exc.value.rule is Rule.HAZARDS
