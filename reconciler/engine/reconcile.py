@@ -31,7 +31,7 @@ from reconciler.evidence.anchor import Anchors
 from reconciler.evidence.signing import SigningKey
 from reconciler.git import GitSource
 from reconciler.git.history import History
-from reconciler.model import DesiredState
+from reconciler.model import UNFENCED, DesiredState, Fence
 from reconciler.registry import (
     HostConfig,
     Registries,
@@ -113,6 +113,9 @@ class Reconciler:
         self.trust_root = trust_root
         self._judge: Judge | None = None
         self._trails: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Asked before every tag move and record write: the daemon's Lease election
+        # replaces it (engine never imports daemon).
+        self.fence: Fence = UNFENCED
 
     @property
     def repository(self) -> str:
