@@ -393,15 +393,18 @@ class Elector:
         for name, theirs in sorted(self.api.shards().items()):
             if name == self.config.name:
                 continue
-            shared = overlap(mine, theirs)
-            if shared:
-                who = "every environment" if shared == [ALL] else ", ".join(shared)
+            if overlap(mine, theirs):
                 raise Stalled(
-                    f"the Lease {self.config.namespace}/{name} is another shard's and claims "
-                    f"{who}, which this replica (Lease {self.config.name}) claims too",
+                    f"the Lease {self.config.namespace}/{name} of another shard claims "
+                    f"{_claim(theirs)}, and this replica (Lease {self.config.name}) claims "
+                    f"{_claim(mine)}: an environment belongs to one shard only",
                     "give each shard a disjoint --env list and its own --lease-name; delete "
                     f"a retired shard's Lease (kubectl delete lease {name})",
                 )
+
+
+def _claim(environments: Sequence[str] | None) -> str:
+    return "every environment" if environments is None else ", ".join(environments)
 
 
 def environments_annotation(environments: Sequence[str] | None) -> str:
