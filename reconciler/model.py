@@ -365,16 +365,23 @@ def record_tag(env: str) -> str:
 
 @dataclass(frozen=True)
 class Term:
-    """Under which lease a write happened: the Lease, its holder, and its
-    ``leaseTransitions`` when this holder took it (the fencing token: it only grows)."""
+    """Under which lease a write happened: the Lease (its name and uid), its holder, and
+    its ``leaseTransitions`` when this holder took it: the fencing token, which only
+    grows for one Lease object (a Lease deleted and created again starts at 0 under a
+    new uid)."""
 
     lease: str
     holder: str
     token: int
+    uid: str = ""
 
     def to_json(self) -> dict[str, object]:
         """As carried by an apply record."""
-        return {"lease": self.lease, "holder": self.holder, "token": self.token}
+        return {"lease": self.lease, "uid": self.uid, "holder": self.holder, "token": self.token}
+
+    def follows(self, other: Term) -> bool:
+        """Tokens compare only within one Lease object."""
+        return (self.lease, self.uid) == (other.lease, other.uid)
 
     @classmethod
     def from_json(cls, doc: object) -> Term:
@@ -382,11 +389,12 @@ class Term:
         if not isinstance(doc, dict):
             raise ValueError("record field 'term' is not an object")
         lease, holder, token = doc.get("lease"), doc.get("holder"), doc.get("token")
-        if not (isinstance(lease, str) and isinstance(holder, str)):
-            raise ValueError("record field 'term' needs lease and holder strings")
+        uid = doc.get("uid", "")
+        if not (isinstance(lease, str) and isinstance(holder, str) and isinstance(uid, str)):
+            raise ValueError("record field 'term' needs lease, uid and holder strings")
         if not isinstance(token, int) or isinstance(token, bool) or token < 0:
             raise ValueError("record field 'term.token' is not a non-negative integer")
-        return cls(lease, holder, token)
+        return cls(lease, holder, token, uid)
 
 
 class Fence(Protocol):

@@ -305,8 +305,9 @@ class Elector:
                 "renew_time": now,
                 "lease_transitions": 0,
             }
-            if self._write(lambda: self.api.create(cfg.name, spec, annotations)):
-                self._won(started, 0)
+            written = self._write(lambda: self.api.create(cfg.name, spec, annotations))
+            if written is not None:
+                self._won(started, 0, written)
             return
         spec = lease.spec
         holder = spec.holder_identity or ""
@@ -337,20 +338,21 @@ class Elector:
         spec.lease_duration_seconds = max(1, round(cfg.lease_duration))
         spec.lease_transitions = token
         lease.metadata.annotations = {**(lease.metadata.annotations or {}), **annotations}
-        if self._write(lambda: self.api.replace(lease)):
-            self._won(started, token)
+        written = self._write(lambda: self.api.replace(lease))
+        if written is not None:
+            self._won(started, token, written)
         elif leading:
             self._lost("the Lease changed under this replica (409 Conflict)")
 
-    def _write(self, call: Callable[[], Any]) -> bool:
-        """True when the write took; False on 409 (another candidate was first)."""
+    def _write(self, call: Callable[[], Any]) -> Any | None:
+        """The Lease as written; None on 409 (another candidate was first)."""
         from kubernetes.client import ApiException
 
         try:
             result = call()
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise
         spec = result.spec
         self._observed = (
@@ -358,12 +360,13 @@ class Elector:
         )  # fmt: skip
         self._observed_at = self.clock()
         self._holder = self.identity
-        return True
+        return result
 
-    def _won(self, started: float, token: int) -> None:
+    def _won(self, started: float, token: int, lease: Any) -> None:
+        uid = str(getattr(lease.metadata, "uid", None) or "")
         with self._lock:
             was = self._term
-            self._term = Term(self.config.name, self.identity, token)
+            self._term = Term(self.config.name, self.identity, token, uid)
             self._renewed = started
         if was is None:
             log.info(

@@ -442,8 +442,8 @@ class RecordTrust:
             Refused: (rule records) the record's fencing token is older than the head's.
         """
         mine, theirs = record.term, head.term if head is not None else None
-        if mine is None or theirs is None or mine.lease != theirs.lease:
-            return  # written without election, or under another shard's Lease
+        if mine is None or theirs is None or not mine.follows(theirs):
+            return  # written without election, or under another Lease (a shard's, a new one)
         if mine.token < theirs.token:
             raise Refused(
                 Rule.RECORDS,

@@ -58,7 +58,10 @@ class FakeLeases:
         self.version += 1
         lease = SimpleNamespace(
             metadata=SimpleNamespace(
-                name=name, annotations=annotations, resource_version=str(self.version)
+                name=name,
+                annotations=annotations,
+                resource_version=str(self.version),
+                uid=f"uid-{name}",
             ),
             spec=SimpleNamespace(**spec),
         )
@@ -118,11 +121,11 @@ def test_the_first_candidate_creates_the_lease_and_holds_term_0_while_it_renews(
     api, clock = FakeLeases(), Clock()
     me = elector(api, clock)
     me._attempt(clock())
-    assert me.check("moving a tag") == Term("reconciler", "me", 0)
+    assert me.check("moving a tag") == Term("reconciler", "me", 0, "uid-reconciler")
     clock.now += 1.5
     me._attempt(clock())  # renewed
     clock.now += 1.5
-    assert me.check("writing a record") == Term("reconciler", "me", 0)
+    assert me.check("writing a record") == Term("reconciler", "me", 0, "uid-reconciler")
     assert api.leases["reconciler"].metadata.annotations[ENVIRONMENTS] == "*"
 
 
@@ -148,7 +151,7 @@ def test_another_candidate_waits_a_lease_duration_of_its_own_clock_then_takes_a_
     assert other.term() is None
     clock.now += 0.2
     other._attempt(clock())
-    assert other.check("moving a tag") == Term("reconciler", "other", 1)
+    assert other.check("moving a tag") == Term("reconciler", "other", 1, "uid-reconciler")
     # The old leader, back after a pause: its fence closed by its clock; the Lease says why.
     with pytest.raises(LeaseLost):
         leader.check("writing a record")
@@ -236,11 +239,13 @@ def test_a_pass_that_loses_the_lease_stops_before_its_next_tag_move(tmp_path: Pa
 # --------------------------------------------------------------------------- records
 
 
-def record(token: int | None, lease: str = "reconciler", holder: str = "a") -> Record:
+def record(
+    token: int | None, lease: str = "reconciler", holder: str = "a", uid: str = "u1"
+) -> Record:
     return Record(
         environment="prod", commit="c" * 40, tree="t" * 40, catalog="cat", release="v1",
         repository="r", tags={}, owned={}, verified={}, time="2026-12-03T10:00:00Z",
-        reconciler="test", term=None if token is None else Term(lease, holder, token),
+        reconciler="test", term=None if token is None else Term(lease, holder, token, uid),
     )  # fmt: skip
 
 
@@ -251,12 +256,18 @@ def test_a_record_under_an_older_term_than_the_head_is_a_stale_writers(tmp_path:
     trust.admit(record(4), record(4))  # the same term: the holder's next record
     trust.admit(record(5), record(4))  # a newer term
     trust.admit(record(1, lease="reconciler-prod"), record(4))  # another shard's Lease
+    trust.admit(record(0, uid="u2"), record(4))  # the Lease was deleted and created again
     trust.admit(record(None), record(4))  # written without election
     trust.admit(record(3), None)  # the first record
 
 
 def test_the_term_round_trips_through_the_signed_predicate() -> None:
     written = record(7, holder="replica-1")
-    assert written.to_json()["term"] == {"lease": "reconciler", "holder": "replica-1", "token": 7}
+    assert written.to_json()["term"] == {
+        "lease": "reconciler",
+        "uid": "u1",
+        "holder": "replica-1",
+        "token": 7,
+    }
     assert Record.from_json(written.to_json(), "sha256:" + "0" * 64).term == written.term
     assert "term" not in record(None).to_json()  # records without election are unchanged
