@@ -242,6 +242,13 @@ class Elector:
         except Stalled:
             raise
         except Exception as exc:  # the API is not there yet: the loop checks again
+            if getattr(exc, "status", None) in (401, 403):
+                raise Stalled(
+                    f"the API server refuses this replica the Leases of namespace "
+                    f"{self.config.namespace}: {_describe(exc)}",
+                    "bind the Role of examples/kubernetes/rbac.yaml to its service account "
+                    "(or user), in the namespace of --lease-namespace",
+                ) from None
             log.warning(
                 "cannot read the Leases of namespace %s yet (%s); checking before acquiring",
                 self.config.namespace, _describe(exc), extra={"event": "lease-unreachable"},

@@ -89,6 +89,7 @@ def elected(
     return DaemonProcess(
         tmp_path / f"{name}.log", remote.url,
         "--leader-elect", "--kubeconfig", str(cluster.kubeconfig(tmp_path / "kubeconfig")),
+        "--lease-namespace", NAMESPACE,
         "--identity", name, "--lease-duration", str(LEASE_DURATION),
         "--renew-deadline", str(RENEW_DEADLINE), "--retry-period", str(RETRY_PERIOD),
         *extra,
@@ -117,6 +118,15 @@ def one_leader(daemons: list[DaemonProcess], seconds: float) -> DaemonProcess:
     return leader
 
 
+def first_convergence(world: World, daemons: list[DaemonProcess]) -> None:
+    """Every tag as desired, and every environment's record written after its tags."""
+    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence", daemons[0])
+    eventually(
+        lambda: all(records.read_head(world.registry, world.source, e) for e in ALL_V11),
+        10, "the first records", daemons[0],
+    )  # fmt: skip
+
+
 def head(world: World, env: str) -> Record:
     found = records.read_head(world.registry, world.source, env)
     assert found is not None
@@ -135,7 +145,7 @@ def test_one_of_three_applies_the_others_stand_by(
 ) -> None:
     remote = Remote(world, tmp_path / "remote.git")
     daemons += three(cluster, remote, tmp_path)
-    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence")
+    first_convergence(world, daemons)
     leader = one_leader(daemons, TAKEOVER)
     others = [d for d in daemons if d is not leader]
 
@@ -161,7 +171,7 @@ def test_sigkill_of_the_leader_another_takes_over_and_applies(
 ) -> None:
     remote = Remote(world, tmp_path / "remote.git")
     daemons += three(cluster, remote, tmp_path)
-    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence")
+    first_convergence(world, daemons)
     first = one_leader(daemons, TAKEOVER)
     before = head(world, "dev").term
     assert before is not None
@@ -170,6 +180,8 @@ def test_sigkill_of_the_leader_another_takes_over_and_applies(
     second = one_leader([d for d in daemons if d is not first], TAKEOVER + 5)
     remote.promote(dev="v1.2")
     eventually(converged(world, **{**ALL_V11, "dev": "v1.2"}), within(2), "the promotion")
+    # The record follows the tags: written once every move is confirmed.
+    eventually(lambda: head(world, "dev").release == "v1.2", 10, "its record", second)
     after = head(world, "dev").term
     assert after is not None and after.holder == leader_identity(second) != before.holder
     assert after.token > before.token
@@ -185,7 +197,7 @@ def test_a_stopped_leader_loses_the_lease_and_writes_nothing_when_it_resumes(
 ) -> None:
     remote = Remote(world, tmp_path / "remote.git")
     daemons += three(cluster, remote, tmp_path)
-    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence")
+    first_convergence(world, daemons)
     old = one_leader(daemons, TAKEOVER)
     old_term = head(world, "dev").term
     assert old_term is not None and old_term.holder == leader_identity(old)
@@ -227,7 +239,7 @@ def test_without_the_api_server_the_leader_stops_and_one_leads_again_after(
 ) -> None:
     remote = Remote(world, tmp_path / "remote.git")
     daemons += three(cluster, remote, tmp_path)
-    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence")
+    first_convergence(world, daemons)
     leader = one_leader(daemons, TAKEOVER)
 
     cluster.stop_apiserver()
@@ -257,11 +269,13 @@ def test_two_shards_on_two_leases_apply_their_own_environments_only(
     daemons.append(elected(cluster, remote, tmp_path, "early-0", *early))
     daemons.append(elected(cluster, remote, tmp_path, "prod-0", *late))
     daemons.append(elected(cluster, remote, tmp_path, "prod-1", *late))
-    eventually(converged(world, **ALL_V11), within(2) + TAKEOVER, "first convergence")
+    first_convergence(world, daemons)
     remote.promote(dev="v1.2", staging="v1.2", prod="v1.2")
     eventually(converged(world, dev="v1.2", staging="v1.2", prod="v1.2"), within(3), "promotion")
 
     early_shard, prod_shard = daemons[0], daemons[1:]
+    eventually(lambda: sum(applied(d, "prod") for d in prod_shard) == 2, 10, "logged", daemons[1])
+    eventually(lambda: applied(early_shard, "staging") == 2, 10, "logged", early_shard)
     assert {e["environment"] for e in early_shard.events("applied")} == {"dev", "staging"}
     assert {e["environment"] for d in prod_shard for e in d.events("applied")} == {"prod"}
     assert sum(applied(d, "prod") for d in prod_shard) == 2  # one leader of the two
@@ -274,7 +288,8 @@ def test_two_shards_on_two_leases_apply_their_own_environments_only(
     refused = subprocess.run(
         [
             *daemon_command(), "--repo", remote.url, "--listen", "127.0.0.1:0",
-            "--leader-elect", "--kubeconfig", str(kubeconfig), "--env", "prod",
+            "--leader-elect", "--kubeconfig", str(kubeconfig), "--lease-namespace", NAMESPACE,
+            "--env", "prod",
             "--lease-name", "reconciler-again",
         ],
         capture_output=True, text=True, timeout=60,
