@@ -286,12 +286,14 @@ class Elector:
                 if self._unreachable is not None:
                     log.info("the API server answers again", extra={"event": "lease-reachable"})
                     self._unreachable = None
-            except Exception as exc:  # the API server is down, slow, or refuses
+            except Exception as exc:  # the API server is down, slow, or refuses; a shard clash
                 said = _describe(exc)
                 if said != self._unreachable:
-                    log.warning(
-                        "Lease %s: %s", self.config.name, said,
-                        extra={"event": "lease-unreachable"},
+                    clash = isinstance(exc, Stalled)
+                    log.log(
+                        logging.ERROR if clash else logging.WARNING, "Lease %s: %s",
+                        self.config.name, said,
+                        extra={"event": "shard-conflict" if clash else "lease-unreachable"},
                     )  # fmt: skip
                     self._unreachable = said
             self.term()  # steps down when the renew deadline passed

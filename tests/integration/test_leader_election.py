@@ -18,6 +18,7 @@ import pytest
 import requests
 import yaml
 
+from reconciler.daemon.options import SECRET_ENV
 from reconciler.evidence import records
 from reconciler.model import Record
 from tests.support.daemon import (
@@ -36,6 +37,7 @@ from tests.support.world import World, build_world
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 3.0, 2.0, 0.5
 TAKEOVER = LEASE_DURATION + RETRY_PERIOD  # client-go's bound for another to take over
 ALL_V11 = {"dev": "v1.1", "staging": "v1.1", "prod": "v1.1"}
+SECRET = "a-webhook-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def elected(
         "--identity", name, "--lease-duration", str(LEASE_DURATION),
         "--renew-deadline", str(RENEW_DEADLINE), "--retry-period", str(RETRY_PERIOD),
         *extra,
-        env={"RECONCILER_CACHE_DIR": str(tmp_path / f"cache-{name}")},
+        env={"RECONCILER_CACHE_DIR": str(tmp_path / f"cache-{name}"), SECRET_ENV: SECRET},
     )  # fmt: skip
 
 
@@ -148,6 +150,9 @@ def test_one_of_three_applies_the_others_stand_by(
     first_convergence(world, daemons)
     leader = one_leader(daemons, TAKEOVER)
     others = [d for d in daemons if d is not leader]
+    for i, other in enumerate(others):  # a webhook that lands on a standby: answered, no pass
+        delivery = {"X-Gitlab-Token": SECRET, "X-Gitlab-Event-UUID": f"{i:08d}-0000-4000-8000-0"}
+        assert other.hook(b"{}", delivery) == 202
 
     remote.promote(dev="v1.2")
     eventually(converged(world, **{**ALL_V11, "dev": "v1.2"}), within(2), "the promotion")
@@ -164,6 +169,12 @@ def test_one_of_three_applies_the_others_stand_by(
     assert record.term is not None
     assert record.term.holder == lease["spec"]["holderIdentity"] == leader_identity(leader)
     assert record.term.token == lease["spec"]["leaseTransitions"]
+
+    assert leader.stop() == 0  # SIGTERM: the running pass finishes, the Lease is released
+    assert leader.events("released"), leader.tail()
+    released = cluster.lease("reconciler")
+    assert released is not None
+    assert released["spec"].get("holderIdentity") != leader_identity(leader)
 
 
 def test_sigkill_of_the_leader_another_takes_over_and_applies(

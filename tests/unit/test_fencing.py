@@ -271,3 +271,16 @@ def test_the_term_round_trips_through_the_signed_predicate() -> None:
     }
     assert Record.from_json(written.to_json(), "sha256:" + "0" * 64).term == written.term
     assert "term" not in record(None).to_json()  # records without election are unchanged
+
+
+def test_a_replica_the_api_server_refuses_does_not_start() -> None:
+    class Forbidden(Exception):
+        status, reason = 403, "Forbidden"
+
+    def refuse() -> dict[str, tuple[str, ...] | None]:
+        raise Forbidden()
+
+    api = FakeLeases()
+    api.shards = refuse  # type: ignore[method-assign]
+    with pytest.raises(Stalled, match="refuses this replica the Leases of namespace ns"):
+        elector(api, Clock()).start()
