@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -309,7 +310,7 @@ class Elector:
             self._check_shards()
             spec = {
                 "holder_identity": self.identity,
-                "lease_duration_seconds": max(1, round(cfg.lease_duration)),
+                "lease_duration_seconds": max(1, math.ceil(cfg.lease_duration)),
                 "acquire_time": now,
                 "renew_time": now,
                 "lease_transitions": 0,
@@ -344,7 +345,7 @@ class Elector:
             spec.acquire_time = now
         spec.holder_identity = self.identity
         spec.renew_time = now
-        spec.lease_duration_seconds = max(1, round(cfg.lease_duration))
+        spec.lease_duration_seconds = max(1, math.ceil(cfg.lease_duration))
         spec.lease_transitions = token
         lease.metadata.annotations = {**(lease.metadata.annotations or {}), **annotations}
         written = self._write(lambda: self.api.replace(lease))
