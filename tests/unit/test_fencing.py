@@ -17,6 +17,7 @@ import pytest
 from reconciler.daemon.lease import ENVIRONMENTS, Elector, LeaseConfig, parse_environments
 from reconciler.engine.apply import apply_changes
 from reconciler.errors import LeaseLost, Stalled
+from reconciler.evidence import records
 from reconciler.evidence.anchor import Anchors
 from reconciler.evidence.records import RecordTrust, Trust
 from reconciler.model import Action, Change, Drift, Record, Term
@@ -284,3 +285,26 @@ def test_a_replica_the_api_server_refuses_does_not_start() -> None:
     api.shards = refuse  # type: ignore[method-assign]
     with pytest.raises(Stalled, match="refuses this replica the Leases of namespace ns"):
         elector(api, Clock()).start()
+
+
+def test_a_head_written_by_a_stale_writer_does_not_count(tmp_path: Path) -> None:
+    """A stale writer that got past the fence and the head's compare-and-swap: its record
+    follows one written under a newer term, and reading the head refuses it."""
+    store, repo = LayoutRegistry(None), str(tmp_path / "layout")
+    newer = replace(record(4, holder="b"), repository=repo)
+    first = records.write(store, repo, newer, None)
+    stale = replace(record(3, holder="a"), repository=repo, previous=first)
+    records.write(store, repo, stale, first)
+    trust = RecordTrust(Trust(), Anchors(None))
+    with pytest.raises(Refused, match="older than the term 4 of b"):
+        trust.head(store, repo, "prod", None, repo)
+    honest = replace(record(5, holder="a"), repository=repo, previous=first)
+    store.put_manifest(repo, "reconciler-record.prod", *_encoded(store, repo, first))
+    records.write(store, repo, honest, first)
+    head = trust.head(store, repo, "prod", None, repo)
+    assert head is not None and head.term == honest.term
+
+
+def _encoded(store: LayoutRegistry, repo: str, digest: str) -> tuple[bytes, str]:
+    manifest = store.get_manifest(repo, digest)
+    return manifest.data, manifest.media_type
