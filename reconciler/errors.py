@@ -103,3 +103,8 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class LeaseLost(Transient):
+    """This replica no longer holds its lease: it stops before its next write, and a
+    replica that holds the lease re-plans from what the registry then says."""

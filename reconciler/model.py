@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Protocol
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -422,6 +423,65 @@ def record_tag(env: str) -> str:
 
 
 @dataclass(frozen=True)
+class Term:
+    """Under which lease a write happened: the Lease (its name and uid), its holder, and
+    its ``leaseTransitions`` when this holder took it: the fencing token, which only
+    grows for one Lease object (a Lease deleted and created again starts at 0 under a
+    new uid)."""
+
+    lease: str
+    holder: str
+    token: int
+    uid: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        """As carried by an apply record."""
+        return {"lease": self.lease, "uid": self.uid, "holder": self.holder, "token": self.token}
+
+    def follows(self, other: Term) -> bool:
+        """Tokens compare only within one Lease object."""
+        return (self.lease, self.uid) == (other.lease, other.uid)
+
+    @classmethod
+    def from_json(cls, doc: object) -> Term:
+        """Raises: ValueError when a field is missing or of the wrong type."""
+        if not isinstance(doc, dict):
+            raise ValueError("record field 'term' is not an object")
+        lease, holder, token = doc.get("lease"), doc.get("holder"), doc.get("token")
+        uid = doc.get("uid", "")
+        if not (isinstance(lease, str) and isinstance(holder, str) and isinstance(uid, str)):
+            raise ValueError("record field 'term' needs lease, uid and holder strings")
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise ValueError("record field 'term.token' is not a non-negative integer")
+        return cls(lease, holder, token, uid)
+
+
+class Fence(Protocol):
+    """Asked by the engine right before each tag move and record write, so that a replica
+    that lost its lease stops before its next write. The daemon's Lease election is one;
+    :data:`UNFENCED`, the default, is a lone reconciler that always may write."""
+
+    def check(self, before: str) -> Term | None:
+        """The term this write happens under (None: no election).
+
+        Raises:
+            LeaseLost: this replica does not hold the lease (``before`` names the write).
+        """
+        ...
+
+
+class _Unfenced:
+    """No election: every write may happen and carries no term."""
+
+    def check(self, before: str) -> Term | None:
+        """Always allowed."""
+        return None
+
+
+UNFENCED: Fence = _Unfenced()
+
+
+@dataclass(frozen=True)
 class Record:
     """An apply record: what one environment was converged to, and how it was verified.
 
@@ -452,6 +512,7 @@ class Record:
     statement: bytes = field(default=b"", repr=False)
     signatures: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     signer: str | None = None
+    term: Term | None = None  # the writer's lease (None: written without election)
 
     def to_json(self) -> dict[str, object]:
         """The predicate as signed and stored: ``schema`` 2 when a receipt is carried, else 1.
@@ -475,6 +536,8 @@ class Record:
         }
         if self.receipt is not None:
             doc["schema"], doc["receipt"] = 2, dict(self.receipt)
+        if self.term is not None:
+            doc["term"] = self.term.to_json()
         return doc
 
     @classmethod
@@ -522,6 +585,7 @@ class Record:
             note=str(doc.get("note") or ""),
             policy=str(doc.get("policy") or ""),
             receipt=receipt,
+            term=Term.from_json(doc["term"]) if doc.get("term") is not None else None,
         )
 
 

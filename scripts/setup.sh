@@ -4,8 +4,9 @@
 #   scripts/setup.sh           git, ssh-keygen, the venv and `cue` (for CUE state repositories)
 #   scripts/setup.sh --demo    what `make demo` needs: the same without `cue` (its state is JSON)
 #   scripts/setup.sh --peers   what only the tests need besides: the registry server,
-#                              skopeo, htpasswd, and the peers oras, crane, cosign
-#                              (built with Go from the module proxy; minutes the first time)
+#                              skopeo, htpasswd, and the peers oras, crane, cosign,
+#                              kube-apiserver and etcd (built with Go from the module
+#                              proxy; minutes the first time, ~12 for kube-apiserver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -69,8 +70,11 @@ if $peers; then
       # shellcheck disable=SC2086
       go_install $tool || true
     done
+    # A real Kubernetes API server and etcd for the Lease election tests: their own
+    # script, because kube-apiserver needs a wrapper module (scripts/build-kube.sh).
+    bash scripts/build-kube.sh || echo "warning: kube-apiserver/etcd not built; the leader election tests will fail" >&2
   else
-    echo "warning: no go: oras, crane and cosign are not built; the peer tests will fail" >&2
+    echo "warning: no go: oras, crane, cosign, kube-apiserver and etcd are not built; the peer tests will fail" >&2
   fi
   say "peers set up"
   exit 0

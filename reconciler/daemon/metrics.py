@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -112,6 +112,15 @@ class Metrics:
             "1 for the catalog and release an environment runs.",
             ["environment", "catalog", "release"], registry=r,
         )  # fmt: skip
+
+    def watch_leader(self, lease: str, leading: Callable[[], bool]) -> None:
+        """``reconciler_leader{lease}``: 1 while this replica holds the Lease, read at scrape
+        time (a pass may be an interval away)."""
+        gauge = Gauge(
+            "reconciler_leader", "1 while this replica holds the Lease (--leader-elect).",
+            ["lease"], registry=self.registry,
+        )  # fmt: skip
+        gauge.labels(lease).set_function(lambda: 1.0 if leading() else 0.0)
 
     def set_health(self, environment: str | None, health: Health) -> None:
         """One health series at 1 and the others at 0, so that a query selects the current one

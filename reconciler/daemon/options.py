@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.daemon.backoff import BackoffPolicy
+from reconciler.daemon.lease import LeaseConfig, default_identity, default_namespace
 from reconciler.daemon.messages import hmac_sha256
 from reconciler.errors import Stalled
 from reconciler.receivers import ALLOW_PRIVATE_FLAG
@@ -181,6 +182,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="run passes only while PATH exists (set by a leader-election sidecar)",
     )
+    election = parser.add_argument_group(
+        "leader election", "one active replica per Lease (docs/daemon.md, 'More than one machine')"
+    )
+    election.add_argument(
+        "--leader-elect", action="store_true",
+        help="apply only while holding a coordination.k8s.io Lease; stand by otherwise",
+    )  # fmt: skip
+    election.add_argument(
+        "--lease-name", default=LeaseConfig.name, metavar="NAME",
+        help="the Lease (one per shard, e.g. reconciler-prod; default %(default)s)",
+    )  # fmt: skip
+    election.add_argument(
+        "--lease-namespace", metavar="NS",
+        help="the Lease's namespace (default: the pod's namespace, else default)",
+    )  # fmt: skip
+    election.add_argument(
+        "--identity", metavar="ID", help="this replica's name in the Lease (default HOST_PID)"
+    )
+    for flag, default, what in (
+        ("--lease-duration", LeaseConfig.lease_duration, "others wait this long to take over"),
+        ("--renew-deadline", LeaseConfig.renew_deadline, "the leader stops writing after this"),
+        ("--retry-period", LeaseConfig.retry_period, "between tries to acquire or renew"),
+    ):
+        election.add_argument(
+            flag, type=_positive, default=default, metavar="S",
+            help=f"{what} (default %(default)s s, as client-go)",
+        )  # fmt: skip
+    election.add_argument(
+        "--kubeconfig", type=Path, metavar="PATH",
+        help="a kubeconfig for the API server (default: the in-cluster service account)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -201,6 +233,7 @@ class DaemonConfig:
     log_format: str = "text"
     verbose: bool = False
     notify_allow_private: bool = False
+    lease: LeaseConfig | None = None  # --leader-elect
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DaemonConfig:
@@ -219,4 +252,25 @@ class DaemonConfig:
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
             notify_allow_private=bool(getattr(args, "notify_allow_private", False)),
+            lease=lease_config(args),
         )
+
+
+def lease_config(args: argparse.Namespace) -> LeaseConfig | None:
+    """The election's settings when ``--leader-elect`` is given.
+
+    Raises: Stalled when the durations are out of client-go's order."""
+    if not getattr(args, "leader_elect", False):
+        return None
+    config = LeaseConfig(
+        name=args.lease_name,
+        namespace=args.lease_namespace or default_namespace(),
+        identity=args.identity or default_identity(),
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        kubeconfig=args.kubeconfig,
+        environments=tuple(sorted(set(args.env))) if args.env else None,
+    )
+    config.check()
+    return config

@@ -52,6 +52,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from reconciler.daemon import notify
 from reconciler.daemon.backoff import Backoff, BackoffPolicy, Health
 from reconciler.daemon.events import EventQueue
+from reconciler.daemon.lease import Elector, KubeLeases
 from reconciler.daemon.logs import configure_logging
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.options import (
@@ -122,8 +123,11 @@ class Daemon:
         active_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         drift_interval: float = DRIFT_INTERVAL,
+        elector: Elector | None = None,
     ) -> None:
         self.reconciler = reconciler
+        self.elector = elector
+        self._term: object = None  # the Lease term the environments' state belongs to
         self.drift_interval = drift_interval
         self.events = EventQueue(clock)
         self.clean: dict[str, str] = {}  # env -> its fingerprint when last in sync
@@ -240,6 +244,15 @@ class Daemon:
             log.debug("pass %s in %.2fs", result, finished - started)
 
     def _is_active(self) -> bool:
+        if self.elector is not None:  # it logs its own transitions
+            term = self.elector.term()
+            if term is not None and term != self._term:
+                # A new term starts from scratch: another leader may have applied meanwhile.
+                self.clean.clear()
+                self.next_drift.clear()
+                self.envs.clear()
+            self._term = term
+            return term is not None
         if self.active_file is None:
             return True
         active = self.active_file.exists()
@@ -517,13 +530,21 @@ def main(config: DaemonConfig, reconciler: Reconciler) -> int:
             "listening on %s: /metrics and /readyz are reachable from the network%s", host,
             "" if secret else f"; {HOOK_PATH} is disabled (no secret)",
         )  # fmt: skip
+    elector = None
+    if config.lease is not None:
+        elector = Elector(config.lease, KubeLeases(config.lease))
+        elector.start()  # refuses an overlapping shard before anything listens
+        reconciler.fence = elector
     daemon = Daemon(
         reconciler,
         config.backoff,
         list(config.envs) if config.envs else None,
         config.active_file,
         drift_interval=config.drift_interval,
+        elector=elector,
     )
+    if elector is not None:
+        daemon.metrics.watch_leader(elector.config.name, lambda: elector.term() is not None)
     if config.discover_interval is not None:
         daemon.proposer.interval = config.discover_interval
     daemon.notifier.allow_private = config.notify_allow_private
@@ -577,6 +598,8 @@ def main(config: DaemonConfig, reconciler: Reconciler) -> int:
             pass
         scheduler.shutdown(wait=True)  # lets the running pass finish
     finally:
+        if elector is not None:
+            elector.stop()
         server.shutdown()
         server.server_close()
         daemon.notifier.close()

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from reconciler.errors import Transient
-from reconciler.model import Action, Change
+from reconciler.errors import LeaseLost, Transient
+from reconciler.model import UNFENCED, Action, Change, Fence
 from reconciler.registry import (
     DEFAULT_CONCURRENCY,
     Manifest,
@@ -76,19 +76,21 @@ def apply_changes(
     deadline: float = APPLY_DEADLINE,
     sleep: Callable[[float], None] = time.sleep,
     observed_at: float | None = None,
+    fence: Fence = UNFENCED,
 ) -> ApplyResult:
     """Apply ``changes`` of one environment; ``observed_at`` (monotonic) is when their
-    ``from_digest`` were read.
+    ``from_digest`` were read; ``fence`` is asked right before every write.
 
     Raises:
+        LeaseLost: this replica lost its lease; nothing more was written.
         TagMoved: a tag changed since it was observed (the next pass re-plans).
         Transient: registry errors that outlasted ``deadline`` seconds of retries.
         Stalled: a permanent refusal (auth, a digest mismatch).
     """
     result = ApplyResult()
-    retry = StepRetry(deadline, sleep, final=(TagMoved,))
+    retry = StepRetry(deadline, sleep, final=(TagMoved, LeaseLost))
     moves = [c for c in changes if c.action is not Action.DELETE]
-    manifests = _bring_into_target(moves, registry_of, manifest_of, result, retry)
+    manifests = _bring_into_target(moves, registry_of, manifest_of, result, retry, fence)
 
     tried: set[str] = set()
 
@@ -110,6 +112,7 @@ def apply_changes(
                 "another writer changed it; the next pass re-plans",
             )
         manifest = manifests[(change.repository, change.to_digest)]
+        fence.check(f"moving {change.repository}:{change.tag}")
         _put_tag(registry, repo, change.tag, manifest, sleep)
         confirmed = registry.resolve(repo, change.tag)
         if confirmed != change.to_digest:
@@ -132,6 +135,7 @@ def apply_changes(
             if registry.resolve(repo, change.tag) != change.from_digest:
                 log.warning("not pruning %s:%s: it moved", change.repository, change.tag)
                 return False
+            fence.check(f"pruning {change.repository}:{change.tag}")
             registry.delete_tag(repo, change.tag, expected=change.from_digest)
             return True
 
@@ -172,6 +176,7 @@ def _bring_into_target(
     manifest_of: ManifestOf,
     result: ApplyResult,
     retry: StepRetry,
+    fence: Fence,
 ) -> dict[tuple[str, str], Manifest]:
     """Copy each artifact into its target repository when that differs from its source,
     signatures and referrers included, and return the manifests to tag there."""
@@ -184,6 +189,7 @@ def _bring_into_target(
         target, target_repo = registry_of(change.repository)
         if change.source_repository != change.repository:
             source, source_repo = registry_of(change.source_repository)
+            fence.check(f"copying {change.to_digest[:19]} into {change.repository}")
             retry(
                 f"copy {change.to_digest[:19]}",
                 partial(copy_artifact, source, source_repo, change.to_digest, target, target_repo),

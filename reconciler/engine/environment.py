@@ -25,7 +25,7 @@ from reconciler.engine.plan import (
     owned_after,
     plan_environment,
 )
-from reconciler.errors import GitSourceError, ReconcilerError
+from reconciler.errors import GitSourceError, LeaseLost, ReconcilerError
 from reconciler.evidence import records, vsa
 from reconciler.evidence.anchor import Anchor
 from reconciler.evidence.signing import SigningKey
@@ -170,6 +170,7 @@ class Pass:
             host.concurrency,
             deadline=host.retry.step_budget,
             observed_at=observed_at,
+            fence=self.owner.fence,
         )
         outcome.applied = applied
         try:
@@ -479,8 +480,10 @@ class Pass:
         tries = 0
 
         def write() -> str:
-            nonlocal tries
+            nonlocal tries, record
             tries += 1
+            record = replace(record, term=self.owner.fence.check(f"writing the record of {name}"))
+            self.record_trust.admit(record, previous)
             try:
                 return records.write(registry, repo, record, expected, key, self.owner.record_cache)
             except records.RecordConflict:
@@ -491,7 +494,9 @@ class Pass:
                 raise
 
         # Its own step: a flaky moment after the tags moved must not lose the record.
-        digest = self.step_retry(registry, records.RecordConflict)("write the record", write)
+        digest = self.step_retry(registry, records.RecordConflict, LeaseLost, Refused)(
+            "write the record", write
+        )
         anchored = canonical_repository(record.repository)
         self.owner.anchors.set(anchored, name, Anchor(digest, record.commit))  # applying
         return replace(record, digest=digest, signer=key.keyid if key else None)
@@ -517,6 +522,7 @@ class Pass:
                 levels=receipt.levels(),
             )
             subject = self.manifest(tag.source_repository, artifact.digest)
+            self.owner.fence.check(f"summarising {artifact.digest[:19]}")
             steps.append(
                 partial(
                     self.step_retry(registry),

@@ -32,7 +32,7 @@ from reconciler.evidence.anchor import Anchors
 from reconciler.evidence.signing import SigningKey
 from reconciler.git import GitSource
 from reconciler.git.history import History
-from reconciler.model import DesiredState
+from reconciler.model import UNFENCED, DesiredState, Fence
 from reconciler.registry import (
     HostConfig,
     Registries,
@@ -128,6 +128,9 @@ class Reconciler:
         self._judge: Judge | None = None
         self._trails: dict[str, tuple[tuple[str, str], ...]] = {}
         self._governance: GovernanceJudge | None = None
+        # Asked before every tag move and record write: the daemon's Lease election
+        # replaces it (engine never imports daemon).
+        self.fence: Fence = UNFENCED
 
     @property
     def repository(self) -> str:

@@ -17,7 +17,10 @@ Verification steps (:func:`establish`), numbered as the docs name them:
     chains back to it, each newer record verifying too: a missing head, a rewind or a
     forged branch is refused;
 (4) without one (a fresh host, a new replica, a lost volume), no record that counts
-    names the head as the one before it: a head re-tagged to an older record is a replay.
+    names the head as the one before it: a head re-tagged to an older record is a replay;
+(5) a record written under Lease election carries its writer's term (the Lease's
+    ``leaseTransitions``, the fencing token): one whose token is older than the record
+    it follows is a stale writer's, refused when written and when read as the head.
 
 The keys in force are the repository's (:class:`~reconciler.verify.inforce.PolicyInForce`),
 never a commit's that is being judged; :class:`RecordTrust` is the one place that decides
@@ -359,7 +362,7 @@ def write(
 
 
 class RecordTrust:
-    """The one place that decides which records count (steps 1 to 4 above).
+    """The one place that decides which records count (steps 1 to 5 above).
 
     ``trust``: the record keys of the policy in force; ``anchors``: this host's local
     anchors (read here, written only by the applying pass); ``once``: shares the
@@ -408,6 +411,13 @@ class RecordTrust:
             self.trust,
             cache=self.cache,
         )
+        if head is not None and head.term is not None and head.previous is not None:
+            try:
+                before = read_at(registry, repository, env, head.previous, self.cache)
+            except NotFound:
+                before = None  # garbage-collected: nothing to compare with
+            if before is not None:
+                self.admit(head, before)
         if head is not None and anchor is None and self.trust.signed:
             key = ("successors", registry.name, repository)
             tags = present if present is not None else frozenset(registry.list_tags(repository))
@@ -422,6 +432,26 @@ class RecordTrust:
                     f"restore {record_tag(env)} to the newest record, or {RECOVERY}",
                 )
         return head
+
+    def admit(self, record: Record, head: Record | None) -> None:
+        """Refuse ``record`` as the successor of ``head`` when it was written under an
+        older term of the same Lease than ``head`` (step 5 above): its writer lost the
+        lease before writing and someone else has led since, a stale writer.
+
+        Raises:
+            Refused: (rule records) the record's fencing token is older than the head's.
+        """
+        mine, theirs = record.term, head.term if head is not None else None
+        if mine is None or theirs is None or not mine.follows(theirs):
+            return  # written without election, or under another Lease (a shard's, a new one)
+        if mine.token < theirs.token:
+            raise Refused(
+                Rule.RECORDS,
+                f"the apply record of {record.environment} by {mine.holder} was written under "
+                f"term {mine.token} of Lease {mine.lease}, older than the term {theirs.token} "
+                f"of {theirs.holder}, who wrote the record before it: a stale writer's",
+                f"only the holder of the Lease writes records; {RECOVERY}",
+            )
 
     def successors(
         self, registry: Registry, repository: str, present: frozenset[str]
