@@ -161,6 +161,25 @@ class NotifyTarget:
     url_env: str | None = None
 
 
+FORGE_KINDS = ("gitea", "github", "gitlab")
+FORGE_ENV_RE = re.compile(r"^RECONCILER_FORGE_[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class ForgeSettings:
+    """``settings.forge``: where merge requests are opened, checked and reported on.
+
+    ``token_env`` names a variable of the reconciler's own environment (it starts with
+    ``RECONCILER_FORGE_``): the token is never read from git, and goes only to ``url``,
+    which only a commit in force can name.
+    """
+
+    type: str  # gitea | github | gitlab
+    url: str  # the API's origin, e.g. https://gitea.example.org or https://api.github.com
+    repository: str  # owner/name (GitLab: the project's path)
+    token_env: str
+
+
 @dataclass(frozen=True)
 class Settings:
     """A commit's ``settings``. Proposed by that commit; used only once the commit is in
@@ -174,6 +193,7 @@ class Settings:
     records_insecure_unsigned: bool = False  # settings.records.insecureUnsigned
     notify: tuple[NotifyTarget, ...] = ()  # settings.notify
     unsigned_paths: tuple[str, ...] = ()  # settings.git.unsignedPaths: may change unsigned
+    forge: ForgeSettings | None = None  # settings.forge: merge requests
 
 
 @dataclass(frozen=True)

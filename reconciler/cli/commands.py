@@ -23,7 +23,6 @@ from reconciler.cli.progress import Progress
 from reconciler.cli.render import (
     _dump,
     _report,
-    plan_markdown,
     print_state,
     state_json,
     table,
@@ -33,11 +32,13 @@ from reconciler.desired import Loader, cue_command, cue_environment
 from reconciler.engine.reconcile import Mode, PassResult, Reconciler, promotion_order
 from reconciler.errors import ReconcilerError, Stalled, redact_url
 from reconciler.evidence.signing import generate, signing_key_from
+from reconciler.forge import VERIFY, CommitState, MergeRequest
 from reconciler.git import GitSource, default_cache_dir, is_url
 from reconciler.git.branches import snapshot_of, worktree_tree
 from reconciler.model import DesiredState, PublicKey
-from reconciler.proposals import discover, scaffold
+from reconciler.proposals import discover, mergerequests, scaffold
 from reconciler.proposals.audit import EntryKind, audit
+from reconciler.proposals.markdown import plan_markdown
 from reconciler.proposals.workflows import Proposal, Workflows
 from reconciler.registry import set_auth_file
 from reconciler.verify.root import ROOT_ENV, TrustRoot, trust_root_from, write_trust_root
@@ -260,11 +261,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
                 args.release,
                 branch=args.branch,
                 message=args.message,
-                push=args.push,
+                push=args.push or args.open,
             )
+            opened = _open_mr(args, reconciler, proposal, ("promote", args.environment))
     finally:
         reconciler.close()
-    _print_proposal(args, proposal)
+    _print_proposal(args, proposal, opened)
     return 0
 
 
@@ -275,11 +277,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         with progress(args, f"rollback {args.environment}"):
             proposal = Workflows(reconciler).rollback(
-                args.environment, to=args.to, branch=args.branch, push=args.push
+                args.environment, to=args.to, branch=args.branch, push=args.push or args.open
             )
+            opened = _open_mr(args, reconciler, proposal, ("rollback", args.environment))
     finally:
         reconciler.close()
-    _print_proposal(args, proposal)
+    _print_proposal(args, proposal, opened)
     return 0
 
 
@@ -307,28 +310,83 @@ def cmd_release_add(args: argparse.Namespace) -> int:
                 metadata=_unique(args.metadata, "metadata key"),
                 branch=args.branch,
                 message=args.message,
-                push=args.push,
+                push=args.push or args.open,
             )
+            opened = _open_mr(args, flows.reconciler, proposal, ("release", args.catalog))
     finally:
         flows.reconciler.close()
-    _print_proposal(args, proposal)
+    _print_proposal(args, proposal, opened)
     return 0
 
 
-def _print_proposal(args: argparse.Namespace, p: Proposal) -> None:
+def _open_mr(
+    args: argparse.Namespace, reconciler: Reconciler, p: Proposal, labels: Sequence[str]
+) -> dict[str, object] | None:
+    """With ``--open``: the merge request of the pushed proposal, opened or updated on the
+    forge of the policy in force, with its ``reconciler/verify`` status."""
+    if not args.open:
+        return None
+    forge = mergerequests.forge_in_force(reconciler)
+    title = p.message.splitlines()[0]
+    mr, check, new = mergerequests.open_merge_request(
+        reconciler, forge, p.branch, p.commit, title, labels
+    )
+    return _mr_json(mr, check, "opened" if new else "updated")
+
+
+def _mr_json(mr: MergeRequest, check: mergerequests.Check, action: str) -> dict[str, object]:
+    return {
+        "number": mr.number,
+        "url": mr.url,
+        "action": action,
+        "head": check.head,
+        "status": {"context": VERIFY, "state": check.state.value, "description": check.summary},
+    }
+
+
+def _print_proposal(
+    args: argparse.Namespace, p: Proposal, opened: dict[str, object] | None = None
+) -> None:
     if args.json:
-        _dump(p.to_json(), sys.stdout)
+        _dump({**p.to_json(), **({"mergeRequest": opened} if opened else {})}, sys.stdout)
         return
     if args.quiet:
-        print(p.branch)
+        print(opened["url"] if opened else p.branch)
         return
     print(f"{p.message.splitlines()[0]}")
     print(f"  branch   {p.branch}{' (pushed to origin)' if p.pushed else ''}")
     print(f"  commit   {p.commit[:12]} on {p.base[:12]}")
     for digest, how in sorted(p.verified.items()):
         print(f"  verified {digest[:19]}  {how}")
-    if not p.pushed:
+    if opened:
+        status = opened["status"]
+        assert isinstance(status, dict)
+        print(f"  merge request !{opened['number']} {opened['action']}: {opened['url']}")
+        print(f"  {VERIFY}: {status['state']}: {status['description']}")
+    elif not p.pushed:
         print(f"  next: git push origin {p.branch}, then open a merge request")
+
+
+def cmd_check_mr(args: argparse.Namespace) -> int:
+    """``check-mr N``: the gate on merge request N's head, as apply will run it after the
+    merge; sets ``reconciler/verify`` (pending, then success or failure naming the rule).
+    Exit 0 success, 1 failure."""
+    reconciler = make_reconciler(args)
+    try:
+        with progress(args, f"check merge request {args.number}"):
+            forge = mergerequests.forge_in_force(reconciler)
+            mr, check = mergerequests.check(reconciler, forge, args.number)
+    finally:
+        reconciler.close()
+    if args.json:
+        _dump(_mr_json(mr, check, "checked"), sys.stdout)
+    elif not args.quiet:
+        print(f"merge request !{mr.number} {mr.title}")
+        print(f"  head     {mr.head_branch} at {mr.head_sha[:12]}")
+        print(f"  {VERIFY}: {check.state.value}: {check.summary}")
+        if check.error is not None and check.error.hint:
+            print(f"  hint: {check.error.hint}")
+    return 0 if check.state is CommitState.SUCCESS else 1
 
 
 def cmd_discover(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from reconciler.daemon import notify
 from reconciler.daemon.backoff import Backoff, BackoffPolicy, Health
 from reconciler.daemon.events import EventQueue
+from reconciler.daemon.forgereport import ForgeReporter
 from reconciler.daemon.logs import configure_logging
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.options import (
@@ -154,6 +155,7 @@ class Daemon:
         self.proposer = discover.Proposer(
             reconciler, drift_interval, self.notifier.proposed, clock, only
         )
+        self.forge = ForgeReporter(reconciler, clock)  # settings.forge: checks and reports
 
     # -- scheduling
 
@@ -215,6 +217,7 @@ class Daemon:
                 else:
                     result = self._environments(state, started)
                     self.proposer.tick(state, started)
+                    self.forge.tick()
         except Exception:  # a bug must not kill the loop; the next pass tries again
             log.exception("internal error in a pass")
             result = Poll.FAILED
@@ -284,6 +287,7 @@ class Daemon:
             return None
         self._candidate, self._judgement = state, judgement
         self.notifier.configure(judgement.policy.settings.notify)
+        self.forge.configure(judgement.policy.forge)
         if not judgement.passed and judgement.refusal is not None:
             log.warning(
                 "commit %s is refused; the commit in force stays %s: %s",
@@ -443,6 +447,7 @@ class Daemon:
     def _outcome(self, state: DesiredState, o: EnvOutcome, inputs: Hashable, now: float) -> bool:
         """Update backoff and metrics from one environment's outcome; log transitions."""
         self.notifier.outcome(state, o)  # queued; sent once per transition
+        self.forge.outcome(self._candidate or state, state, o)  # likewise, on the forge
         name, backoff, m = o.environment, self.envs[o.environment], self.metrics
         changes = o.plan.changes if o.plan is not None else ()
         extra: dict[str, Any] = {"environment": name, "commit": state.commit}
@@ -567,6 +572,7 @@ def main(config: DaemonConfig, reconciler: Reconciler) -> int:
         server.shutdown()
         server.server_close()
         daemon.notifier.close()
+        daemon.forge.close()
         reconciler.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

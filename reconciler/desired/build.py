@@ -28,6 +28,7 @@ from reconciler.model import (
     DesiredTag,
     Discovery,
     Environment,
+    ForgeSettings,
     Identity,
     ItemRef,
     NotifyTarget,
@@ -166,7 +167,23 @@ class Builder:
             records_insecure_unsigned=bool(records.get("insecureUnsigned", False)),
             notify=self._notify(raw.get("notify") or []),
             unsigned_paths=tuple((raw.get("git") or {}).get("unsignedPaths") or ()),
+            forge=self._forge(raw.get("forge")),
         )
+
+    def _forge(self, raw: dict[str, Any] | None) -> ForgeSettings | None:
+        """``settings.forge`` (the schemas check its shape); a host the token must never
+        reach (link-local, a metadata endpoint) is refused here."""
+        if not raw:
+            return None
+        url = str(raw["url"]).rstrip("/")
+        host = receivers.literal_host(url)
+        if host is not None and receivers.classify(host)[0] is receivers.Reach.NEVER:
+            self.problem(
+                ("settings", "forge", "url"),
+                f"{host} is {receivers.classify(host)[1]}: the forge's token never goes there",
+                "name the forge by its public host name or address",
+            )
+        return ForgeSettings(raw["type"], url, raw["repository"], raw["tokenEnv"])
 
     def _registry(self, host: str, r: dict[str, Any]) -> RegistryEntry:
         """One host's settings; ``caFile`` is read from the tree (an input of the state)."""

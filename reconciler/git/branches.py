@@ -13,7 +13,7 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import GitSourceError
-from reconciler.git.source import GitSource, Snapshot, push_ref
+from reconciler.git.source import GitSource, Snapshot, fetch_ref, is_url, push_ref
 
 
 class BranchRefused(GitSourceError):
@@ -86,6 +86,27 @@ def push_branch(source: GitSource, branch: str) -> None:
             "add one (git remote add origin URL) or push the branch yourself",
         ) from None
     push_ref(remote, f"refs/heads/{branch}", source.location)
+
+
+def fetch_branch(source: GitSource, branch: str) -> None:
+    """Bring origin's ``branch`` into ``refs/remotes/origin/`` (a merge request's head that
+    someone else pushed); a URL's mirror has every branch after its fetch already.
+
+    Raises:
+        BranchRefused: the repository has no origin.
+        GitUnreachable: the fetch failed.
+    """
+    if is_url(source.location):
+        source.fetch()
+        return
+    try:
+        remote = source.repo.remotes["origin"]
+    except KeyError:
+        raise BranchRefused(
+            f"{source.display} has no remote 'origin' to fetch {branch} from",
+            "run it in a checkout of the forge's repository, or pass --repo with its URL",
+        ) from None
+    fetch_ref(remote, f"+refs/heads/{branch}:refs/remotes/origin/{branch}", source.location)
 
 
 def _signature(repo: pygit2.Repository) -> pygit2.Signature:

@@ -15,7 +15,7 @@ PACKAGE = Path(reconciler.__file__).parent
 # Bottom to top; the names of one layer may import each other.
 LAYERS: list[set[str]] = [
     {"errors", "model", "receivers", "__init__"},
-    {"git", "registry"},
+    {"git", "registry", "forge"},
     {"desired"},
     {"verify"},
     {"evidence"},
