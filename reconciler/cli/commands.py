@@ -460,6 +460,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"  {e.time}  {e.commit[:12]}  {e.kind:<9} {change:<16} {e.status}{mr}")
         merged = f", merged by {e.committer}" if e.committer != e.author else ""
         print(f"      {e.subject}  (asked by {e.author}{merged})")
+        if e.forge:
+            approved = ", ".join(e.forge["approvers"]) or "nobody"
+            print(
+                f"      merge request {e.merge_request} by {e.forge['author']}, approved by "
+                f"{approved}, merged by {e.forge['mergedBy'] or '-'}"
+            )
         if e.applied_at:
             how = _receipt_summary(e.verified)
             signed = f", record signed by key {e.signer}" if e.signer else ", record unsigned"

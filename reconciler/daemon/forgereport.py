@@ -167,7 +167,7 @@ class ForgeReporter:
             return Report(commit, name, "applied", marker, "\n".join(lines) + "\n", status)
         error = o.error or ReconcilerError("refused")
         rule = error.rule if isinstance(error, Refused) else ""
-        first = error.message.splitlines()[0]
+        first = (error.reason if isinstance(error, Refused) else error.message).splitlines()[0]
         lines = [
             marker,
             f"⛔ **Refused**: `{name}` was not moved to {env.catalog} `{env.release}` "

@@ -38,6 +38,7 @@ from reconciler.forge import Status as CommitStatus
 from reconciler.git.branches import fetch_branch
 from reconciler.model import DesiredState
 from reconciler.proposals.markdown import cell, plan_markdown
+from reconciler.verify import Refused
 
 __all__ = ["MARKER", "Check", "check", "evaluate", "forge_in_force", "open_merge_request"]
 
@@ -140,8 +141,9 @@ def _merge_base_state(reconciler: Reconciler, head: str, branch: str) -> Desired
 
 
 def _refusal_text(error: ReconcilerError) -> str:
-    rule = getattr(error, "rule", None)
-    return f"rule {rule}: {_first(error)}" if rule else _first(error)
+    if isinstance(error, Refused):
+        return f"rule {error.rule}: {error.reason.splitlines()[0]}"
+    return _first(error)
 
 
 def _first(error: ReconcilerError) -> str:
@@ -177,6 +179,11 @@ def describe(check: Check, headline: str, state: DesiredState | None = None) -> 
             release = state.release_of(o.environment)
             lines += ["", f"### {cell(o.environment)}: {cell(env.catalog)} `{cell(env.release)}`"]
             lines.append(f"- requires: {', '.join(env.requires) or 'nothing'}")
+            for c in o.plan.changes if o.plan else ():
+                lines.append(
+                    f"- moves `{cell(c.repository)}:{cell(c.tag)}`: "
+                    f"`{c.from_digest or '(none)'}` → `{c.to_digest or '(deleted)'}`"
+                )
             if release.hazards:
                 allowed = " (allowed: allowHazards)" if env.allow_hazards else ""
                 hazards = ", ".join(f"{k}: {v}" for k, v in release.hazards.items())
