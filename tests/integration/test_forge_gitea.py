@@ -74,7 +74,6 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     world: World = build_world(
         plain_registry.host, tmp_path, extra_files={"forge.cue": forge_cue(gitea, repo)}
     )
-    world.promote(dev="v1.2", staging="v1.2")
     world.repo.repo.remotes.create("origin", gitea.push_url(clone, "alice"))
     git("push", "origin", "main", cwd=world.repo.path)
 
@@ -91,8 +90,11 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
         "alice", "POST", f"/repos/{repo}/hooks",
         {"type": "gitea", "config": hook, "events": ["push"], "active": True},
     )  # fmt: skip
+    eventually(converged(world, dev="v1.1", staging="v1.1", prod="v1.1"), within(3), "first")
+    world.promote(dev="v1.2", staging="v1.2")  # pushed straight to main, before the flow
+    git("push", "origin", "main", cwd=world.repo.path)
     before = {"dev": "v1.2", "staging": "v1.2", "prod": "v1.1"}
-    eventually(converged(world, **before), within(3), "first convergence", daemon)
+    eventually(converged(world, **before), within(3), "staging at v1.2", daemon)
 
     # 1. promote prod v1.2 --open: a pull request whose description is the plan.
     monkeypatch.setenv(TOKEN_ENV, gitea.tokens["alice"])
