@@ -3,7 +3,7 @@
 #
 #   scripts/setup.sh           what `make demo` needs: git, ssh-keygen, `cue`, the venv
 #   scripts/setup.sh --peers   what only the tests need besides: the registry server,
-#                              skopeo, htpasswd, and the peers oras, crane, cosign
+#                              skopeo, htpasswd, the peers oras, crane, cosign and a Gitea
 #                              (built with Go from the module proxy; minutes the first time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +69,8 @@ if $peers; then
   else
     echo "warning: no go: oras, crane and cosign are not built; the peer tests will fail" >&2
   fi
+  # A real Gitea for the merge-request tests (its own recipe: it does not `go install`).
+  bash scripts/build-gitea.sh || echo "warning: gitea was not built; the forge tests will fail" >&2
   say "peers set up"
   exit 0
 fi

@@ -262,6 +262,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
                 branch=args.branch,
                 message=args.message,
                 push=args.push or args.open,
+                reuse=args.open,
             )
             opened = _open_mr(args, reconciler, proposal, ("promote", args.environment))
     finally:
@@ -277,7 +278,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         with progress(args, f"rollback {args.environment}"):
             proposal = Workflows(reconciler).rollback(
-                args.environment, to=args.to, branch=args.branch, push=args.push or args.open
+                args.environment,
+                to=args.to,
+                branch=args.branch,
+                push=args.push or args.open,
+                reuse=args.open,
             )
             opened = _open_mr(args, reconciler, proposal, ("rollback", args.environment))
     finally:
@@ -311,6 +316,7 @@ def cmd_release_add(args: argparse.Namespace) -> int:
                 branch=args.branch,
                 message=args.message,
                 push=args.push or args.open,
+                reuse=args.open,
             )
             opened = _open_mr(args, flows.reconciler, proposal, ("release", args.catalog))
     finally:

@@ -174,7 +174,7 @@ class ForgeReporter:
             f"(commit `{commit[:12]}`); nothing changed in the registry.",
             "",
             f"- rule: `{rule or 'error'}`",
-            f"- reason: {error.message}",
+            f"- reason: {error.reason if isinstance(error, Refused) else error.message}",
         ]
         if error.hint:
             lines.append(f"- way out: {error.hint}")

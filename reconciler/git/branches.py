@@ -64,6 +64,18 @@ def create_branch(source: GitSource, branch: str, message: str, tree: str, paren
     return str(oid)
 
 
+def existing_proposal(source: GitSource, branch: str, tree: str, parent: str) -> str | None:
+    """The commit of ``branch`` when it is exactly one commit of ``tree`` on ``parent`` (the
+    same proposal made before), else None."""
+    ref = source.repo.references.get(f"refs/heads/{branch}")
+    if ref is None:
+        return None
+    commit: Any = ref.peel(pygit2.Commit)
+    if str(commit.tree_id) == tree and [str(p) for p in commit.parent_ids] == [parent]:
+        return str(commit.id)
+    return None
+
+
 def branch_exists(source: GitSource, branch: str) -> bool:
     """Whether ``branch`` was proposed already: a local branch (in a URL's mirror: a
     branch of origin as of the last fetch) or origin's as last fetched into a checkout."""

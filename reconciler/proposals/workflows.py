@@ -24,6 +24,7 @@ from reconciler.git.branches import (
     BranchRefused,
     create_branch,
     edit_file,
+    existing_proposal,
     push_branch,
     revert,
     snapshot_of,
@@ -212,6 +213,7 @@ class Workflows:
         branch: str | None = None,
         message: str | None = None,
         push: bool = False,
+        reuse: bool = False,
     ) -> Proposal:
         """A branch ``promote/<env>/<release>`` whose one commit changes the environment's
         release literal in its file (every other byte kept), pre-checked as ``apply`` would
@@ -264,7 +266,7 @@ class Workflows:
         name = branch or promote_branch(env, release)
         proposal = Proposal(env, name, "", head, current.release, release, body)
         proposal.verified = verified
-        return self._commit(proposal, tree, head, push)
+        return self._commit(proposal, tree, head, push, reuse)
 
     # ------------------------------------------------------------------ release add
 
@@ -279,6 +281,7 @@ class Workflows:
         branch: str | None = None,
         message: str | None = None,
         push: bool = False,
+        reuse: bool = False,
     ) -> ReleaseProposal:
         """A branch ``release/<catalog>/<release>`` adding the release, newest first.
 
@@ -352,7 +355,7 @@ class Workflows:
             "", name, "", head, "", release, body, verified=verified,
             catalog=catalog, file=path, items={n.item: n for n in new},
         )  # fmt: skip
-        result = self._commit(proposal, tree, head, push)
+        result = self._commit(proposal, tree, head, push, reuse)
         assert isinstance(result, ReleaseProposal)
         return result
 
@@ -396,7 +399,13 @@ class Workflows:
     # ------------------------------------------------------------------ rollback
 
     def rollback(
-        self, env: str, *, to: str | None = None, branch: str | None = None, push: bool = False
+        self,
+        env: str,
+        *,
+        to: str | None = None,
+        branch: str | None = None,
+        push: bool = False,
+        reuse: bool = False,
     ) -> Proposal:
         """A branch whose one commit reverts the newest change of the environment's release
         (or the commit ``to``), pre-checked like :meth:`promote`. A new commit, not a reset:
@@ -437,7 +446,7 @@ class Workflows:
         )
         name = branch or _branch_name("rollback", env, target[:12])
         proposal = Proposal(env, name, "", head, before, after, body, verified=verified)
-        return self._commit(proposal, tree, head, push)
+        return self._commit(proposal, tree, head, push, reuse)
 
     def _find_promotion(self, head: str, path: str, env: str) -> str:
         """The newest commit that changed ``env``'s release in ``path``."""
@@ -517,9 +526,15 @@ class Workflows:
             raise WorkflowRefused("the edit changes settings, which a promotion must not")
         return replace(head, policy=replace(head.policy, state=proposed))
 
-    def _commit(self, proposal: Proposal, tree: str, head: str, push: bool) -> Proposal:
+    def _commit(
+        self, proposal: Proposal, tree: str, head: str, push: bool, reuse: bool = False
+    ) -> Proposal:
+        """Commit the proposal on its new branch (``reuse``: a branch that already holds
+        exactly this change on this base is taken as it is, so proposing twice updates
+        one merge request rather than failing)."""
+        same = existing_proposal(self.source, proposal.branch, tree, head) if reuse else None
         try:
-            proposal.commit = create_branch(
+            proposal.commit = same or create_branch(
                 self.source, proposal.branch, proposal.message, tree, head
             )
             log.info("made %s on %s", proposal.commit[:12], proposal.branch)

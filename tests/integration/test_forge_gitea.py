@@ -113,15 +113,16 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     assert "requires: staging" in body and "hazards: none" in body and "receipts" in body
     assert verify_state(gitea, repo, head, "reconciler/verify")["status"] == "success"
 
-    # 2. Opening again updates the one that exists: check-mr re-runs the same gate.
+    # 2. Opening again updates the one that exists; check-mr re-runs the same gate.
+    code, out = cli(capsys, "promote", "prod", "v1.2", "--open", "--repo", str(world.repo.path))
+    assert code == 0 and f"merge request !{number} updated" in out, out
     code, out = cli(capsys, "check-mr", str(number), "--repo", clone)
-    assert code == 0 and "success" in out, out
+    assert code == 0 and "reconciler/verify: success" in out, out
     assert len(gitea.api("alice", "GET", f"/repos/{repo}/pulls?state=open")) == 1
 
     # 3. bob approves and merges; the daemon applies and says so on the pull request.
     gitea.api("bob", "POST", f"/repos/{repo}/pulls/{number}/reviews", {"event": "APPROVED"})
-    gitea.api("bob", "POST", f"/repos/{repo}/pulls/{number}/merge", {"Do": "merge"})
-    merge = gitea.api("alice", "GET", f"/repos/{repo}/pulls/{number}")["merge_commit_sha"]
+    merge = gitea.merge(repo, number, "bob")
     after = {**before, "prod": "v1.2"}
     eventually(converged(world, **after), within(3), "the merged promotion applied", daemon)
 
@@ -172,8 +173,7 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     assert status["status"] == "failure" and "hazards" in status["description"]
 
     # 5. Merged anyway: refused, nothing moved, and the pull request says why.
-    gitea.api("bob", "POST", f"/repos/{repo}/pulls/{hazard}/merge", {"Do": "merge"})
-    hazard_merge = gitea.api("alice", "GET", f"/repos/{repo}/pulls/{hazard}")["merge_commit_sha"]
+    hazard_merge = gitea.merge(repo, hazard, "bob")
     eventually(lambda: bool(comment("**Refused**", hazard)), within(3), "the refused comment")
     refused = comment("**Refused**", hazard)
     assert "rule: `hazards`" in refused and "way out" in refused

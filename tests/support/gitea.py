@@ -73,6 +73,25 @@ class GiteaServer:
             time.sleep(0.1)
         pytest.fail(f"gitea does not show {repo} {branch} at {commit[:12]}")
 
+    def merge(self, repo: str, number: int, user: str = "bob") -> str:
+        """Merge (a merge commit) as ``user``: Gitea checks mergeability in the background and
+        answers 405 "try again later" meanwhile. The merge commit."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            response = requests.post(
+                f"{self.base}/api/v1/repos/{repo}/pulls/{number}/merge",
+                json={"Do": "merge"},
+                headers={"Authorization": f"token {self.tokens[user]}"},
+                timeout=30,
+            )
+            if response.status_code < 300:
+                return str(
+                    self.api("alice", "GET", f"/repos/{repo}/pulls/{number}")["merge_commit_sha"]
+                )
+            assert response.status_code == 405, f"merge: {response.status_code} {response.text}"
+            time.sleep(0.2)
+        pytest.fail(f"gitea did not merge {repo}#{number} within 30 s")
+
     def log(self) -> str:
         path = self.work / "log" / "gitea.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
