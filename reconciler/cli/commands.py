@@ -401,6 +401,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     Exit 1 when a proposal failed."""
     reconciler = make_reconciler(args)
     flows = Workflows(reconciler)
+    args.push = args.push or args.open
     if is_url(reconciler.source.location) and not args.push:
         raise Stalled(
             f"{reconciler.source.display} is a URL: branches made in the local mirror are lost",
@@ -418,11 +419,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
             findings = discover.discover_releases(flows, state, push=args.push, only=args.catalog)
             if args.follow:
                 findings += discover.follow_latest(flows, state, push=args.push, only=args.env)
+            opened = _open_findings(args, reconciler, findings)
     finally:
         reconciler.close()
     failed = any(f.status == discover.FindingStatus.FAILED for f in findings)
     if args.json:
-        _dump({"findings": [f.to_json() for f in findings]}, sys.stdout)
+        shown = [{**f.to_json(), **opened.get(f.branch, {})} for f in findings]
+        _dump({"findings": shown}, sys.stdout)
     elif args.quiet:
         for f in findings:
             if f.status == discover.FindingStatus.PROPOSED:
@@ -435,7 +438,25 @@ def cmd_discover(args: argparse.Namespace) -> int:
             for f in findings
         ]
         table(["KIND", "FOR", "RELEASE", "STATUS", "BRANCH", "WHY"], rows, sys.stdout)
+        for branch, found in opened.items():
+            mr = found["mergeRequest"]
+            print(f"merge request !{mr['number']} for {branch}: {mr['url']}")
     return 1 if failed else 0
+
+
+def _open_findings(
+    args: argparse.Namespace, reconciler: Reconciler, findings: Sequence[discover.Finding]
+) -> dict[str, dict[str, dict[str, object]]]:
+    """With ``--open``: a merge request for each new proposal, by branch."""
+    opened: dict[str, dict[str, dict[str, object]]] = {}
+    for f in findings:
+        if f.status != discover.FindingStatus.PROPOSED or f.proposal is None:
+            continue
+        kind = ("release", f.catalog) if f.environment is None else ("promote", f.environment)
+        mr = _open_mr(args, reconciler, f.proposal, kind)
+        if mr is not None:
+            opened[f.branch] = {"mergeRequest": mr}
+    return opened
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also propose promotions for environments with follow: latest",
     )
     disc.add_argument("--push", action="store_true", help="push the branches to origin")
+    _open(disc)
 
     check_mr = _command(
         sub, "check-mr", "run the gate on merge request N's head; set its reconciler/verify "

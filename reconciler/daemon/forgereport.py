@@ -31,6 +31,7 @@ from reconciler.forge import APPLY, CommitState, Forge, ForgeError, MergeRequest
 from reconciler.forge import Status as CommitStatus
 from reconciler.model import DesiredState, ForgeSettings
 from reconciler.proposals import mergerequests
+from reconciler.proposals.discover import Finding, FindingKind
 from reconciler.verify import Refused
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,43 @@ class ForgeReporter:
             log.warning("checking merge requests: %s", exc.message)
         except Exception:  # the loop must go on
             log.exception("checking merge requests: internal error")
+
+    # ------------------------------------------------------------------ proposing
+
+    def also(self, listener: Callable[[Finding], object]) -> Callable[[Finding], object]:
+        """``listener`` (the notifier's), then :meth:`proposed`: the daemon's discovery and
+        ``follow: latest`` proposals get their merge requests."""
+
+        def both(finding: Finding) -> object:
+            told = listener(finding)
+            self.proposed(finding)
+            return told
+
+        return both
+
+    def proposed(self, finding: Finding) -> None:
+        """Open the merge request of a pushed proposal (a branch made by the daemon)."""
+        forge, p = self.forge, finding.proposal
+        if forge is None or p is None or not p.pushed:
+            return
+        if finding.kind is FindingKind.RELEASE:
+            labels = ("release", finding.catalog)
+        else:
+            labels = ("promote", finding.environment or "")
+        try:
+            title = p.message.splitlines()[0]
+            mr, check, _ = mergerequests.open_merge_request(
+                self.reconciler, forge, p.branch, p.commit, title, labels
+            )
+            _remember(self._checked, (mr.number, p.commit))
+            log.info(
+                "opened merge request %d for %s: %s", mr.number, p.branch, check.state.value,
+                extra={"event": "mr-opened"},
+            )  # fmt: skip
+        except ReconcilerError as exc:
+            log.warning("opening the merge request of %s: %s", p.branch, exc.message)
+        except Exception:
+            log.exception("opening a merge request: internal error")
 
     # ------------------------------------------------------------------ reporting
 

@@ -152,10 +152,10 @@ class Daemon:
         # Telling people (settings.notify) and proposing branches (discover, follow):
         # reconciler/daemon/notify.py and reconciler/proposals/discover.py; neither can fail a pass.
         self.notifier = notify.Notifier(reconciler.identity, reconciler.source.display)
-        self.proposer = discover.Proposer(
-            reconciler, drift_interval, self.notifier.proposed, clock, only
-        )
         self.forge = ForgeReporter(reconciler, clock)  # settings.forge: checks and reports
+        self.proposer = discover.Proposer(
+            reconciler, drift_interval, self.forge.also(self.notifier.proposed), clock, only
+        )
 
     # -- scheduling
 

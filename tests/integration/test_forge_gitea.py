@@ -17,6 +17,7 @@ from reconciler.cli.main import main
 from reconciler.evidence import records
 from tests.support.daemon import DaemonProcess, converged, eventually, within
 from tests.support.gitea import GiteaServer
+from tests.support.publish import CATALOG_FILE, push_build, with_signers
 from tests.support.registry_servers import RegistryServer
 from tests.support.world import World, build_world, desired_only, expected_tags
 
@@ -51,6 +52,12 @@ def git(*args: str, cwd: Path | None = None) -> str:
 def verify_state(gitea: GiteaServer, repo: str, sha: str, context: str) -> dict[str, Any]:
     found = gitea.api("alice", "GET", f"/repos/{repo}/commits/{sha}/status")
     return next((s for s in found.get("statuses") or () if s["context"] == context), {})
+
+
+def recorded(world: World, env: str) -> str | None:
+    """The release of the environment's newest record (tags move before it is written)."""
+    head = records.read_head(world.registry, world.source, env)
+    return head.release if head is not None else None
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -95,6 +102,7 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     git("push", "origin", "main", cwd=world.repo.path)
     before = {"dev": "v1.2", "staging": "v1.2", "prod": "v1.1"}
     eventually(converged(world, **before), within(3), "staging at v1.2", daemon)
+    eventually(lambda: recorded(world, "staging") == "v1.2", within(1), "staging's record", daemon)
 
     # 1. promote prod v1.2 --open: a pull request whose description is the plan.
     monkeypatch.setenv(TOKEN_ENV, gitea.tokens["alice"])
@@ -167,6 +175,13 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
         {"head": "hotfix/prod-v1.0", "base": "main", "title": "prod to v1.0", "body": "urgent"},
     )  # fmt: skip
     hazard = opened["number"]
+    # The daemon checks a new head by itself (as it re-checks after every push) …
+    eventually(
+        lambda: verify_state(gitea, repo, hazard_head, "reconciler/verify").get("status")
+        == "failure",
+        within(8), "the daemon's check of the new pull request", daemon,
+    )  # fmt: skip
+    # … and check-mr (e.g. from CI) runs the same gate.
     code, out = cli(capsys, "check-mr", str(hazard), "--repo", clone)
     assert code == 1 and "rule hazards" in out, out
     status = verify_state(gitea, repo, hazard_head, "reconciler/verify")
@@ -181,3 +196,45 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     assert desired_only(world.tags()) == expected_tags(world, **after)  # the registry untouched
     found = gitea.api("alice", "GET", f"/repos/{repo}/issues/{hazard}/comments")
     assert sum("**Refused**" in c["body"] for c in found) == 1  # once per transition
+
+
+DISCOVER = '\tdiscover: {tag: "^(v[0-9]+[.][0-9]+)$", items: {web: "web-", worker: "worker-"}}\n'
+
+
+def test_discover_open_opens_a_merge_request_for_each_new_release(
+    gitea: GiteaServer,
+    plain_registry: RegistryServer,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"state-{uuid.uuid4().hex[:8]}"
+    repo = f"alice/{name}"
+    clone = gitea.create_repo(name)
+    world = build_world(
+        plain_registry.host, tmp_path, extra_files={"forge.cue": forge_cue(gitea, repo)}
+    )
+    key = with_signers(world)
+    catalog = (world.repo.path / CATALOG_FILE).read_text()
+    world.repo.commit(
+        {CATALOG_FILE: catalog.replace("\treleases: [", DISCOVER + "\treleases: [", 1)},
+        "discover releases from tags",
+    )
+    world.repo.repo.remotes.create("origin", gitea.push_url(clone, "alice"))
+    git("push", "origin", "main", cwd=world.repo.path)
+    v13 = push_build(world, "v1.3", key, tag="{item}-{version}")
+    monkeypatch.setenv(TOKEN_ENV, gitea.tokens["alice"])
+
+    code, out = cli(capsys, "discover", "--open", "--json", "--repo", gitea.push_url(clone))
+    assert code == 0, out
+    [finding] = json.loads(out)["findings"]
+    assert finding["status"] == "proposed" and finding["mergeRequest"]["action"] == "opened"
+    pr = gitea.api("alice", "GET", f"/repos/{repo}/pulls/{finding['mergeRequest']['number']}")
+    assert pr["head"]["ref"] == "release/example.org-acme-shop/v1.3"
+    assert {label["name"] for label in pr["labels"]} == {
+        "reconciler", "release", "example.org/acme/shop",
+    }  # fmt: skip
+    status = verify_state(gitea, repo, pr["head"]["sha"], "reconciler/verify")
+    assert status["status"] == "success", status
+    assert v13  # built and signed; release add verified each item before the branch
