@@ -233,6 +233,7 @@ class ForgeReporter:
         while True:
             report = self._queue.get()
             if report is None:
+                self._queue.task_done()
                 return
             try:
                 self._send(report)
@@ -240,6 +241,8 @@ class ForgeReporter:
                 log.warning("merge request report for %s: %s", report.commit[:12], exc.message)
             except Exception:
                 log.exception("merge request report: internal error")
+            finally:
+                self._queue.task_done()
 
     def _send(self, report: Report) -> None:
         forge = self.forge
@@ -264,8 +267,8 @@ class ForgeReporter:
     def flush(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for queued reports (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def close(self) -> None:
         """Send what is queued (briefly), then stop the thread."""
