@@ -90,20 +90,26 @@ class ForgeReporter:
             return
         self._next_check = self.clock() + CHECK_INTERVAL
         try:
-            for mr in forge.list_open():
-                seen = (mr.number, mr.head_sha) in self._checked
-                if seen or mr.base_branch != self.reconciler.ref:
-                    continue
-                _, check = mergerequests.check(self.reconciler, forge, mr.number)
-                _remember(self._checked, (mr.number, mr.head_sha))
-                log.info(
-                    "merge request %d at %s: %s", mr.number, mr.head_sha[:12], check.state.value,
-                    extra={"event": "checked"},
-                )  # fmt: skip
+            found = forge.list_open()
         except ReconcilerError as exc:
-            log.warning("checking merge requests: %s", exc.message)
-        except Exception:  # the loop must go on
-            log.exception("checking merge requests: internal error")
+            log.warning("listing merge requests: %s", exc.message)
+            return
+        for mr in found:
+            if (mr.number, mr.head_sha) in self._checked or mr.base_branch != self.reconciler.ref:
+                continue
+            _remember(self._checked, (mr.number, mr.head_sha))  # tried once per head
+            try:
+                _, check = mergerequests.check(self.reconciler, forge, mr.number)
+            except ReconcilerError as exc:
+                log.warning("checking merge request %d: %s", mr.number, exc.message)
+                continue
+            except Exception:  # the loop must go on
+                log.exception("checking merge request %d: internal error", mr.number)
+                continue
+            log.info(
+                "merge request %d at %s: %s", mr.number, mr.head_sha[:12], check.state.value,
+                extra={"event": "checked"},
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ proposing
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reconciler.engine.reconcile import Mode, PassResult, Reconciler, Status
-from reconciler.errors import ReconcilerError, Transient
+from reconciler.errors import ReconcilerError, Stalled, Transient
 from reconciler.forge import (
     LABEL,
     VERIFY,
@@ -36,7 +36,7 @@ from reconciler.forge import (
 )
 from reconciler.forge import Status as CommitStatus
 from reconciler.git.branches import fetch_branch
-from reconciler.model import DesiredState
+from reconciler.model import DesiredState, Settings
 from reconciler.proposals.markdown import cell, plan_markdown
 from reconciler.verify import Refused
 
@@ -101,6 +101,10 @@ def evaluate(reconciler: Reconciler, head: str, base_branch: str | None = None) 
         return Check(head, CommitState.ERROR, f"could not load: {_first(exc)}", error=exc)
     except ReconcilerError as exc:
         return Check(head, CommitState.FAILURE, f"invalid: {_first(exc)}", error=exc)
+    branch = base_branch or reconciler.ref
+    behind = _behind(reconciler, head, branch)
+    if behind is not None:
+        return Check(head, CommitState.FAILURE, behind.message, error=behind)
     try:
         judgement = reconciler.judge(state)
     except ReconcilerError as exc:
@@ -109,10 +113,16 @@ def evaluate(reconciler: Reconciler, head: str, base_branch: str | None = None) 
         refusal = judgement.refusal
         text = _refusal_text(refusal) if refusal else f"commit {head[:12]} is not in force"
         return Check(head, CommitState.FAILURE, text, error=refusal)
-    before = _merge_base_state(reconciler, head, base_branch or reconciler.ref)
+    before = _merge_base_state(reconciler, head, branch)
     envs = changed_environments(before, state)
     if not envs:
         return Check(head, CommitState.SUCCESS, "valid; no environment changes", [])
+    # The gate runs under the settings in force on the base branch (registries, record
+    # keys): a branch cannot vouch for itself, e.g. with a record key of its own.
+    in_force = _base_settings(reconciler, branch)
+    if state.proposed_settings != in_force:
+        as_in_force = replace(state, proposed_settings=in_force)
+        judgement = replace(judgement, policy=replace(judgement.policy, state=as_in_force))
     result = reconciler.run(Mode.PLAN, envs, state=state, judgement=judgement)
     bad = [o for o in result.outcomes if o.status in (Status.REFUSED, Status.FAILED)]
     if bad:
@@ -128,6 +138,30 @@ def evaluate(reconciler: Reconciler, head: str, base_branch: str | None = None) 
         env = state.environments[o.environment]
         parts.append(f"{o.environment} {env.release}: {o.status.value}, {moves} tag(s) to move")
     return Check(head, CommitState.SUCCESS, "verified: " + "; ".join(parts), envs, result)
+
+
+def _behind(reconciler: Reconciler, head: str, branch: str) -> Stalled | None:
+    """Why ``head`` cannot be checked as the merge will be applied: it does not contain
+    ``branch``'s head (the gate judges a trail from the commit in force)."""
+    try:
+        tip = str(reconciler.source.resolve(branch).id)
+    except ReconcilerError:
+        return None
+    if reconciler.history.descends(head, tip):
+        return None
+    return Stalled(
+        f"the branch is behind {branch}: it does not contain {branch}'s head {tip[:12]}",
+        f"merge {branch} into the branch (or rebase it); the check runs again on the push",
+    )
+
+
+def _base_settings(reconciler: Reconciler, branch: str) -> Settings:
+    """The settings in force at ``branch``'s head (defaults when nothing is in force)."""
+    try:
+        head = str(reconciler.source.resolve(branch).id)
+        return reconciler.judge(reconciler.state_at(head)).policy.settings
+    except ReconcilerError:
+        return Settings()
 
 
 def _merge_base_state(reconciler: Reconciler, head: str, branch: str) -> DesiredState | None:

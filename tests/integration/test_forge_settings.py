@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pygit2
 import pytest
 
+from reconciler.forge import CommitState
 from reconciler.forge.gitea import Gitea
-from reconciler.proposals.mergerequests import forge_in_force
+from reconciler.proposals.mergerequests import evaluate, forge_in_force
 from tests.support.attack import require_signed_commits
 from tests.support.registry_servers import RegistryServer
 from tests.support.world import build_world
@@ -46,3 +48,35 @@ def test_the_forge_and_its_token_come_only_from_the_policy_in_force(
     signed.signed({"forge.cue": forge_cue("https://git2.example.org")}, "move the forge")
     forge = forge_in_force(world.reconciler())
     assert isinstance(forge, Gitea) and forge.api.base == "https://git2.example.org/api/v1"
+
+
+def test_a_merge_requests_check_runs_under_the_settings_in_force_not_its_own(
+    plain_registry: RegistryServer, tmp_path: Path, cue_bin: str
+) -> None:
+    """A branch that changes settings (here: its registry stops being plain HTTP, as it
+    could add a record key of its own) is checked under the settings in force on main."""
+    world = build_world(plain_registry.host, tmp_path)
+    repo = world.repo.repo
+    main = str(repo.references["refs/heads/main"].target)
+    settings = (world.repo.path / "reconciler.cue").read_text()
+    head = world.repo.commit(
+        {
+            "environments/dev.cue": world.env("dev", "v1.2"),
+            "reconciler.cue": settings.replace("plainHTTP: true", "plainHTTP: false"),
+        },
+        "dev to v1.2, and my own registry settings",
+    )
+    repo.references["refs/heads/main"].set_target(main)  # the commit is a branch's, not main's
+    repo.references.create("refs/heads/feature", head)
+    tags = world.tags()
+    check = evaluate(world.reconciler(), head)
+    assert check.state is CommitState.SUCCESS, check.summary
+    assert check.environments == ["dev"] and "dev v1.2" in check.summary
+    assert world.tags() == tags  # a check writes nothing
+
+    # main moves on: the branch no longer holds what the merge would be judged from
+    world.repo.repo.checkout("refs/heads/main", strategy=pygit2.enums.CheckoutStrategy.FORCE)
+    world.repo.commit({"environments/staging.cue": world.env("staging", "v1.2")}, "staging")
+    behind = evaluate(world.reconciler(), head)
+    assert behind.state is CommitState.FAILURE and "behind main" in behind.summary
+    assert behind.error is not None and "merge main into the branch" in behind.error.hint
