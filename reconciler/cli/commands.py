@@ -256,6 +256,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     reconciler = make_reconciler(args)
     try:
         with progress(args, f"promote {args.environment}"):
+            _forge_first(args, reconciler)
             proposal = Workflows(reconciler).promote(
                 args.environment,
                 args.release,
@@ -277,6 +278,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     reconciler = make_reconciler(args)
     try:
         with progress(args, f"rollback {args.environment}"):
+            _forge_first(args, reconciler)
             proposal = Workflows(reconciler).rollback(
                 args.environment,
                 to=args.to,
@@ -307,6 +309,7 @@ def cmd_release_add(args: argparse.Namespace) -> int:
     flows = Workflows(make_reconciler(args))
     try:
         with progress(args, f"release {args.release}"):
+            _forge_first(args, flows.reconciler)
             proposal = flows.release_add(
                 args.catalog,
                 args.release,
@@ -325,6 +328,12 @@ def cmd_release_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forge_first(args: argparse.Namespace, reconciler: Reconciler) -> None:
+    """With ``--open``, the forge of the policy in force before any branch is made, so a
+    missing ``settings.forge`` or token fails first (kept on ``args.forge``)."""
+    args.forge = mergerequests.forge_in_force(reconciler) if args.open else None
+
+
 def _open_mr(
     args: argparse.Namespace, reconciler: Reconciler, p: Proposal, labels: Sequence[str]
 ) -> dict[str, object] | None:
@@ -332,7 +341,7 @@ def _open_mr(
     forge of the policy in force, with its ``reconciler/verify`` status."""
     if not args.open:
         return None
-    forge = mergerequests.forge_in_force(reconciler)
+    forge = getattr(args, "forge", None) or mergerequests.forge_in_force(reconciler)
     title = p.message.splitlines()[0]
     mr, check, new = mergerequests.open_merge_request(
         reconciler, forge, p.branch, p.commit, title, labels
@@ -409,6 +418,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         )
     try:
         with progress(args, "discover"):
+            _forge_first(args, reconciler)
             state = reconciler.load()
             unknown = sorted(set(args.catalog or ()) - set(state.catalogs))
             if unknown:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from reconciler.cli.main import main
 from reconciler.forge import CommitState
 from reconciler.forge.gitea import Gitea
 from reconciler.proposals.mergerequests import evaluate, forge_in_force
@@ -80,3 +81,23 @@ def test_a_merge_requests_check_runs_under_the_settings_in_force_not_its_own(
     behind = evaluate(world.reconciler(), head)
     assert behind.state is CommitState.FAILURE and "behind main" in behind.summary
     assert behind.error is not None and "merge main into the branch" in behind.error.hint
+
+
+def test_open_without_a_forge_or_its_token_fails_before_any_branch_is_made(
+    plain_registry: RegistryServer,
+    tmp_path: Path,
+    cue_bin: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = build_world(plain_registry.host, tmp_path)
+    repo = str(world.repo.path)
+    assert main(["promote", "dev", "v1.2", "--open", "--repo", repo]) == 1
+    assert "no forge is configured: settings.forge is not set" in capsys.readouterr().err
+
+    world.repo.commit({"forge.cue": forge_cue("https://git.example.org")}, "a forge")
+    monkeypatch.delenv("RECONCILER_FORGE_T", raising=False)
+    assert main(["promote", "dev", "v1.2", "--open", "--repo", repo]) == 1
+    err = capsys.readouterr().err
+    assert "$RECONCILER_FORGE_T" in err and "is not set" in err
+    assert set(world.repo.repo.branches.local) == {"main"}  # nothing made, nothing pushed
