@@ -197,6 +197,15 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     found = gitea.api("alice", "GET", f"/repos/{repo}/issues/{hazard}/comments")
     assert sum("**Refused**" in c["body"] for c in found) == 1  # once per transition
 
+    # 6. The way out: rollback --open proposes the revert as a merge request of its own.
+    code, out = cli(capsys, "rollback", "prod", "--open", "--json", "--repo", gitea.push_url(clone))
+    assert code == 0, out
+    revert = json.loads(out)
+    assert (revert["from"], revert["to"]) == ("v1.0", "v1.2")
+    assert revert["mergeRequest"]["status"]["state"] == "success"
+    pr = gitea.api("alice", "GET", f"/repos/{repo}/pulls/{revert['mergeRequest']['number']}")
+    assert {label["name"] for label in pr["labels"]} == {"reconciler", "rollback", "prod"}
+
 
 DISCOVER = '\tdiscover: {tag: "^(v[0-9]+[.][0-9]+)$", items: {web: "web-", worker: "worker-"}}\n'
 
