@@ -26,11 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from reconciler.evidence import records
-from reconciler.registry import OCI_INDEX, OCI_MANIFEST, LayoutRegistry, referrers_tag
 from reconciler.evidence.signing import new_signing_key
+from reconciler.registry import OCI_INDEX, OCI_MANIFEST, LayoutRegistry, referrers_tag
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "quickstart"
 RELEASES = ("v1.0", "v1.1", "v1.2")
 WHO = ("Dana Developer", "dana@example.org")
 REVIEWER = ("Riley Reviewer", "riley@example.org")
@@ -120,28 +119,41 @@ def sign(store: LayoutRegistry, repo: str, digest: str, key: ec.EllipticCurvePri
     put(store, repo, json.dumps(doc).encode(), OCI_MANIFEST, referrers_tag(digest) + ".sig")
 
 
-def catalog_cue(source: str, digests: dict[str, dict[str, str]]) -> str:
-    releases = []
-    for release in reversed(RELEASES):
-        items = "\n".join(
-            f'\t\t\t\t{i}:{" " * (7 - len(i))}"{d}"' for i, d in digests[release].items()
-        )
-        hazards = (
-            '\n\t\t\thazards: {"CVE-2026-1234": "session fixation in web; fixed in v1.1"}'
-            if release == "v1.0"
-            else ""
-        )
-        releases.append(
-            f'\t\t{{\n\t\t\tname: "{release}"\n\t\t\titems: {{\n{items}\n\t\t\t}}{hazards}\n\t\t}},'
-        )
-    return (
-        "package reconciler\n\n"
-        "// Written by the release pipeline: one entry per release, signed with keys/cosign.pub.\n"
-        'catalogs: "example.org/acme/shop": {\n'
-        f'\tsource: "{source}"\n\tsigners: keys: ["keys/cosign.pub"]\n\treleases: [\n'
-        + "\n".join(releases)
-        + "\n\t]\n}\n"
-    )
+def catalog(source: str, digests: dict[str, dict[str, str]]) -> dict[str, object]:
+    """The shop's catalog as a release pipeline writes it: newest release first."""
+    hazards = {"v1.0": {"CVE-2026-1234": "session fixation in web; fixed in v1.1"}}
+    releases = [
+        {"name": r, "items": digests[r], **({"hazards": hazards[r]} if r in hazards else {})}
+        for r in reversed(RELEASES)
+    ]
+    return {
+        "name": "example.org/acme/shop",
+        "source": source,
+        "signers": {"keys": ["keys/cosign.pub"]},
+        "releases": releases,
+    }
+
+
+# The environments of examples/quickstart, all on v1.1. The demo writes its state as JSON,
+# which the reconciler reads without `cue` (so `make demo` needs no Go build); CUE states
+# work the same way and are what examples/quickstart shows.
+ENVIRONMENTS: dict[str, dict[str, object]] = {
+    "dev": {"catalog": "example.org/acme/shop", "release": "v1.1"},
+    "staging": {"catalog": "example.org/acme/shop", "release": "v1.1", "requires": ["dev"]},
+    "prod": {
+        "catalog": "example.org/acme/shop",
+        "release": "v1.1",
+        "items": ["web", "worker"],
+        "requires": ["staging"],
+        "target": {"tag": "prod-{item}"},
+        "prune": True,
+    },
+}
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 class Demo:
@@ -219,33 +231,28 @@ def main() -> int:
             print(f"   {release}: " + ", ".join(f"{i} {d[:19]}" for i, d in items.items()))
         print(f"   signed with a new cosign key; registry: oci:{source}")
 
-        demo.step("A state repository (examples/quickstart) on a bare remote")
+        demo.step("A state repository (examples/quickstart, as JSON) on a bare remote")
         state = work / "state"
-        shutil.copytree(EXAMPLE, state)
+        (state / "keys").mkdir(parents=True)
         pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         (state / "keys" / "cosign.pub").write_bytes(pem)
-        (state / "catalogs" / "shop.cue").write_text(catalog_cue(f"oci:{source}", digests))
+        write_json(state / "catalogs" / "shop.json", catalog(f"oci:{source}", digests))
         record_key, root = work / "records.key", work / "trust-root.json"
         # The trust root lives outside the repository it judges: every host gets it.
         demo.run("keygen", str(record_key), "--write-trust-root", str(root), repo=False)
         demo.env["RECONCILER_RECORD_KEY"] = str(record_key)
         demo.env["RECONCILER_TRUST_ROOT"] = str(root)
         shutil.copy(work / "records.key.pub", state / "keys" / "records.pub")
-        (state / "reconciler.cue").write_text(
-            "package reconciler\n\nsettings: {\n"
-            '\tverify: keys: ["keys/cosign.pub"]\n'
-            '\trecords: keys: ["keys/records.pub"] // apply records count only when signed\n}\n'
-        )
-        for env, release in (("dev", "v1.1"), ("staging", "v1.1"), ("prod", "v1.1")):
-            path = state / "environments" / f"{env}.cue"
-            text = path.read_text()
-            start = text.index("release:")
-            end = text.index("\n", start)
-            path.write_text(
-                text[:start] + text[start:end].split('"')[0] + f'"{release}"' + text[end:]
-            )
+        # Apply records count only when signed by keys/records.pub.
+        settings = {
+            "verify": {"keys": ["keys/cosign.pub"]},
+            "records": {"keys": ["keys/records.pub"]},
+        }
+        write_json(state / "reconciler.json", settings)
+        for env, spec in ENVIRONMENTS.items():
+            write_json(state / "environments" / f"{env}.json", spec)
         repo = pygit2.init_repository(str(state), initial_head="main")
         repo.index.add_all()
         repo.index.write()

