@@ -67,11 +67,13 @@ class ForgeReporter:
         self._merged: dict[str, MergeRequest | None] = {}
         self._queue: queue.Queue[Report | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._configured = False
 
     def configure(self, settings: ForgeSettings | None) -> None:
         """``settings.forge`` of the policy in force, each pass; a change takes effect now."""
-        if settings == self.settings and (self.forge is not None or settings is None):
-            return
+        if settings == self.settings and self._configured:
+            return  # the environment (the token) does not change while the daemon runs
+        self._configured = True
         self.settings, self.forge = settings, None
         if settings is None:
             return

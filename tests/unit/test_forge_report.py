@@ -4,8 +4,11 @@ commit. The real thing on Gitea: tests/integration/test_forge_gitea.py."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import pytest
 
 from reconciler.daemon.forgereport import ForgeReporter
 from reconciler.engine.apply import ApplyResult
@@ -20,6 +23,7 @@ from reconciler.model import (
     Drift,
     Environment,
     EnvPlan,
+    ForgeSettings,
     ItemRef,
     Release,
     Settings,
@@ -170,3 +174,17 @@ def test_nothing_is_done_without_a_forge() -> None:
     r.outcome(STATES[MERGE], STATES[MERGE], applied())
     r.tick()
     assert r.forge is None and r._queue.unfinished_tasks == 0
+
+
+def test_a_missing_token_is_said_once_not_every_pass(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECONCILER_FORGE_X", raising=False)
+    r = ForgeReporter(FakeReconciler())  # type: ignore[arg-type]
+    settings = ForgeSettings("gitea", "https://git.example.org", "a/b", "RECONCILER_FORGE_X")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            r.configure(settings)
+    assert r.forge is None
+    said = [m for m in caplog.messages if "not checked or reported" in m]
+    assert len(said) == 1 and "$RECONCILER_FORGE_X" in said[0]
