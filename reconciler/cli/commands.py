@@ -527,7 +527,13 @@ def _receipt_summary(verified: Mapping[str, str]) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``validate`` (for merge-request CI): the state loads and cross-checks, or the error
-    names every problem; ``--worktree`` checks the work tree's files, edits included."""
+    names every problem; ``--worktree`` checks the work tree's files, edits included;
+    ``--mr N`` is ``check-mr N``."""
+    if args.mr is not None:
+        if args.worktree:
+            raise Stalled("--mr checks a merge request's head, not the work tree: pass one")
+        args.number = args.mr
+        return cmd_check_mr(args)
     reconciler = make_reconciler(args)
     shown = redact_url(args.repo) if is_url(args.repo) else args.repo
     if args.worktree:

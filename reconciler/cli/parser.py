@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the files of the work tree (edits included), not a commit",
     )
+    validate.add_argument(
+        "--mr", type=int, metavar="N", help="as check-mr N: the gate on merge request N's head"
+    )
 
     plan = _command(
         sub, "plan", "show the changes each environment needs and what blocks them", cmd_plan

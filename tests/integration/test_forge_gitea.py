@@ -184,6 +184,8 @@ def test_a_promotion_is_a_merge_request_checked_merged_applied_and_reported(
     # … and check-mr (e.g. from CI) runs the same gate.
     code, out = cli(capsys, "check-mr", str(hazard), "--repo", clone)
     assert code == 1 and "rule hazards" in out, out
+    code, again = cli(capsys, "validate", "--mr", str(hazard), "--repo", clone)
+    assert code == 1 and "rule hazards" in again, again
     status = verify_state(gitea, repo, hazard_head, "reconciler/verify")
     assert status["status"] == "failure" and "hazards" in status["description"]
 
