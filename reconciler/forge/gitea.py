@@ -94,10 +94,12 @@ class Gitea:
 
     def add_labels(self, number: int, labels: tuple[str, ...]) -> None:
         """Labels by name, created in the repository when missing."""
-        known = {
-            str(d["name"]): int(d["id"])
-            for d in self.api.call("GET", f"{self._repo}/labels", params={"limit": 50}) or ()
-        }
+        known: dict[str, int] = {}
+        for page in range(1, 21):  # 50 a page; a repository with more than 1000 labels errs
+            found = self.api.call("GET", f"{self._repo}/labels", params={"limit": 50, "page": page})
+            known.update({str(d["name"]): int(d["id"]) for d in found or ()})
+            if len(found or ()) < 50:
+                break
         for name in labels:
             if name not in known:
                 made = self.api.call(

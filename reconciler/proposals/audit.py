@@ -179,6 +179,7 @@ def audit(
     head = str(flows.source.resolve(reconciler.ref).id)
     registries = reconciler.registries(policy)
     forge = _forge(policy)
+    asked_forge: dict[str, dict[str, Any] | None] = {}
     timelines: dict[str, list[AuditEntry]] = {}
     anomalies_of: dict[str, list[AuditEntry]] = {}
     for name in names:
@@ -225,7 +226,9 @@ def audit(
                 status=EntryStatus.PENDING,
             )
             if forge is not None:
-                entry.forge = _from_forge(forge, commit.id)
+                if commit.id not in asked_forge:  # a commit that changed several files
+                    asked_forge[commit.id] = _from_forge(forge, commit.id)
+                entry.forge = asked_forge[commit.id]
                 if entry.forge is not None:
                     entry.merge_request = f"!{entry.forge['number']}"
             mine.append(entry)

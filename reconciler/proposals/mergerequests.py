@@ -123,7 +123,11 @@ def evaluate(reconciler: Reconciler, head: str, base_branch: str | None = None) 
     if state.proposed_settings != in_force:
         as_in_force = replace(state, proposed_settings=in_force)
         judgement = replace(judgement, policy=replace(judgement.policy, state=as_in_force))
-    result = reconciler.run(Mode.PLAN, envs, state=state, judgement=judgement)
+    try:
+        result = reconciler.run(Mode.PLAN, envs, state=state, judgement=judgement)
+    except ReconcilerError as exc:  # before any environment ran (e.g. registry settings)
+        again = CommitState.ERROR if isinstance(exc, Transient) else CommitState.FAILURE
+        return Check(head, again, _refusal_text(exc), envs, error=exc)
     bad = [o for o in result.outcomes if o.status in (Status.REFUSED, Status.FAILED)]
     if bad:
         first = bad[0]
@@ -296,7 +300,12 @@ def check(reconciler: Reconciler, forge: Forge, number: int) -> tuple[MergeReque
     try:
         reconciler.source.repo[mr.head_sha]
     except (KeyError, ValueError):
-        fetch_branch(reconciler.source, mr.head_branch)
+        try:
+            fetch_branch(reconciler.source, mr.head_branch)
+        except ReconcilerError as exc:  # a fork's branch, a remote down: never left pending
+            text = f"cannot fetch the head: {_first(exc)}"
+            forge.set_status(mr.head_sha, CommitStatus(VERIFY, CommitState.ERROR, _one_line(text)))
+            raise
     check_ = evaluate(reconciler, mr.head_sha, mr.base_branch)
     if MARKER in mr.body:
         body = describe(check_, mr.title, _state(reconciler, mr.head_sha))
