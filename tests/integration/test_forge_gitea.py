@@ -249,3 +249,51 @@ def test_discover_open_opens_a_merge_request_for_each_new_release(
     status = verify_state(gitea, repo, pr["head"]["sha"], "reconciler/verify")
     assert status["status"] == "success", status
     assert v13  # built and signed; release add verified each item before the branch
+
+
+def test_the_daemons_follow_latest_proposal_is_a_merge_request(
+    gitea: GiteaServer,
+    plain_registry: RegistryServer,
+    tmp_path: Path,
+    cue_bin: str,
+    daemons: list[DaemonProcess],
+) -> None:
+    name = f"state-{uuid.uuid4().hex[:8]}"
+    repo = f"alice/{name}"
+    clone = gitea.create_repo(name)
+    world = build_world(
+        plain_registry.host, tmp_path, extra_files={"forge.cue": forge_cue(gitea, repo)}
+    )
+    world.repo.commit({"environments/dev.cue": world.env("dev", "v1.1", '\n\tfollow: "latest"')})
+    world.repo.repo.remotes.create("origin", gitea.push_url(clone, "alice"))
+    git("push", "origin", "main", cwd=world.repo.path)
+
+    # The daemon pushes its proposals, so its URL carries alice's credentials (as a token).
+    token = gitea.tokens["alice"]
+    daemon_env = {TOKEN_ENV: token, "RECONCILER_CACHE_DIR": str(tmp_path / "dc")}
+    daemon = DaemonProcess(
+        tmp_path / "daemon.log", gitea.push_url(clone), "--discover-interval", "1", env=daemon_env
+    )
+    daemons.append(daemon)
+
+    def proposal() -> dict[str, Any] | None:
+        pulls = gitea.api("alice", "GET", f"/repos/{repo}/pulls?state=open", ok=False)
+        if not isinstance(pulls, list):  # 404 while Gitea still takes the repository for empty
+            return None
+        return next((p for p in pulls if p["head"]["ref"] == "promote/dev/v1.2"), None)
+
+    def labels() -> set[str]:
+        found = proposal()
+        return {label["name"] for label in found["labels"]} if found else set()
+
+    # Opened, then labelled: the labels are its last step but one.
+    eventually(lambda: labels() == {"reconciler", "promote", "dev"}, within(5), "the MR", daemon)
+    pr = proposal()
+    assert pr is not None
+    assert world.digests["v1.2"]["web"] in pr["body"]
+    eventually(
+        lambda: verify_state(gitea, repo, pr["head"]["sha"], "reconciler/verify").get("status")
+        == "success",
+        within(2), "reconciler/verify on the daemon's proposal", daemon,
+    )  # fmt: skip
+    assert token not in daemon.log.read_text()  # never logged
