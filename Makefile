@@ -11,7 +11,7 @@ export PATH := $(PATH):$(CURDIR)/.tools/bin
 setup:
 	@bash scripts/setup.sh
 
-# What only the tests use besides: a registry server, skopeo, and the peers oras, crane
+# What only the tests use besides: a registry server, skopeo, a Gitea, and the peers oras, crane
 # and cosign built with Go (a few minutes the first time, then Go's caches).
 peers:
 	@bash scripts/setup.sh --peers

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
+
+from reconciler.fencing import Term
 
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -162,6 +163,25 @@ class NotifyTarget:
     url_env: str | None = None
 
 
+FORGE_KINDS = ("gitea", "github", "gitlab")
+FORGE_ENV_RE = re.compile(r"^RECONCILER_FORGE_[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class ForgeSettings:
+    """``settings.forge``: where merge requests are opened, checked and reported on.
+
+    ``token_env`` names a variable of the reconciler's own environment (it starts with
+    ``RECONCILER_FORGE_``): the token is never read from git, and goes only to ``url``,
+    which only a commit in force can name.
+    """
+
+    type: str  # gitea | github | gitlab
+    url: str  # the API's origin, e.g. https://gitea.example.org or https://api.github.com
+    repository: str  # owner/name (GitLab: the project's path)
+    token_env: str
+
+
 @dataclass(frozen=True)
 class Settings:
     """A commit's ``settings``. Proposed by that commit; used only once the commit is in
@@ -176,6 +196,7 @@ class Settings:
     notify: tuple[NotifyTarget, ...] = ()  # settings.notify
     unsigned_paths: tuple[str, ...] = ()  # settings.git.unsignedPaths: may change unsigned
     freeze: tuple[FreezeWindow, ...] = ()  # settings.freeze: windows for every environment
+    forge: ForgeSettings | None = None  # settings.forge: merge requests
 
 
 @dataclass(frozen=True)
@@ -420,65 +441,6 @@ RECORD_MEDIA_TYPE = "application/vnd.reconciler.record.v1+json"
 def record_tag(env: str) -> str:
     """The tag of an environment's newest apply record, in its target repository."""
     return f"{RECORD_TAG_PREFIX}{env}"
-
-
-@dataclass(frozen=True)
-class Term:
-    """Under which lease a write happened: the Lease (its name and uid), its holder, and
-    its ``leaseTransitions`` when this holder took it: the fencing token, which only
-    grows for one Lease object (a Lease deleted and created again starts at 0 under a
-    new uid)."""
-
-    lease: str
-    holder: str
-    token: int
-    uid: str = ""
-
-    def to_json(self) -> dict[str, object]:
-        """As carried by an apply record."""
-        return {"lease": self.lease, "uid": self.uid, "holder": self.holder, "token": self.token}
-
-    def follows(self, other: Term) -> bool:
-        """Tokens compare only within one Lease object."""
-        return (self.lease, self.uid) == (other.lease, other.uid)
-
-    @classmethod
-    def from_json(cls, doc: object) -> Term:
-        """Raises: ValueError when a field is missing or of the wrong type."""
-        if not isinstance(doc, dict):
-            raise ValueError("record field 'term' is not an object")
-        lease, holder, token = doc.get("lease"), doc.get("holder"), doc.get("token")
-        uid = doc.get("uid", "")
-        if not (isinstance(lease, str) and isinstance(holder, str) and isinstance(uid, str)):
-            raise ValueError("record field 'term' needs lease, uid and holder strings")
-        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
-            raise ValueError("record field 'term.token' is not a non-negative integer")
-        return cls(lease, holder, token, uid)
-
-
-class Fence(Protocol):
-    """Asked by the engine right before each tag move and record write, so that a replica
-    that lost its lease stops before its next write. The daemon's Lease election is one;
-    :data:`UNFENCED`, the default, is a lone reconciler that always may write."""
-
-    def check(self, before: str) -> Term | None:
-        """The term this write happens under (None: no election).
-
-        Raises:
-            LeaseLost: this replica does not hold the lease (``before`` names the write).
-        """
-        ...
-
-
-class _Unfenced:
-    """No election: every write may happen and carries no term."""
-
-    def check(self, before: str) -> Term | None:
-        """Always allowed."""
-        return None
-
-
-UNFENCED: Fence = _Unfenced()
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,11 @@ class Demo:
         repo.create_commit(
             "refs/heads/main", reviewer, reviewer, message, head.tree.id, [main.target, head.id]
         )
-        print(f"   (merge request !{self.mr} {branch} merged by {reviewer.name})", flush=True)
+        print(
+            f"   ({branch} merged with git as {reviewer.name}, for merge request !{self.mr}: "
+            "this demo has no forge; with settings.forge, --open opens a real one)",
+            flush=True,
+        )
 
 
 def forge_record(store: LayoutRegistry, repo: str, env: str) -> str:

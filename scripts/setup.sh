@@ -4,7 +4,7 @@
 #   scripts/setup.sh           git, ssh-keygen, the venv and `cue` (for CUE state repositories)
 #   scripts/setup.sh --demo    what `make demo` needs: the same without `cue` (its state is JSON)
 #   scripts/setup.sh --peers   what only the tests need besides: the registry server,
-#                              skopeo, htpasswd, and the peers oras, crane, cosign,
+#                              skopeo, htpasswd, the peers oras, crane, cosign, a Gitea,
 #                              kube-apiserver and etcd (built with Go from the module
 #                              proxy; minutes the first time, ~12 for kube-apiserver)
 set -euo pipefail
@@ -76,6 +76,8 @@ if $peers; then
   else
     echo "warning: no go: oras, crane, cosign, kube-apiserver and etcd are not built; the peer tests will fail" >&2
   fi
+  # A real Gitea for the merge-request tests (its own recipe: it does not `go install`).
+  bash scripts/build-gitea.sh || echo "warning: gitea was not built; the forge tests will fail" >&2
   say "peers set up"
   exit 0
 fi

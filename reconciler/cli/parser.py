@@ -16,6 +16,7 @@ from reconciler.cli import completion
 from reconciler.cli.commands import (
     cmd_apply,
     cmd_audit,
+    cmd_check_mr,
     cmd_completion,
     cmd_discover,
     cmd_init,
@@ -66,6 +67,7 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "promote": _READS,
     "rollback": _READS,
     "release add": _READS,
+    "check-mr": _READS,
     "discover": (*_READS, "env"),
     "run": (*_STATE, "env", "authfile", *_TRUST),
     "keygen": (),
@@ -201,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the files of the work tree (edits included), not a commit",
     )
+    validate.add_argument(
+        "--mr", type=int, metavar="N", help="as check-mr N: the gate on merge request N's head"
+    )
 
     plan = _command(
         sub, "plan", "show the changes each environment needs and what blocks them", cmd_plan
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--branch", help="default promote/<env>/<release>")
     promote.add_argument("--message", "-m", help="the commit's subject line")
     promote.add_argument("--push", action="store_true", help="push the branch to origin")
+    _open(promote)
 
     rollback = _command(
         sub, "rollback", "a branch + git revert of ENV's last promotion", cmd_rollback
@@ -240,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="COMMIT", help="revert this commit instead")
     rollback.add_argument("--branch", help="default rollback/<env>/<commit>")
     rollback.add_argument("--push", action="store_true", help="push the branch to origin")
+    _open(rollback)
 
     release = sub.add_parser(
         "release", help="catalog releases: add one from signed tags", description="releases"
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--branch", help="default release/<catalog>/<release>")
     add.add_argument("--message", "-m", help="the commit's subject line")
     add.add_argument("--push", action="store_true", help="push the branch to origin")
+    _open(add)
 
     disc = _command(
         sub, "discover", "propose new releases found in registries (catalog discover), once",
@@ -282,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also propose promotions for environments with follow: latest",
     )
     disc.add_argument("--push", action="store_true", help="push the branches to origin")
+    _open(disc)
+
+    check_mr = _command(
+        sub, "check-mr", "run the gate on merge request N's head; set its reconciler/verify "
+        "status (settings.forge)", cmd_check_mr,
+    )  # fmt: skip
+    check_mr.add_argument("number", metavar="N", type=int, help="the merge request's number")
 
     audit = _command(sub, "audit", "timeline: git history joined with apply records", cmd_audit)
     audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
@@ -391,6 +406,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--json and --format {args.format} contradict each other")
         args.format = args.format or "text"
     return args
+
+
+def _open(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--open",
+        action="store_true",
+        help="push the branch and open (or update) its merge request on settings.forge",
+    )
 
 
 def _pair(what: str) -> Callable[[str], tuple[str, str]]:

@@ -13,7 +13,7 @@ win):
   not it can reach the API server. The renew deadline is shorter than the lease
   duration, so the old leader has stopped before any other candidate may take over.
 
-Fencing: :meth:`Elector.check` is the engine's :class:`~reconciler.model.Fence`, asked
+Fencing: :meth:`Elector.check` is the engine's :class:`~reconciler.fencing.Fence`, asked
 before every tag move and record write. It answers the term (the Lease, this holder,
 and ``leaseTransitions``: the fencing token records carry) or raises
 :class:`~reconciler.errors.LeaseLost`, from the clock alone, so a process that was
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import LeaseLost, Stalled
-from reconciler.model import Term
+from reconciler.fencing import Term
 
 log = logging.getLogger("reconciler.daemon")  # not __name__: "__main__" under python -m
 

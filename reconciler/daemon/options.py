@@ -39,15 +39,23 @@ SOURCE = "(git)"  # the git source's key in logs
 
 
 def webhook_authorized(
-    secret: bytes, body: bytes, signature: str | None, token: str | None
+    secret: bytes,
+    body: bytes,
+    signature: str | None,
+    token: str | None,
+    gitea: str | None = None,
 ) -> bool:
     """GitHub's ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, else
-    GitLab's ``X-Gitlab-Token: <secret>``, compared in constant time. No proof: False."""
+    Gitea's ``X-Gitea-Signature: <the same hex, bare>``, else GitLab's ``X-Gitlab-Token:
+    <secret>``, compared in constant time. No proof: False."""
     if not secret:
         return False
     if signature is not None:
         expected = hmac_sha256(secret, body)
         return hmac.compare_digest(expected.encode(), signature.strip().encode("latin-1"))
+    if gitea is not None:
+        bare = hmac_sha256(secret, body).removeprefix("sha256=")
+        return hmac.compare_digest(bare.encode(), gitea.strip().encode("latin-1"))
     if token is not None:
         return hmac.compare_digest(secret, token.encode("latin-1"))
     return False

@@ -162,6 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
             body,
             self.headers.get("X-Hub-Signature-256"),
             self.headers.get("X-Gitlab-Token"),
+            self.headers.get("X-Gitea-Signature"),
         ):
             webhooks.labels("unauthorized").inc()
             log.warning(

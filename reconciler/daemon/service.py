@@ -52,6 +52,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from reconciler.daemon import notify
 from reconciler.daemon.backoff import Backoff, BackoffPolicy, Health
 from reconciler.daemon.events import EventQueue
+from reconciler.daemon.forgereport import ForgeReporter
 from reconciler.daemon.lease import Elector, KubeLeases
 from reconciler.daemon.logs import configure_logging
 from reconciler.daemon.metrics import Metrics
@@ -155,8 +156,9 @@ class Daemon:
         # Telling people (settings.notify) and proposing branches (discover, follow):
         # reconciler/daemon/notify.py and reconciler/proposals/discover.py; neither can fail a pass.
         self.notifier = notify.Notifier(reconciler.identity, reconciler.source.display)
+        self.forge = ForgeReporter(reconciler, clock)  # settings.forge: checks and reports
         self.proposer = discover.Proposer(
-            reconciler, drift_interval, self.notifier.proposed, clock, only
+            reconciler, drift_interval, self.forge.also(self.notifier.proposed), clock, only
         )
 
     # -- scheduling
@@ -231,6 +233,7 @@ class Daemon:
                 else:
                     result = self._environments(state, started)
                     self.proposer.tick(state, started)
+                    self.forge.tick()
         except Exception:  # a bug must not kill the loop; the next pass tries again
             log.exception("internal error in a pass")
             result = Poll.FAILED
@@ -309,6 +312,7 @@ class Daemon:
             return None
         self._candidate, self._judgement = state, judgement
         self.notifier.configure(judgement.policy.settings.notify)
+        self.forge.configure(judgement.policy.forge)
         if not judgement.passed and judgement.refusal is not None:
             log.warning(
                 "commit %s is refused; the commit in force stays %s: %s",
@@ -468,6 +472,7 @@ class Daemon:
     def _outcome(self, state: DesiredState, o: EnvOutcome, inputs: Hashable, now: float) -> bool:
         """Update backoff and metrics from one environment's outcome; log transitions."""
         self.notifier.outcome(state, o)  # queued; sent once per transition
+        self.forge.outcome(self._candidate or state, state, o)  # likewise, on the forge
         name, backoff, m = o.environment, self.envs[o.environment], self.metrics
         changes = o.plan.changes if o.plan is not None else ()
         extra: dict[str, Any] = {"environment": name, "commit": state.commit}
@@ -603,6 +608,7 @@ def main(config: DaemonConfig, reconciler: Reconciler) -> int:
         server.shutdown()
         server.server_close()
         daemon.notifier.close()
+        daemon.forge.close()
         reconciler.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

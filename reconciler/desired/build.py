@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciler import receivers
 from reconciler.desired.files import CATALOGS, ENVIRONMENTS, StateReader
+from reconciler.desired.governance import freeze_windows, governance
 from reconciler.desired.sources import SourceMap, format_cue_path
 from reconciler.errors import InvalidState, Problem
 from reconciler.model import (
@@ -30,6 +29,7 @@ from reconciler.model import (
     DesiredTag,
     Discovery,
     Environment,
+    ForgeSettings,
     FreezeWindow,
     Governance,
     Identity,
@@ -43,7 +43,6 @@ from reconciler.model import (
     expand_tag,
     frozen_map,
     matches_paths,
-    parse_duration,
     record_tag,
 )
 from reconciler.registry.errors import InvalidReference
@@ -172,7 +171,23 @@ class Builder:
             notify=self._notify(raw.get("notify") or []),
             unsigned_paths=tuple((raw.get("git") or {}).get("unsignedPaths") or ()),
             freeze=tuple(self._freeze(("settings", "freeze"), raw.get("freeze") or ())),
+            forge=self._forge(raw.get("forge")),
         )
+
+    def _forge(self, raw: dict[str, Any] | None) -> ForgeSettings | None:
+        """``settings.forge`` (the schemas check its shape); a host the token must never
+        reach (link-local, a metadata endpoint) is refused here."""
+        if not raw:
+            return None
+        url = str(raw["url"]).rstrip("/")
+        host = receivers.literal_host(url)
+        if host is not None and receivers.classify(host)[0] is receivers.Reach.NEVER:
+            self.problem(
+                ("settings", "forge", "url"),
+                f"{host} is {receivers.classify(host)[1]}: the forge's token never goes there",
+                "name the forge by its public host name or address",
+            )
+        return ForgeSettings(raw["type"], url, raw["repository"], raw["tokenEnv"])
 
     def _registry(self, host: str, r: dict[str, Any]) -> RegistryEntry:
         """One host's settings; ``caFile`` is read from the tree (an input of the state)."""
@@ -439,57 +454,10 @@ class Builder:
         )
 
     def _governance(self, name: str, raw: dict[str, Any]) -> Governance:
-        """The environment's governance as this commit states it (README: Governance);
-        the signers file is read here, so it is an input of the state."""
-        path = (ENVIRONMENTS, name)
-        signers, data = raw.get("signers"), None
-        if signers and not self.snap.exists(signers):
-            self.problem((*path, "signers"), f"{signers!r} is not a file in the repository",
-                         "commit the SSH allowed-signers file or fix the path")  # fmt: skip
-        elif signers:
-            data = self.snap.read(signers)
-        approvals = int(raw.get("approvals", 1))
-        if approvals > 1 and not signers:
-            self.problem((*path, "approvals"), "approvals: 2 needs the environment's signers",
-                         "add signers: an SSH allowed-signers file of the repository")  # fmt: skip
-        soak: dict[str, int] = {}
-        for i, r in enumerate(raw.get("requires") or ()):
-            if isinstance(r, dict) and r.get("soak"):
-                try:
-                    soak[r["environment"]] = parse_duration(r["soak"])
-                except ValueError as exc:
-                    self.problem((*path, "requires", i, "soak"), str(exc), "write e.g. 24h")
-        return Governance(
-            signers=signers,
-            signers_data=data,
-            approvals=approvals,
-            freeze=tuple(self._freeze((*path, "freeze"), raw.get("freeze") or ())),
-            soak=MappingProxyType(soak),
-            override_freeze=raw.get("overrideFreeze"),
-        )
+        return governance(self.snap, name, raw, self.problem)
 
     def _freeze(self, path: tuple[Any, ...], raw: Any) -> list[FreezeWindow]:
-        windows = []
-        for i, w in enumerate(raw):
-            window = FreezeWindow(
-                reason=w["reason"],
-                start=w["from"],
-                until=w["until"],
-                days=tuple(w.get("days") or ()),
-                time_zone=w.get("timeZone", "UTC"),
-                allow_rollback=bool(w.get("allowRollback", True)),
-            )
-            if window.days:
-                try:
-                    ZoneInfo(window.time_zone)
-                except (ValueError, KeyError, ZoneInfoNotFoundError):
-                    self.problem((*path, i, "timeZone"), f"unknown time zone {window.time_zone!r}",
-                                 "name an IANA time zone, e.g. Europe/Berlin or UTC")  # fmt: skip
-            elif datetime.fromisoformat(window.start) >= datetime.fromisoformat(window.until):
-                self.problem((*path, i, "until"), "the window ends before it starts",
-                             "make until later than from")  # fmt: skip
-            windows.append(window)
-        return windows
+        return freeze_windows(path, raw, self.problem)
 
     def _tags(self, env: Environment, catalogs: Mapping[str, Catalog]) -> tuple[DesiredTag, ...]:
         path = (ENVIRONMENTS, env.name)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from reconciler.errors import LeaseLost, Transient
-from reconciler.model import UNFENCED, Action, Change, Fence
+from reconciler.fencing import UNFENCED, Fence
+from reconciler.model import Action, Change
 from reconciler.registry import (
     DEFAULT_CONCURRENCY,
     Manifest,

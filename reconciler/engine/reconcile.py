@@ -30,9 +30,10 @@ from reconciler.errors import Stalled
 from reconciler.evidence import records
 from reconciler.evidence.anchor import Anchors
 from reconciler.evidence.signing import SigningKey
+from reconciler.fencing import UNFENCED, Fence
 from reconciler.git import GitSource
 from reconciler.git.history import History
-from reconciler.model import UNFENCED, DesiredState, Fence
+from reconciler.model import DesiredState
 from reconciler.registry import (
     HostConfig,
     Registries,

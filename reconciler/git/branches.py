@@ -13,7 +13,7 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import GitSourceError
-from reconciler.git.source import GitSource, Snapshot, push_ref
+from reconciler.git.source import GitSource, Snapshot, fetch_ref, is_url, push_ref
 
 
 class BranchRefused(GitSourceError):
@@ -64,6 +64,18 @@ def create_branch(source: GitSource, branch: str, message: str, tree: str, paren
     return str(oid)
 
 
+def existing_proposal(source: GitSource, branch: str, tree: str, parent: str) -> str | None:
+    """The commit of ``branch`` when it is exactly one commit of ``tree`` on ``parent`` (the
+    same proposal made before), else None."""
+    ref = source.repo.references.get(f"refs/heads/{branch}")
+    if ref is None:
+        return None
+    commit: Any = ref.peel(pygit2.Commit)
+    if str(commit.tree_id) == tree and [str(p) for p in commit.parent_ids] == [parent]:
+        return str(commit.id)
+    return None
+
+
 def branch_exists(source: GitSource, branch: str) -> bool:
     """Whether ``branch`` was proposed already: a local branch (in a URL's mirror: a
     branch of origin as of the last fetch) or origin's as last fetched into a checkout."""
@@ -86,6 +98,27 @@ def push_branch(source: GitSource, branch: str) -> None:
             "add one (git remote add origin URL) or push the branch yourself",
         ) from None
     push_ref(remote, f"refs/heads/{branch}", source.location)
+
+
+def fetch_branch(source: GitSource, branch: str) -> None:
+    """Bring origin's ``branch`` into ``refs/remotes/origin/`` (a merge request's head that
+    someone else pushed); a URL's mirror has every branch after its fetch already.
+
+    Raises:
+        BranchRefused: the repository has no origin.
+        GitUnreachable: the fetch failed.
+    """
+    if is_url(source.location):
+        source.fetch()
+        return
+    try:
+        remote = source.repo.remotes["origin"]
+    except KeyError:
+        raise BranchRefused(
+            f"{source.display} has no remote 'origin' to fetch {branch} from",
+            "run it in a checkout of the forge's repository, or pass --repo with its URL",
+        ) from None
+    fetch_ref(remote, f"+refs/heads/{branch}:refs/remotes/origin/{branch}", source.location)
 
 
 def _signature(repo: pygit2.Repository) -> pygit2.Signature:

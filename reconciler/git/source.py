@@ -273,6 +273,21 @@ def push_ref(remote: pygit2.Remote, ref: str, location: str) -> None:
     log.info("pushed %s to %s", ref, redact_url(remote.url or location))
 
 
+def fetch_ref(remote: pygit2.Remote, refspec: str, location: str) -> None:
+    """Fetch one refspec from ``remote``; credentials as for :meth:`GitSource.fetch`."""
+    pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+    pygit2.settings.server_timeout = IO_TIMEOUT_MS
+    try:
+        remote.fetch([refspec], callbacks=_Credentials(remote.url or location, location))
+    except (pygit2.GitError, OSError) as exc:
+        shown = redact_url(remote.url or location)
+        raise GitUnreachable(
+            f"cannot fetch {refspec.split(':')[0].lstrip('+')} from {shown}: "
+            f"{_clean(str(exc), remote.url or location)}",
+            "check the remote, your credentials and that the branch exists there",
+        ) from None
+
+
 def _peel(obj: Any) -> pygit2.Commit:
     if not isinstance(obj, pygit2.Commit):
         raise KeyError("not a commit")

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from reconciler.engine.reconcile import Mode, Status
 from reconciler.errors import ReconcilerError
 from reconciler.evidence import records
+from reconciler.forge import Forge, ForgeError, open_forge
 from reconciler.git import reverted_commit
 from reconciler.git.history import History
 from reconciler.model import Record
@@ -81,6 +83,7 @@ class AuditEntry:
     record: str | None = None
     reason: str | None = None
     governance: list[str] = field(default_factory=list)  # the rules the record says held
+    forge: dict[str, Any] | None = None  # the merge request as the forge's API says
 
     def to_json(self) -> dict[str, object]:
         """The documented ``audit --json`` shape of one entry."""
@@ -103,6 +106,7 @@ class AuditEntry:
             "record": self.record,
             "reason": self.reason,
             "governance": self.governance,
+            "forge": self.forge,
         }
 
 
@@ -126,6 +130,37 @@ def commit_kind(message: str, before: str | None, after: str | None) -> EntryKin
     return EntryKind.PROMOTION
 
 
+def _forge(policy: PolicyInForce) -> Forge | None:
+    """The forge of the policy in force, None when there is none or it cannot be used
+    (the audit then stands on git alone, which stays the source of truth)."""
+    if policy.forge is None:
+        return None
+    try:
+        return open_forge(policy.forge)
+    except ForgeError as exc:
+        log.warning("audit without the forge: %s", exc.message)
+        return None
+
+
+def _from_forge(forge: Forge, commit: str) -> dict[str, Any] | None:
+    """Number, author, approvers and merger of the merge request that merged ``commit``."""
+    try:
+        mr = forge.merged_for(commit)
+        if mr is None:
+            return None
+        approvers = list(forge.approvers(mr.number))
+    except ForgeError as exc:
+        log.warning("audit: the forge did not say who merged %s: %s", commit[:12], exc.message)
+        return None
+    return {
+        "number": mr.number,
+        "url": mr.url,
+        "author": mr.author,
+        "approvers": approvers,
+        "mergedBy": mr.merged_by,
+    }
+
+
 def _when(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -145,6 +180,8 @@ def audit(
     history = flows.history
     head = str(flows.source.resolve(reconciler.ref).id)
     registries = reconciler.registries(policy)
+    forge = _forge(policy)
+    asked_forge: dict[str, dict[str, Any] | None] = {}
     timelines: dict[str, list[AuditEntry]] = {}
     anomalies_of: dict[str, list[AuditEntry]] = {}
     for name in names:
@@ -190,6 +227,12 @@ def audit(
                 kind=commit_kind(text, before, after),
                 status=EntryStatus.PENDING,
             )
+            if forge is not None:
+                if commit.id not in asked_forge:  # a commit that changed several files
+                    asked_forge[commit.id] = _from_forge(forge, commit.id)
+                entry.forge = asked_forge[commit.id]
+                if entry.forge is not None:
+                    entry.merge_request = f"!{entry.forge['number']}"
             mine.append(entry)
         _settle(mine, chain, history)
         timelines[name] = mine

@@ -24,6 +24,7 @@ from reconciler.git.branches import (
     BranchRefused,
     create_branch,
     edit_file,
+    existing_proposal,
     push_branch,
     revert,
     snapshot_of,
@@ -215,6 +216,7 @@ class Workflows:
         branch: str | None = None,
         message: str | None = None,
         push: bool = False,
+        reuse: bool = False,
     ) -> Proposal:
         """A branch ``promote/<env>/<release>`` whose one commit changes the environment's
         release literal in its file (every other byte kept), pre-checked as ``apply`` would
@@ -267,7 +269,7 @@ class Workflows:
         name = branch or promote_branch(env, release)
         proposal = Proposal(env, name, "", head, current.release, release, body)
         proposal.verified, proposal.governance = verified, rules
-        return self._commit(proposal, tree, head, push)
+        return self._commit(proposal, tree, head, push, reuse)
 
     # ------------------------------------------------------------------ release add
 
@@ -282,6 +284,7 @@ class Workflows:
         branch: str | None = None,
         message: str | None = None,
         push: bool = False,
+        reuse: bool = False,
     ) -> ReleaseProposal:
         """A branch ``release/<catalog>/<release>`` adding the release, newest first.
 
@@ -355,7 +358,7 @@ class Workflows:
             "", name, "", head, "", release, body, verified=verified,
             catalog=catalog, file=path, items={n.item: n for n in new},
         )  # fmt: skip
-        result = self._commit(proposal, tree, head, push)
+        result = self._commit(proposal, tree, head, push, reuse)
         assert isinstance(result, ReleaseProposal)
         return result
 
@@ -399,7 +402,13 @@ class Workflows:
     # ------------------------------------------------------------------ rollback
 
     def rollback(
-        self, env: str, *, to: str | None = None, branch: str | None = None, push: bool = False
+        self,
+        env: str,
+        *,
+        to: str | None = None,
+        branch: str | None = None,
+        push: bool = False,
+        reuse: bool = False,
     ) -> Proposal:
         """A branch whose one commit reverts the newest change of the environment's release
         (or the commit ``to``), pre-checked like :meth:`promote`. A new commit, not a reset:
@@ -439,9 +448,9 @@ class Workflows:
             f"Rollback-Environment: {env}\nRollback-From: {before}\nRollback-To: {after}\n"
         )
         name = branch or _branch_name("rollback", env, target[:12])
-        proposal = Proposal(env, name, "", head, before, after, body)
-        proposal.verified, proposal.governance = verified, rules
-        return self._commit(proposal, tree, head, push)
+        proposal = Proposal(env, name, "", head, before, after, body, verified=verified)
+        proposal.governance = rules
+        return self._commit(proposal, tree, head, push, reuse)
 
     def _find_promotion(self, head: str, path: str, env: str) -> str:
         """The newest commit that changed ``env``'s release in ``path``."""
@@ -524,9 +533,15 @@ class Workflows:
             raise WorkflowRefused("the edit changes settings, which a promotion must not")
         return replace(head, policy=replace(head.policy, state=proposed))
 
-    def _commit(self, proposal: Proposal, tree: str, head: str, push: bool) -> Proposal:
+    def _commit(
+        self, proposal: Proposal, tree: str, head: str, push: bool, reuse: bool = False
+    ) -> Proposal:
+        """Commit the proposal on its new branch (``reuse``: a branch that already holds
+        exactly this change on this base is taken as it is, so proposing twice updates
+        one merge request rather than failing)."""
+        same = existing_proposal(self.source, proposal.branch, tree, head) if reuse else None
         try:
-            proposal.commit = create_branch(
+            proposal.commit = same or create_branch(
                 self.source, proposal.branch, proposal.message, tree, head
             )
             log.info("made %s on %s", proposal.commit[:12], proposal.branch)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.errors import GitSourceError, ReconcilerError
 from reconciler.git.history import MAX_HISTORY, Entry, History
-from reconciler.model import DesiredState, PublicKey, Settings, matches_paths
+from reconciler.model import DesiredState, ForgeSettings, PublicKey, Settings, matches_paths
 from reconciler.verify.commits import verify_commit
 from reconciler.verify.errors import Refused, Rule
 from reconciler.verify.root import TrustRoot
@@ -110,6 +110,12 @@ class PolicyInForce:
     def record_keys(self) -> tuple[PublicKey, ...]:
         """Whose apply records count."""
         return self.settings.record_keys or self.root.record_keys
+
+    @property
+    def forge(self) -> ForgeSettings | None:
+        """``settings.forge`` in force: the only place the forge, and so where its token
+        goes, is named (a branch or an unjudged commit cannot redirect it)."""
+        return self.settings.forge
 
     @property
     def unsigned_paths(self) -> tuple[str, ...]:

@@ -470,6 +470,20 @@ BAD: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
             "not a file in the repository",
         ],
     ),
+    "forge-token-not-a-forge-variable": (
+        {
+            "forge.cue": 'package reconciler\nsettings: forge: {type: "gitea", url: '
+            '"https://git.example.org", repository: "a/b", tokenEnv: "RECONCILER_WEBHOOK_SECRET"}\n'
+        },
+        ["forge.cue", "settings.forge.tokenEnv"],
+    ),
+    "forge-url-metadata-endpoint": (
+        {
+            "forge.cue": 'package reconciler\nsettings: forge: {type: "gitea", url: '
+            '"http://169.254.169.254", repository: "a/b", tokenEnv: "RECONCILER_FORGE_T"}\n'
+        },
+        ["forge.cue", "settings.forge.url", "metadata endpoint", "token never goes there"],
+    ),
     "registry-concurrency-zero": (
         {
             "reconciler.cue": 'package reconciler\nsettings: {\n  verify: keys: ["keys/cosign.pub"]\n'

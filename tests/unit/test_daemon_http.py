@@ -50,6 +50,15 @@ def test_bad_github_signatures_are_refused(signature: str) -> None:
     assert not webhook_authorized(SECRET, BODY, signature, None)
 
 
+def test_gitea_signature_is_the_bare_hex_hmac_of_the_exact_body() -> None:
+    bare = github(BODY).removeprefix("sha256=")
+    assert webhook_authorized(SECRET, BODY, None, None, bare)
+    assert not webhook_authorized(SECRET, BODY + b" ", None, None, bare)
+    assert not webhook_authorized(SECRET, BODY, None, None, github(BODY))  # not GitHub's form
+    assert not webhook_authorized(SECRET, BODY, None, None, "é")
+    assert not webhook_authorized(SECRET, BODY, None, SECRET.decode(), "00")  # no rescue
+
+
 def test_gitlab_token_must_equal_the_secret() -> None:
     assert webhook_authorized(SECRET, BODY, None, SECRET.decode())
     assert not webhook_authorized(SECRET, BODY, None, "guess")

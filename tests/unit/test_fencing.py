@@ -20,7 +20,8 @@ from reconciler.errors import LeaseLost, Stalled
 from reconciler.evidence import records
 from reconciler.evidence.anchor import Anchors
 from reconciler.evidence.records import RecordTrust, Trust
-from reconciler.model import Action, Change, Drift, Record, Term
+from reconciler.fencing import Term
+from reconciler.model import Action, Change, Drift, Record
 from reconciler.registry import LayoutRegistry, Manifest, Registry
 from reconciler.verify import Refused
 from tests.support.registry_servers import build_image, push

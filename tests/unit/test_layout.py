@@ -14,8 +14,8 @@ import reconciler
 PACKAGE = Path(reconciler.__file__).parent
 # Bottom to top; the names of one layer may import each other.
 LAYERS: list[set[str]] = [
-    {"errors", "model", "receivers", "__init__"},
-    {"git", "registry"},
+    {"errors", "fencing", "model", "receivers", "__init__"},
+    {"git", "registry", "forge"},
     {"desired"},
     {"verify"},
     {"evidence"},
