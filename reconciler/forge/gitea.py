@@ -19,7 +19,7 @@ from reconciler.forge.base import (
     shown,
 )
 
-__all__ = ["Gitea", "merge_request", "state_of"]
+__all__ = ["GitHubShaped", "Gitea", "merge_request", "state_of"]
 
 LABEL_COLOR = "#1d76db"
 
@@ -52,7 +52,37 @@ def merge_request(doc: dict[str, Any]) -> MergeRequest:
     )
 
 
-class Gitea:
+class GitHubShaped:
+    """What Gitea and GitHub answer alike: issue comments and the combined status.
+    ``page`` names the page-size parameter (Gitea ``limit``, GitHub ``per_page``)."""
+
+    api: Api
+    _repo: str
+    page = "limit"
+
+    def comment(self, number: int, body: str) -> None:
+        """A comment on the pull request (an issue comment)."""
+        self.api.call("POST", f"{self._repo}/issues/{number}/comments", {"body": body})
+
+    def comments(self, number: int) -> list[str]:
+        """The comments' bodies, oldest first."""
+        found = self.api.call(
+            "GET", f"{self._repo}/issues/{number}/comments", params={self.page: 100}
+        )
+        return [str(c.get("body") or "") for c in found or ()]
+
+    def statuses(self, sha: str) -> list[Status]:
+        """The newest status of each context on ``sha`` (Gitea says ``status``, GitHub
+        ``state``)."""
+        doc = self.api.call("GET", f"{self._repo}/commits/{sha}/status") or {}
+        return [
+            Status(str(s["context"]), state_of(s.get("status") or s.get("state")),
+                   str(s.get("description") or ""))
+            for s in doc.get("statuses") or ()
+        ]  # fmt: skip
+
+
+class Gitea(GitHubShaped):
     """One Gitea repository through its API, with one token (``Authorization: token``)."""
 
     kind = "gitea"
@@ -131,17 +161,6 @@ class Gitea:
             )
         )
 
-    def comment(self, number: int, body: str) -> None:
-        """A comment on the pull request."""
-        self.api.call("POST", f"{self._repo}/issues/{number}/comments", {"body": body})
-
-    def comments(self, number: int) -> list[str]:
-        """The comments' bodies, oldest first."""
-        found = self.api.call(
-            "GET", f"{self._repo}/issues/{number}/comments", params={"limit": 100}
-        )
-        return [str(c.get("body") or "") for c in found or ()]
-
     def set_status(self, sha: str, status: Status, target_url: str = "") -> None:
         """A commit status (Gitea's states are GitHub's)."""
         doc = {
@@ -151,15 +170,6 @@ class Gitea:
             "target_url": target_url,
         }
         self.api.call("POST", f"{self._repo}/statuses/{sha}", doc)
-
-    def statuses(self, sha: str) -> list[Status]:
-        """The newest status of each context on ``sha``."""
-        doc = self.api.call("GET", f"{self._repo}/commits/{sha}/status") or {}
-        return [
-            Status(str(s["context"]), state_of(s.get("status") or s.get("state")),
-                   str(s.get("description") or ""))
-            for s in doc.get("statuses") or ()
-        ]  # fmt: skip
 
     def branch_head(self, branch: str) -> str | None:
         """The commit ``branch`` is at, once Gitea has processed the push."""

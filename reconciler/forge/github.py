@@ -11,15 +11,16 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from reconciler.forge.base import Api, MergeRequest, Status, shown
-from reconciler.forge.gitea import merge_request, state_of
+from reconciler.forge.gitea import GitHubShaped, merge_request
 
 __all__ = ["GitHub"]
 
 
-class GitHub:
+class GitHub(GitHubShaped):
     """One GitHub repository through the REST API, with one token (``Bearer``)."""
 
     kind = "github"
+    page = "per_page"
 
     def __init__(self, url: str, repository: str, token: str, api: Api | None = None) -> None:
         self.repository = repository
@@ -91,17 +92,6 @@ class GitHub:
                 last[login] = str(r["state"])
         return tuple(sorted(u for u, s in last.items() if s == "APPROVED"))
 
-    def comment(self, number: int, body: str) -> None:
-        """A comment on the pull request (an issue comment)."""
-        self.api.call("POST", f"{self._repo}/issues/{number}/comments", {"body": body})
-
-    def comments(self, number: int) -> list[str]:
-        """The comments' bodies, oldest first."""
-        found = self.api.call(
-            "GET", f"{self._repo}/issues/{number}/comments", params={"per_page": 100}
-        )
-        return [str(c.get("body") or "") for c in found or ()]
-
     def set_status(self, sha: str, status: Status, target_url: str = "") -> None:
         """A commit status (description at most 140 characters)."""
         doc = {
@@ -112,14 +102,6 @@ class GitHub:
         if target_url:
             doc["target_url"] = target_url
         self.api.call("POST", f"{self._repo}/statuses/{sha}", doc)
-
-    def statuses(self, sha: str) -> list[Status]:
-        """The newest status of each context (the combined status)."""
-        doc = self.api.call("GET", f"{self._repo}/commits/{sha}/status") or {}
-        return [
-            Status(str(s["context"]), state_of(s.get("state")), str(s.get("description") or ""))
-            for s in doc.get("statuses") or ()
-        ]
 
     def branch_head(self, branch: str) -> str | None:
         """The commit ``branch`` is at."""
