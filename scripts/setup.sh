@@ -145,4 +145,8 @@ SH
 fi
 
 wait "$venv_pid" || { echo "error: setting up .venv failed (see above)" >&2; exit 1; }
+# The bytecode an installed wheel would have: an editable install has none, and with
+# PYTHONDONTWRITEBYTECODE set (as on these machines) every command would compile the
+# package anew (0.2 s of each start). Only stale files are rewritten.
+.venv/bin/python -m compileall -q -j 0 reconciler >/dev/null
 say "setup complete"

