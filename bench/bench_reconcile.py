@@ -33,12 +33,14 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
@@ -274,6 +276,7 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=50)
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds; medians shown")
     parser.add_argument("--skopeo-sample", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None, help="append the table here")
     args = parser.parse_args()
@@ -287,8 +290,22 @@ def main() -> None:
     report(rows, args)
 
 
-def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float, str]]:
-    repo = "bench/app"
+@dataclass
+class Round:
+    """One paired round: each ratio's two sides measured next to each other, on a
+    repository and tags of the round's own, so a machine that slows down between rounds
+    moves both sides."""
+
+    floor_converge: float
+    converge: float
+    noop: float
+    floor_noop: float
+    rss_converge: float
+    rss_noop: float
+
+
+def one_round(tmp: Path, host: str, args: argparse.Namespace, r: int) -> Round:
+    repo = f"bench/app{r}"
     client = HttpRegistry(host, HostConfig(plain_http=True, concurrency=args.threads))
     key = ec.generate_private_key(ec.SECP256R1())
     pem = (
@@ -301,21 +318,31 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
         digest, manifest = push_artifact(client, repo, f"item{i}")
         sign(client, repo, digest, key)
         digests[f"i{i:02d}"], manifests[digest] = digest, manifest
-    state_repository(tmp / "state", host, repo, args.envs, digests, pem, args.threads)
-    tags = [f"e{e:03d}-i{i:02d}" for e in range(args.envs) for i in range(args.items)]
-    count = len(tags)
+    state = tmp / f"state{r}"
+    state_repository(state, host, repo, args.envs, digests, pem, args.threads)
+    count = args.envs * args.items
+    floor_tags = [f"floor-{n}" for n in range(count)]
+    floor_converge = floor(host, repo, args.threads, floor_tags, next(iter(manifests.values())))
+    converge, moved, rss_converge = apply_process(state, tmp / f"xdg{r}")
+    noop, moved_again, rss_noop = apply_process(state, tmp / f"xdg{r}")
+    floor_noop = floor(host, repo, args.threads, floor_tags, None)
+    assert moved == count and moved_again == 0, (moved, moved_again)
+    return Round(floor_converge, converge, noop, floor_noop, rss_converge, rss_noop)
+
+
+def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    rounds = [one_round(tmp, host, args, r) for r in range(args.rounds)]
+    last = args.rounds - 1
+    state, repo = tmp / f"state{last}", f"bench/app{last}"
+    count = args.envs * args.items
 
     cache = tmp / "cache"
-    converge, moved, rss_converge = apply_process(tmp / "state", tmp / "xdg")
-    noop, moved_again, rss_noop = apply_process(tmp / "state", tmp / "xdg")
-    assert moved == count and moved_again == 0, (moved, moved_again)
-
     registries = Registries(
         RegistrySettings(hosts={host: HostConfig(plain_http=True, concurrency=args.threads)})
     )
     loader = Loader(cache)
     reconciler = Reconciler(
-        GitSource(str(tmp / "state"), cache),
+        GitSource(str(state), cache),
         loader,
         registries=registries,
         trust_root=TrustRoot.on_first_use(),
@@ -329,32 +356,45 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
     cue_noop = loader.cue_calls - cue_before
     writes_noop = registries.stats.writes() - writes_before
 
-    floor_tags = [f"floor-{t}" for t in tags]
-    one_manifest = next(iter(manifests.values()))
-    floor_converge = floor(host, repo, args.threads, floor_tags, one_manifest)
-    floor_noop = floor(host, repo, args.threads, floor_tags, None)
+    floor_tags = [f"floor-{n}" for n in range(count)]
     floor_noop_requests = requests_floor(host, repo, args.threads, floor_tags)
+    digest = HttpRegistry(host, HostConfig(plain_http=True)).resolve(repo, floor_tags[0])
+    assert digest is not None
     sample = min(args.skopeo_sample, count)
-    skopeo = skopeo_loop(host, repo, next(iter(digests.values())), sample) * count / sample
-    crane = crane_loop(host, repo, next(iter(digests.values())), sample) * count / sample
+    skopeo = skopeo_loop(host, repo, digest, sample) * count / sample
+    crane = crane_loop(host, repo, digest, sample) * count / sample
 
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def spread(values: list[float]) -> str:
+        return f"rounds: {', '.join(f'{v:.2f}' for v in values)}" if len(values) > 1 else ""
+
+    converges = [r.converge for r in rounds]
+    floors = [r.floor_converge for r in rounds]
+    c_ratio = [x.converge / x.floor_converge for x in rounds]
+    n_ratio = [x.noop / x.floor_noop for x in rounds]
     return [
         ("tags", float(count), f"{args.envs} environments x {args.items} items"),
-        ("first converge: `reconciler apply` process", converge, f"{moved} tags moved"),
-        ("  floor: PUT + HEAD every tag (http.client)", floor_converge, ""),
-        ("  converge / floor", converge / floor_converge, "target <= 1.5"),
+        ("first converge: `reconciler apply` process", med(converges), spread(converges)),
+        ("  floor: PUT + HEAD every tag (http.client)", med(floors), ""),
+        ("  converge / floor", med(c_ratio), f"target <= 1.5; {spread(c_ratio)}"),
         (f"  skopeo copy loop ({sample} sampled, scaled)", skopeo, ""),
-        ("  skopeo / converge", skopeo / converge, "target >= 8"),
+        ("  skopeo / converge", skopeo / med(converges), "target >= 8"),
         (f"  crane copy loop ({sample} sampled, scaled)", crane, ""),
-        ("  crane / converge", crane / converge, ""),
-        ("no-op: `reconciler apply` process", noop, "nothing to do"),
-        ("  floor: HEAD every tag (http.client)", floor_noop, ""),
-        ("  no-op / floor", noop / floor_noop, "target <= 1.5"),
+        ("  crane / converge", crane / med(converges), ""),
+        ("no-op: `reconciler apply` process", med([x.noop for x in rounds]), ""),
+        ("  floor: HEAD every tag (http.client)", med([x.floor_noop for x in rounds]), ""),
+        ("  no-op / floor", med(n_ratio), f"target <= 1.5; {spread(n_ratio)}"),
         ("  floor with requests.Session (the old bench's)", floor_noop_requests, ""),
-        ("  no-op / requests floor", noop / floor_noop_requests, "what the old bench showed"),
+        (
+            "  no-op / requests floor",
+            rounds[-1].noop / floor_noop_requests,
+            "what the old bench showed (last round)",
+        ),
         ("  no-op pass in process", noop_in_process, f"{cue_noop} cue calls, {writes_noop} writes"),
-        ("peak RSS of the apply process, converge (MiB)", rss_converge, ""),
-        ("peak RSS of the apply process, no-op (MiB)", rss_noop, ""),
+        ("peak RSS of the apply process, converge (MiB)", max(x.rss_converge for x in rounds), ""),
+        ("peak RSS of the apply process, no-op (MiB)", max(x.rss_noop for x in rounds), ""),
     ]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -78,9 +78,12 @@ def apply_changes(
     sleep: Callable[[float], None] = time.sleep,
     observed_at: float | None = None,
     fence: Fence = UNFENCED,
+    executor: Executor | None = None,
 ) -> ApplyResult:
     """Apply ``changes`` of one environment; ``observed_at`` (monotonic) is when their
-    ``from_digest`` were read; ``fence`` is asked right before every write.
+    ``from_digest`` were read; ``fence`` is asked right before every write; ``executor``
+    runs the moves (a pass shares one among its environments: a pool per environment
+    started 800 threads at 1,000 tags, all queueing on the same host's slots).
 
     Raises:
         LeaseLost: this replica lost its lease; nothing more was written.
@@ -128,7 +131,12 @@ def apply_changes(
     # children while one of them is being re-tagged can answer 400 (distribution 2.8).
     for phase in (False, True):
         batch = [c for c in moves if manifests[(c.repository, c.to_digest or "")].is_index is phase]
-        _each(batch, lambda change: retry(f"move {change.tag}", lambda: move(change)), concurrency)
+        _each(
+            batch,
+            lambda change: retry(f"move {change.tag}", lambda: move(change)),
+            concurrency,
+            executor,
+        )
     for change in (c for c in changes if c.action is Action.DELETE):
         registry, repo = registry_of(change.repository)
 
@@ -203,11 +211,23 @@ def _bring_into_target(
     return manifests
 
 
-def _each(changes: Sequence[Change], fn: Callable[[Change], None], concurrency: int) -> None:
+def _each(
+    changes: Sequence[Change],
+    fn: Callable[[Change], None],
+    concurrency: int,
+    executor: Executor | None,
+) -> None:
+    """``fn`` for every change, at once; returns when all are done, raising the first
+    failure in order (so nothing still moves a tag once the caller writes its record)."""
     if len(changes) <= 1 or concurrency <= 1:
         for change in changes:
             fn(change)
         return
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(changes))) as pool:
-        for future in [pool.submit(fn, c) for c in changes]:
-            future.result()
+    if executor is None:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(changes))) as pool:
+            _each(changes, fn, concurrency, pool)
+        return
+    futures = [executor.submit(fn, c) for c in changes]
+    wait(futures)
+    for future in futures:
+        future.result()

@@ -29,7 +29,15 @@ from reconciler.errors import GitSourceError, LeaseLost, ReconcilerError
 from reconciler.evidence import records, vsa
 from reconciler.evidence.anchor import Anchor
 from reconciler.evidence.signing import SigningKey
-from reconciler.model import RECORD_TAG_PREFIX, DesiredState, EnvPlan, Observed, Policy, Record
+from reconciler.model import (
+    RECORD_TAG_PREFIX,
+    DesiredState,
+    DesiredTag,
+    EnvPlan,
+    Observed,
+    Policy,
+    Record,
+)
 from reconciler.registry import (
     Manifest,
     Registry,
@@ -172,6 +180,7 @@ class Pass:
             deadline=host.retry.step_budget,
             observed_at=observed_at,
             fence=self.owner.fence,
+            executor=self.pool,
         )
         outcome.applied = applied
         try:
@@ -364,20 +373,28 @@ class Pass:
         windows = (*gate.env.governance.freeze, *self.policy.settings.freeze)
         # Whether it is a rollback is read from the records only when a window could care.
         gate.freeze(windows, self.now, bool(windows) and self.rollback(name, gate.last))
-        manifests: dict[str, int] = {}
-        evidence: dict[str, list[Evidence]] = {}
-        for tag in self.state.tags[name]:
+        needs_evidence = gate.needs_evidence()
+
+        def read(tag: DesiredTag) -> tuple[int, list[Evidence]]:
             source = tag.source_repository
-            manifests[tag.digest] = self.once.get(
+            hashed = self.once.get(
                 ("integrity", source, tag.digest),
                 partial(check_integrity, partial(self.manifest, source), tag.digest, source),
             )
-            if gate.needs_evidence():
-                evidence[tag.digest] = [
-                    found
-                    for repository in self.signature_repositories(name, source)
-                    for found in self.evidence(repository, tag.digest)
-                ]
+            if not needs_evidence:
+                return hashed, []
+            repositories = self.signature_repositories(name, source)
+            return hashed, [e for r in repositories for e in self.evidence(r, tag.digest)]
+
+        # In parallel: the first environments of a pass wait for these reads, and one after
+        # another they left the registry idle for a second of a 1,000-tag converge.
+        tags = self.state.tags[name]
+        manifests: dict[str, int] = {}
+        evidence: dict[str, list[Evidence]] = {}
+        for tag, (hashed, found) in zip(tags, self.pool.map(read, tags), strict=True):
+            manifests[tag.digest] = hashed
+            if needs_evidence:
+                evidence[tag.digest] = found
         gate.artifacts(manifests, evidence, self.verified)
         receipt = gate.receipt()
         if self.state.policies[name].insecure_skip_signatures:
