@@ -15,16 +15,9 @@ from reconciler import __version__
 from reconciler.cli import completion
 from reconciler.cli.commands import (
     cmd_apply,
-    cmd_audit,
-    cmd_check_mr,
     cmd_completion,
-    cmd_discover,
-    cmd_init,
     cmd_keygen,
     cmd_plan,
-    cmd_promote,
-    cmd_release_add,
-    cmd_rollback,
     cmd_run,
     cmd_status,
     cmd_validate,
@@ -167,6 +160,18 @@ def _output(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _proposing(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command of :mod:`reconciler.cli.proposing`, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from reconciler.cli import proposing
+
+        command: Callable[[argparse.Namespace], int] = getattr(proposing, name)
+        return command(args)
+
+    return run
+
+
 def _command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -230,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "status", "desired vs actual, drift and the last apply record", cmd_status)
 
     promote = _command(
-        sub, "promote", "a branch + commit moving ENV to RELEASE, for a MR", cmd_promote
+        sub,
+        "promote",
+        "a branch + commit moving ENV to RELEASE, for a MR",
+        _proposing("cmd_promote"),
     )
     promote.add_argument("environment", metavar="ENV")
     promote.add_argument("release", metavar="RELEASE")
@@ -240,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _open(promote)
 
     rollback = _command(
-        sub, "rollback", "a branch + git revert of ENV's last promotion", cmd_rollback
+        sub, "rollback", "a branch + git revert of ENV's last promotion", _proposing("cmd_rollback")
     )
     rollback.add_argument("environment", metavar="ENV")
     rollback.add_argument("--to", metavar="COMMIT", help="revert this commit instead")
@@ -255,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     releases = release.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     add = _command(
         releases, "add", "a branch adding RELEASE to CATALOG from tags, verified, for a MR",
-        cmd_release_add, key="release add",
+        _proposing("cmd_release_add"), key="release add",
     )  # fmt: skip
     add.add_argument("catalog", metavar="CATALOG")
     add.add_argument("release", metavar="RELEASE")
@@ -279,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     disc = _command(
         sub, "discover", "propose new releases found in registries (catalog discover), once",
-        cmd_discover,
+        _proposing("cmd_discover"),
     )  # fmt: skip
     disc.add_argument(
         "--catalog", action="append", metavar="NAME", help="only this catalog (repeatable)"
@@ -294,11 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_mr = _command(
         sub, "check-mr", "run the gate on merge request N's head; set its reconciler/verify "
-        "status (settings.forge)", cmd_check_mr,
+        "status (settings.forge)", _proposing("cmd_check_mr"),
     )  # fmt: skip
     check_mr.add_argument("number", metavar="N", type=int, help="the merge request's number")
 
-    audit = _command(sub, "audit", "timeline: git history joined with apply records", cmd_audit)
+    audit = _command(
+        sub, "audit", "timeline: git history joined with apply records", _proposing("cmd_audit")
+    )
     audit.add_argument("--since", type=_date, help="only commits since DATE (YYYY-MM-DD)")
 
     run = _command(sub, "run", "reconcile continuously: poll, webhook, health, metrics", cmd_run)
@@ -335,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scaffold_parser = _command(
         sub, "init", "create a working state repository in DIR: settings, a catalog, "
-        "dev/staging/prod, keys, a trust root", cmd_init,
+        "dev/staging/prod, keys, a trust root", _proposing("cmd_init"),
     )  # fmt: skip
     scaffold_parser.add_argument(
         "directory", type=Path, nargs="?", default=Path("."), metavar="DIR", help="default: ."

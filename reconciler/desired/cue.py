@@ -396,6 +396,7 @@ class CueCache:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory / "desired" if directory else None
         self._memory: dict[str, Evaluation] = {}
+        self._passed: set[str] = set()
 
     def get(self, key: str) -> Evaluation | None:
         """The evaluation under ``key``, or None; an unreadable file is a miss, not an error."""
@@ -411,6 +412,26 @@ class CueCache:
         self._memory[key] = value
         return value
 
+    def passed(self, key: str) -> bool:
+        """A document under ``key`` (:func:`schema_key`) passed the schema before."""
+        if key in self._passed:
+            return True
+        if self.directory is not None and (self.directory / f"{key}.passed").exists():
+            self._passed.add(key)
+            return True
+        return False
+
+    def mark_passed(self, key: str) -> None:
+        """Remember that the document under ``key`` passed the schema; best effort."""
+        self._passed.add(key)
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / f"{key}.passed").touch()
+        except OSError as exc:
+            log.warning("cannot write the desired-state cache: %s", exc)
+
     def put(self, key: str, value: Evaluation) -> None:
         """Keep ``value`` under ``key``, written atomically; a cache that cannot be written
         only costs speed, so it is logged, never raised."""
@@ -425,6 +446,17 @@ class CueCache:
             os.replace(tmp, self.directory / f"{key}.json")
         except OSError as exc:  # a cache that cannot be written only costs speed
             log.warning("cannot write the desired-state cache: %s", exc)
+
+
+def schema_key(doc: Any) -> str:
+    """Identifies one schema check: the merged document, the JSON Schema and the
+    reconciler's version (a check is a pure function of them)."""
+    _, json_schema = schema_texts()
+    h = hashlib.sha256()
+    for part in (_CACHE_FORMAT, __version__, json.dumps(json_schema, sort_keys=True)):
+        h.update(part.encode() + b"\0")
+    h.update(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
 
 
 def cache_key(tree_id: str, files: StateFiles) -> str:
@@ -452,5 +484,6 @@ __all__ = [
     "parse_cue_path",
     "probe_positions",
     "schema_dir",
+    "schema_key",
     "schema_texts",
 ]

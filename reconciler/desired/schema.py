@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from reconciler.desired.cue import schema_texts
 from reconciler.desired.sources import SourceMap, format_cue_path
 from reconciler.errors import Problem
 from reconciler.model import NOTIFY_ENV_HINT, NOTIFY_ENV_PREFIX
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _EXPECTED = {
     "itemRef": "a digest 'sha256:<64 hex>' or 'host/repo@sha256:<64 hex>'",
@@ -26,6 +27,8 @@ _HINTS = {"notifyEnv": NOTIFY_ENV_HINT}
 def schema_problems(doc: dict[str, Any], sources: SourceMap) -> list[Problem]:
     """Every JSON Schema violation of ``doc``, each at the file and line that caused it and
     with a hint, rather than the validator's first error."""
+    import jsonschema  # 50 ms of imports; a state read from the cache is never checked
+
     _, schema = schema_texts()
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
