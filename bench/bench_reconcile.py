@@ -15,12 +15,17 @@ Measured, all in the same run against one local registry:
   make zero `cue` calls and zero writes;
 - the apply process's peak RSS (``wait4``), not the bench's.
 
+Each ratio is the median of ``--rounds`` paired rounds (default 3): a round pushes the
+artifacts to a repository of its own, measures the PUT + HEAD floor, the converge, the
+no-op and the HEAD floor one after the other, so both sides of a ratio meet the same
+machine (on a shared 2-core machine the floor alone moved by 30% between minutes).
+
 The floor used to be a ``requests.Session`` pool: it spends ~1.4 ms of CPU per request
 against http.client's ~0.3, and on a 2-core machine that CPU is the registry's too, so
 it raised the floor by a third and made the ratio look better than it was (the "floor
 with requests" row shows it).
 
-    .venv/bin/python -m bench.bench_reconcile [--envs 50] [--items 20] [--threads 16]
+    .venv/bin/python -m bench.bench_reconcile [--envs 50] [--items 20] [--rounds 3]
 """
 
 from __future__ import annotations
