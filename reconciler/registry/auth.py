@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from reconciler.errors import redact_url
 from reconciler.registry.config import DOCKER_HUB, DOCKER_HUB_AUTH_KEY, canonical_host
+from reconciler.registry.connections import Response
 from reconciler.registry.errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -306,7 +305,7 @@ def _run_helper(name: str, server: str, path: Path) -> Credential | None:
     return Credential(username, secret, None, source)
 
 
-Fetch = Callable[..., requests.Response]
+Fetch = Callable[..., Response]
 
 
 class Authenticator:
@@ -349,7 +348,7 @@ class Authenticator:
                 return f"Bearer {cached[0]}"
             return f"Bearer {self._fetch_token(key)}"
 
-    def on_challenge(self, response: requests.Response, scopes: Sequence[str]) -> bool:
+    def on_challenge(self, response: Response, scopes: Sequence[str]) -> bool:
         """Learn from a 401; True when retrying the request may now succeed."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:

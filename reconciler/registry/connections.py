@@ -6,8 +6,9 @@ the registry's too. urllib3 spends about twice http.client's CPU per request (it
 pool, header containers and a poll of every reused socket), and ``requests`` three times
 more again. This module is only the wire: the retries, limits and auth rules stay in
 :class:`~reconciler.registry.transport.Transport`, which uses it for its own origin
-without a proxy, and which sees its errors as ``requests``' own, so one set of rules
-handles both paths.
+without a proxy. ``requests`` (:mod:`.sessions`) speaks to other origins and through
+proxies, and is imported only then; both raise :class:`WireError`, so one set of rules
+handles both paths, and both answer with a :class:`Response`.
 
 A connection goes back to the pool only when its response was read to the end and the
 server did not say it will close; a reused one the server has closed meanwhile is seen
@@ -18,6 +19,7 @@ connection is sent once more on a new one when its body can be sent again.
 from __future__ import annotations
 
 import http.client
+import json
 import select
 import socket
 import ssl
@@ -26,10 +28,62 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-import requests
-from requests.structures import CaseInsensitiveDict
-
 _BLOCK = 1 << 16  # bytes per send of a streamed body
+# Reasons worth naming; an exception's own text may carry a URL with a query.
+_REASONS = (
+    "Connection refused",
+    "Connection reset",
+    "Read timed out",
+    "timed out",
+    "RemoteDisconnected",
+    "certificate verify failed",
+    "IncompleteRead",
+    "Connection aborted",
+    "Name or service not known",
+)
+
+
+class WireError(Exception):
+    """The request or its answer was lost on the way: a connection refused, reset or
+    closed early, a timeout. Its text is one of a few known reasons, never a URL."""
+
+
+class TLSError(WireError):
+    """The TLS handshake failed (the certificate did not verify)."""
+
+
+def reason_of(text: str, kind: str = "") -> str:
+    """A one-line reason from an error's text, without URLs: a known phrase, else
+    ``kind`` (the error's type name)."""
+    return next((marker for marker in _REASONS if marker in text), kind or "connection error")
+
+
+class Response(Protocol):
+    """What the registry code reads of an answer: this module's :class:`Answer`, and
+    ``requests.Response`` from :mod:`.sessions`."""
+
+    status_code: int
+    url: str
+    reason: str
+    raw: Any
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Header fields by name, in any case."""
+        ...
+
+    @property
+    def content(self) -> bytes:
+        """The body (read by ``read_capped`` unless streamed)."""
+        ...
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body as JSON; ValueError when it is not."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (closed when the body was not read to the end)."""
+        ...
 
 
 class Body(Protocol):
@@ -44,27 +98,37 @@ _MAX_LINE = 65536  # bytes of a status or header line, as http.client allows
 _MAX_HEADERS = 100
 
 
-class _Headers:
-    """A response's header fields, read without the ``email`` package: what
-    http.client's readers ask of them (``get``, ``get_all``, ``items``)."""
+class _Headers(Mapping[str, str]):
+    """A response's header fields, read without the ``email`` package. By name in any
+    case, repeated fields joined with ", " (as ``requests`` does); ``get_all`` and
+    ``items`` are what http.client's own readers ask."""
 
     def __init__(self, fields: list[tuple[str, str]]) -> None:
         self._fields = fields
-        self._first: dict[str, str] = {}
+        self._joined: dict[str, str] = {}
         for name, value in fields:
-            self._first.setdefault(name.lower(), value)
+            key = name.lower()
+            self._joined[key] = f"{self._joined[key]}, {value}" if key in self._joined else value
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first field named ``name`` (any case)."""
-        return self._first.get(name.lower(), default)
+    def __getitem__(self, name: str) -> str:
+        return self._joined[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._joined
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._joined)
+
+    def __len__(self) -> int:
+        return len(self._joined)
 
     def get_all(self, name: str, default: Any = None) -> list[str] | Any:
         """Every field named ``name`` (any case), in order."""
         found = [v for n, v in self._fields if n.lower() == name.lower()]
         return found or default
 
-    def items(self) -> list[tuple[str, str]]:
-        """Every field, in order."""
+    def items(self) -> Any:
+        """Every field as it came, in order."""
         return list(self._fields)
 
 
@@ -175,7 +239,7 @@ class Pool:
         url: str,
     ) -> Answer:
         """Send one request and read its status and headers; the body is read from the
-        answer's ``raw``. Errors are raised as ``requests.exceptions``' own."""
+        answer's ``raw``. Raises WireError (TLSError)."""
         replayable = body is None or isinstance(body, bytes)
         while True:
             conn, reused = self._take()
@@ -186,13 +250,14 @@ class Pool:
                 conn.close()
                 if reused and replayable:  # closed by the server while idle: once more
                     continue
-                raise requests.exceptions.ConnectionError(_reason(exc)) from None
+                raise WireError(_reason(exc)) from None
             except BaseException as exc:
                 conn.close()
                 raise _translated(exc) from None
-            answer = Answer(response.status, _headers(response), _Raw(self, conn, response), url)
-            answer.reason = response.reason or ""
-            return answer
+            fields = response.msg
+            assert isinstance(fields, _Headers)  # read by our _Response
+            raw = _Raw(self, conn, response)
+            return Answer(response.status, fields, raw, url, response.reason)
 
     def give_back(self, conn: http.client.HTTPConnection) -> None:
         """A connection whose last response was read to the end."""
@@ -240,7 +305,7 @@ class Pool:
             conn.connect()
         except TimeoutError as exc:
             conn.close()
-            raise requests.exceptions.ConnectTimeout(f"Connect timed out: {_reason(exc)}") from None
+            raise WireError(f"Connect timed out: {_reason(exc)}") from None
         except BaseException as exc:
             conn.close()
             raise _translated(exc) from None
@@ -250,23 +315,32 @@ class Pool:
         return conn
 
 
-class Answer(requests.Response):
-    """A response from the pool, as the registry code reads any response, without what
-    ``requests.Response()`` builds for a session (a cookie jar, hooks, timings)."""
+class Answer:
+    """An answer from the pool: status, header fields, and the body from ``raw``."""
 
-    def __init__(  # requests.Response.__init__ is not called: nothing of it is used
-        self, status: int, headers: CaseInsensitiveDict[str], raw: _Raw, url: str
-    ) -> None:
-        self._content: Any = False
-        self._content_consumed = False
-        self._next = None
-        self.status_code = status
-        self.headers = headers
-        self.raw = raw
-        self.url = url
-        self.encoding = None
-        self.history = []
-        self.reason = ""
+    def __init__(self, status: int, headers: _Headers, raw: _Raw, url: str, reason: str) -> None:
+        self.status_code, self.headers, self.raw = status, headers, raw
+        self.url, self.reason = url, reason
+        self._content: bytes | None = None
+
+    @property
+    def content(self) -> bytes:
+        """The body, read to the end once (``read_capped`` sets it, with its limit)."""
+        if self._content is None:
+            self._content = self.raw.read()
+            self.raw.release_conn()
+        return self._content
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body as JSON; ValueError when it is not."""
+        return json.loads(self.content, **kwargs)
+
+    def close(self) -> None:
+        """Release the connection: back to the pool if the body was read to the end."""
+        if self._content is None:
+            self.raw.close()
+        else:
+            self.raw.release_conn()
 
 
 class _Raw:
@@ -327,21 +401,14 @@ class _Raw:
             self._conn.close()
 
 
-def _headers(response: http.client.HTTPResponse) -> CaseInsensitiveDict[str]:
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-    for name, value in response.msg.items():
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
-
-
 def _translated(exc: BaseException) -> BaseException:
-    """The ``requests`` exception for an error of the wire (others unchanged)."""
+    """The :class:`WireError` for an error of the wire (others unchanged)."""
     if isinstance(exc, ssl.SSLError):
-        return requests.exceptions.SSLError(_reason(exc))
+        return TLSError(_reason(exc))
     if isinstance(exc, TimeoutError):
-        return requests.exceptions.ReadTimeout("Read timed out")
+        return WireError("Read timed out")
     if isinstance(exc, (OSError, http.client.HTTPException)):
-        return requests.exceptions.ConnectionError(_reason(exc))
+        return WireError(_reason(exc))
     return exc
 
 

@@ -9,9 +9,9 @@ reader ignores ``DOCKER_CONFIG``; ``get_manifest`` returns a dict and
 and it has no API for digest-by-tag, retag, mount, referrers or tag delete.
 What would remain to reuse (tag pagination, a challenge parser) is ~40 lines
 that sit on the request path, where its decorator and session would come
-along. So this package takes nothing from oras at runtime: it is written on a
-plain ``requests.Session`` (:mod:`reconciler.registry.transport`) that we
-control, and manifests stay bytes end to end. oras-py remains useful as an
+along. So this package takes nothing from oras at runtime: it is written on its
+own transport (:mod:`reconciler.registry.transport`, on http.client connections)
+that we control, and manifests stay bytes end to end. oras-py remains useful as an
 independent client in ad-hoc checks, not in the product's request path.
 """
 
@@ -28,11 +28,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import quote, urljoin
 
-import requests
-import urllib3
-
 from reconciler.registry.auth import Credential, DockerCredentials, scope
 from reconciler.registry.config import HostConfig, api_host, canonical_host
+from reconciler.registry.connections import Response, WireError
 from reconciler.registry.errors import (
     DigestMismatch,
     InvalidManifest,
@@ -472,7 +470,7 @@ class HttpRegistry:
 
     def _upload(
         self, repo: str, digest: str, size: int, content: bytes | Iterator[bytes]
-    ) -> requests.Response:
+    ) -> Response:
         """One upload session: POST for a location, then PUT the bytes there."""
         start = self._t.request(
             "POST",
@@ -599,15 +597,10 @@ class _HashingReader:
             )
 
 
-def _chunks(response: requests.Response, host: str) -> Iterator[bytes]:
+def _chunks(response: Response, host: str) -> Iterator[bytes]:
     try:
         yield from response.raw.stream(_CHUNK, decode_content=False)
-    except (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.ChunkedEncodingError,
-        urllib3.exceptions.HTTPError,
-        OSError,
-    ):
+    except (WireError, OSError):
         raise RegistryUnavailable(
             f"{host}: connection lost while reading a blob",
             "the registry went away mid-transfer; it will be retried",

@@ -1,7 +1,9 @@
 """HTTP transport for one registry host: timeouts, retries, limits, auth, redirects.
 
-Written on a plain :class:`requests.Session` (see :mod:`reconciler.registry.http`
-for why not oras-py's). Every request has explicit connect/read timeouts. Only
+Written on our own wire (see :mod:`reconciler.registry.http` for why not oras-py's):
+http.client keep-alive connections to the registry's own origin (:mod:`.connections`),
+a ``requests.Session`` for other origins and proxies (:mod:`.sessions`). Every request
+has explicit connect/read timeouts. Only
 connection errors, 429 and 5xx (not 501) are retried, a bounded number of times,
 with full-jitter exponential backoff or the server's ``Retry-After`` (capped).
 Requests with a streamed body are never replayed. A ``Retry-After`` pauses every
@@ -19,12 +21,13 @@ redirect to object storage). A 401 from another origin is never answered.
 
 Every body read is capped (``limit``): a manifest, a tag list page, a token, an
 error. Streamed blob reads hold the host's concurrency slot until closed, so the
-connection pool (``pool_maxsize`` = ``concurrency``) is never exceeded.
+connection pools (``concurrency`` connections) are never exceeded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -33,14 +36,10 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-
 from reconciler.errors import redact_url
 from reconciler.registry.auth import Authenticator, Credential, credential_hint
 from reconciler.registry.config import HostConfig, RetryPolicy
-from reconciler.registry.connections import Pool
+from reconciler.registry.connections import Pool, Response, TLSError, WireError
 from reconciler.registry.errors import (
     AuthenticationFailed,
     NotFound,
@@ -58,7 +57,7 @@ from reconciler.registry.pacing import (
     backoff,
     retry_after,
 )
-from reconciler.registry.trust import default_context, host_certs, trust_context, trust_sources
+from reconciler.registry.trust import host_certs, trust_context, trust_sources
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +68,6 @@ _CHUNK = 1 << 16
 USER_AGENT = "reconciler-registry"
 DEFAULT_LIMIT = 1 << 20  # bodies we do not expect to be large: tokens, errors, uploads
 ERROR_LIMIT = 64 << 10  # an error body is kept up to this much, then cut
-# Reasons worth naming; the exception text itself may carry a URL with a query.
-_REASONS = (
-    "Connection refused",
-    "Connection reset",
-    "Read timed out",
-    "timed out",
-    "RemoteDisconnected",
-    "certificate verify failed",
-    "IncompleteRead",
-    "Connection aborted",
-    "Name or service not known",
-)
 
 
 class UploadBody(Protocol):
@@ -93,7 +80,7 @@ class UploadBody(Protocol):
     def __len__(self) -> int: ...
 
 
-def error_detail(response: requests.Response) -> str:
+def error_detail(response: Response) -> str:
     """The registry's error codes and messages, shortened; never headers or URLs."""
     try:
         body = response.json()
@@ -111,7 +98,7 @@ def error_detail(response: requests.Response) -> str:
     return "; ".join(parts)
 
 
-def error_codes(response: requests.Response) -> set[str]:
+def error_codes(response: Response) -> set[str]:
     """The distribution API error codes of a response (``MANIFEST_UNKNOWN``, …); empty when
     its body holds none."""
     try:
@@ -122,29 +109,6 @@ def error_codes(response: requests.Response) -> set[str]:
     if not isinstance(errors, list):
         return set()
     return {str(e.get("code")) for e in errors if isinstance(e, dict)}
-
-
-class _Adapter(HTTPAdapter):
-    """An HTTPAdapter whose pools (direct and through a proxy) use one TLS context."""
-
-    def __init__(self, context: ssl.SSLContext, maxsize: int) -> None:
-        self._context = context
-        super().__init__(pool_connections=4, pool_maxsize=maxsize, max_retries=0)
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        pool_kwargs["ssl_context"] = self._context
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        proxy_kwargs.setdefault("ssl_context", self._context)
-        return super().proxy_manager_for(proxy, **proxy_kwargs)
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        # The context decides what is trusted; requests would add certifi's bundle.
-        if url.lower().startswith("https"):
-            conn.cert_reqs = "CERT_REQUIRED"
 
 
 class Transport:
@@ -188,27 +152,22 @@ class Transport:
                 host, ca_pem=config.ca_pem, ca_file=config.ca_file, certs=certs
             )
         self._lazy = threading.Lock()
-        self._session: requests.Session | None = None
+        self._session: Any = None  # a requests.Session, made on first use
         self._pool: Pool | None = None
         self.auth = Authenticator(host, credential, self._fetch_plain, config.plain_http)
 
     @property
-    def session(self) -> requests.Session:
-        """For other origins (token realms, storage redirects) and proxies, made on first
-        use: a plain-HTTP registry that needs neither never loads a trust store."""
+    def session(self) -> Any:
+        """For other origins (token realms, storage redirects) and proxies: a
+        ``requests.Session`` (:mod:`.sessions`), made, and ``requests`` imported, on
+        first use: a registry's own origin needs neither, nor a trust store if plain."""
         with self._lazy:
             if self._session is None:
-                session = requests.Session()
-                # Never pick up credentials from ~/.netrc; proxies are read per origin below.
-                session.trust_env = False
-                # Other origins: the common trust, no client certificate.
-                other = _Adapter(default_context(), self.config.concurrency)
-                session.mount("http://", other)
-                session.mount("https://", other)
-                if self._own is not None:
-                    session.mount(self.base_url + "/", _Adapter(self._own, self.config.concurrency))
-                session.headers["User-Agent"] = USER_AGENT
-                self._session = session
+                from reconciler.registry import sessions
+
+                self._session = sessions.session(
+                    self.base_url, self._own, self.config.concurrency, USER_AGENT
+                )
             return self._session
 
     def _direct(self) -> Pool:
@@ -279,7 +238,7 @@ class Transport:
         body: UploadBody | None = None,
         stream: bool = False,
         limit: int = DEFAULT_LIMIT,
-    ) -> requests.Response:
+    ) -> Response:
         """Send with auth, retries and limits; returns any final response.
 
         ``body`` is a streamed, non-replayable upload: it is sent once, never retried.
@@ -304,21 +263,17 @@ class Transport:
                 response = self._send(
                     method, url, sent_headers, data if body is None else body, stream, limit, waited
                 )
-            except requests.exceptions.SSLError as exc:
+            except TLSError as exc:
                 self.stats.record(self.host, method, "error")
                 raise TLSFailure(
-                    f"{self.host}: TLS verification failed for {redact_url(url)}: {_short(exc)}",
+                    f"{self.host}: TLS verification failed for {redact_url(url)}: {exc}",
                     "set caFile for this host to the CA that signed its certificate, or add "
                     f"the CA to the trust store (trusted here: {trust_sources()})",
                 ) from None
-            except (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
+            except WireError as exc:
                 self.stats.record(self.host, method, "error")
                 failures += 1
-                reason = _short(exc)
+                reason = str(exc)
                 self._failed(reason)
                 delay = backoff(policy, failures)
                 if not replayable or not self._may_retry(policy, failures, started, delay):
@@ -389,7 +344,7 @@ class Transport:
         stream: bool,
         limit: int,
         waited: bool = False,
-    ) -> requests.Response:
+    ) -> Response:
         self._rate.acquire(respect_pause=not waited)
         with self.slot():
             response = self._once(method, url, headers, data, stream, limit)
@@ -417,19 +372,20 @@ class Transport:
         data: bytes | UploadBody | None,
         stream: bool,
         limit: int,
-    ) -> requests.Response:
+    ) -> Response:
         proxies = self._proxies_for(url)
         if not proxies and self.same_origin(url):
             response = self._send_direct(method, url, headers, data)
         else:
-            response = self.session.request(
+            from reconciler.registry import sessions
+
+            response = sessions.send(
+                self.session,
                 method,
                 url,
                 headers=headers,
                 data=data,
-                stream=True,
                 timeout=self._timeout,
-                allow_redirects=False,
                 verify=True,
                 proxies=proxies,
             )
@@ -441,7 +397,7 @@ class Transport:
 
     def _send_direct(
         self, method: str, url: str, headers: dict[str, str], data: bytes | UploadBody | None
-    ) -> requests.Response:
+    ) -> Response:
         """One request on the direct pool; its body is read from the answer's ``raw``."""
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -451,47 +407,51 @@ class Transport:
         return self._direct().send(method, target, sent, data, url)
 
     def _proxies_for(self, url: str) -> dict[str, str]:
-        """The environment's proxy for this origin (``HTTPS_PROXY``, ``NO_PROXY``)."""
+        """The environment's proxy for this origin (``HTTPS_PROXY``, ``NO_PROXY``); with no
+        proxy variable set at all, none, without loading ``requests`` to ask."""
         origin = self._origin if url.startswith(self._prefix) else _origin(url)
         found = self._proxies.get(origin)
         if found is None:
-            found = {
-                k: v
-                for k, v in requests.utils.get_environ_proxies(url).items()
-                if k in ("http", "https", "all")
-            }
+            if not any(k.lower().endswith("_proxy") and v for k, v in os.environ.items()):
+                found = {}
+            else:
+                from reconciler.registry import sessions
+
+                found = sessions.proxies(url)
             self._proxies[origin] = found
         return found
 
-    def _fetch_plain(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _fetch_plain(self, method: str, url: str, **kwargs: Any) -> Response:
         """Token-service calls: same timeouts and retries, no registry auth, capped."""
         policy = self.config.retry
         failures = 0
         started = time.monotonic()
         while True:
+            from reconciler.registry import sessions
+
             try:
-                response = self.session.request(
+                response = sessions.send(
+                    self.session,
                     method,
                     url,
                     timeout=self._timeout,
                     verify=True,
-                    stream=True,
                     proxies=self._proxies_for(url),
                     **kwargs,
                 )
                 read_capped(response, DEFAULT_LIMIT, f"{self.host}: token service", method)
-            except requests.exceptions.SSLError as exc:
+            except TLSError as exc:
                 raise TLSFailure(
                     f"{self.host}: TLS verification failed for token service "
-                    f"{redact_url(url)}: {_short(exc)}",
+                    f"{redact_url(url)}: {exc}",
                     f"add the token service's CA to the trust store (trusted: {trust_sources()})",
                 ) from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            except WireError as exc:
                 failures += 1
                 delay = backoff(policy, failures)
                 if not self._may_retry(policy, failures, started, delay):
                     raise RegistryUnavailable(
-                        f"{self.host}: token service {redact_url(url)} unreachable: {_short(exc)}"
+                        f"{self.host}: token service {redact_url(url)} unreachable: {exc}"
                     ) from None
                 self._sleep(delay)
                 continue
@@ -508,7 +468,7 @@ class Transport:
                 continue
             return response
 
-    def fail(self, response: requests.Response, what: str) -> RegistryRefused:
+    def fail(self, response: Response, what: str) -> RegistryRefused:
         """Classify a final non-success response into an error to raise."""
         status = response.status_code
         detail = error_detail(response)
@@ -530,13 +490,13 @@ class Transport:
 
 
 def read_capped(
-    response: requests.Response, limit: int, what: str | Callable[[], str], method: str = "GET"
+    response: Response, limit: int, what: str | Callable[[], str], method: str = "GET"
 ) -> None:
     """Read the body into ``response.content``, at most ``limit`` bytes (``what``: the
     request in words, for the error; a function when it costs something to say).
 
     A success that is larger is refused (:class:`ResponseTooLarge`); an error body
-    is cut. A connection lost mid-body raises as requests would, so it is retried.
+    is cut. A connection lost mid-body raises WireError, so it is retried.
     """
     ok = response.status_code < 300
     declared = response.headers.get("Content-Length", "")
@@ -559,17 +519,11 @@ def read_capped(
                 complete = False
                 break
             chunks.append(chunk)
-    except requests.exceptions.RequestException:
-        response.close()  # the direct pool's, already as requests' own
+    except WireError:
+        response.close()
         raise
-    except urllib3.exceptions.ReadTimeoutError:
-        response.close()
-        raise requests.exceptions.ReadTimeout("Read timed out") from None
-    except (urllib3.exceptions.HTTPError, OSError):
-        response.close()
-        raise requests.exceptions.ConnectionError("Connection aborted") from None
-    response._content = b"".join(chunks)
-    setattr(response, "_content_consumed", True)  # noqa: B010 (not in the type stubs)
+    setattr(response, "_content", b"".join(chunks))  # noqa: B010 (what .content returns)
+    setattr(response, "_content_consumed", True)  # noqa: B010 (requests' own flag)
     if complete:
         response.raw.release_conn()  # read to the end: the connection is reusable
 
@@ -585,12 +539,3 @@ def _origin(url: str) -> tuple[str, str]:
     if default and netloc.endswith(default):
         netloc = netloc[: -len(default)]
     return parts.scheme.lower(), netloc
-
-
-def _short(exc: BaseException) -> str:
-    """A one-line reason for a requests/urllib3 exception, without URLs."""
-    text = str(exc)
-    for marker in _REASONS:
-        if marker in text:
-            return marker
-    return type(exc).__name__

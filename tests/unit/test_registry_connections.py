@@ -10,9 +10,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import requests
 
-from reconciler.registry.connections import Pool, _Response
+from reconciler.registry.connections import Pool, WireError, _Response
 
 
 class _Socket:
@@ -163,10 +162,10 @@ def test_a_connection_the_server_closed_is_replaced(server: tuple[int, list[int]
     pool.close()
 
 
-def test_a_refused_connection_is_a_requests_connection_error() -> None:
+def test_a_refused_connection_is_a_wire_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     pool = Pool("127.0.0.1", port, None, 5, 5, 4)
-    with pytest.raises(requests.exceptions.ConnectionError, match="Connection refused"):
+    with pytest.raises(WireError, match="Connection refused"):
         pool.send("HEAD", "/v2/", {}, None, f"http://127.0.0.1:{port}/v2/")
