@@ -56,6 +56,7 @@ from reconciler.registry import (
     Manifest,
     NotFound,
     Registry,
+    RegistryRefused,
     sha256_digest,
 )
 from reconciler.registry.oci import media_type_of
@@ -339,8 +340,6 @@ def write(
     interruption leaves the previous head in place, never a half-written record.
     """
     manifest, body = encode(record, key)
-    if not registry.blob_exists(repository, sha256_digest(EMPTY_JSON)):
-        registry.put_blob(repository, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
     registry.put_blob(repository, sha256_digest(body), len(body), [body])  # new every time
     digest = sha256_digest(manifest)
     tag = record_tag(record.environment)
@@ -351,7 +350,7 @@ def write(
             f"(expected {expected_head}); another reconciler is writing",
             "run one active reconciler per environment; the next pass re-plans",
         )
-    registry.put_manifest(repository, history_tag(digest), manifest, OCI_MANIFEST)
+    _put_history(registry, repository, history_tag(digest), manifest)
     registry.put_manifest(repository, tag, manifest, OCI_MANIFEST)
     if registry.resolve(repository, tag) != digest:
         raise RecordConflict(f"{repository}:{tag} did not take the new record {digest}")
@@ -359,6 +358,17 @@ def write(
         cache.put(digest, manifest, body)
     log.info("recorded %s: %s at %s", record.environment, record.release, digest[:19])
     return digest
+
+
+def _put_history(registry: Registry, repository: str, tag: str, manifest: bytes) -> None:
+    """The record under its history tag. Its config is the empty JSON blob, uploaded only
+    when the registry refuses the manifest for want of it: once per repository, not a
+    ``HEAD`` per record. A refusal for any other reason is raised by the second try."""
+    try:
+        registry.put_manifest(repository, tag, manifest, OCI_MANIFEST)
+    except RegistryRefused:
+        registry.put_blob(repository, sha256_digest(EMPTY_JSON), len(EMPTY_JSON), [EMPTY_JSON])
+        registry.put_manifest(repository, tag, manifest, OCI_MANIFEST)
 
 
 class RecordTrust:

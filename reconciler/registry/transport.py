@@ -399,8 +399,11 @@ class Transport:
         self, method: str, url: str, headers: dict[str, str], data: bytes | UploadBody | None
     ) -> Response:
         """One request on the direct pool; its body is read from the answer's ``raw``."""
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if url.startswith(self._prefix):  # the common case, without parsing the URL
+            target = url[len(self.base_url) :]
+        else:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         sent = {"User-Agent": USER_AGENT, **headers}
         if data is not None:
             sent["Content-Length"] = str(len(data))
@@ -498,6 +501,16 @@ def read_capped(
     A success that is larger is refused (:class:`ResponseTooLarge`); an error body
     is cut. A connection lost mid-body raises WireError, so it is retried.
     """
+    if method == "HEAD":  # no body, whatever its headers say
+        try:
+            response.raw.read()  # reads nothing, and frees the connection for reuse
+        except WireError:
+            response.close()
+            raise
+        setattr(response, "_content", b"")  # noqa: B010 (what .content returns)
+        setattr(response, "_content_consumed", True)  # noqa: B010 (requests' own flag)
+        response.raw.release_conn()
+        return
     ok = response.status_code < 300
     declared = response.headers.get("Content-Length", "")
     if ok and method != "HEAD" and declared.isdigit() and int(declared) > limit:
