@@ -91,8 +91,18 @@ def test_promotion_revert_and_hand_made_drift_converge_and_metrics_parse(
     world.registry.put_manifest(world.source, "dev-worker", hazardous.data, hazardous.media_type)
     eventually(converged(world, **all_v11), within(2), "the drift healed", daemon)
 
-    # Four passes did work: the first, the promotion, the revert, the drift.
+    # Four passes did work: the first, the promotion, the revert, the drift. The tag is
+    # back before the healing pass has written its record and counted it: wait for both.
     eventually(lambda: daemon.sample("reconciler_passes_total", result="ok") >= 4, 5, "4 passes")
+    eventually(
+        lambda: (
+            daemon.sample("reconciler_drift_corrected_total", environment="dev", drift="hazardous")
+            >= 1
+        ),
+        5,
+        "the hazardous drift counted",
+        daemon,
+    )
     samples = daemon.metrics()
     names = {name for name, _ in samples}
     assert {
