@@ -372,8 +372,9 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
     def med(values: list[float]) -> float:
         return statistics.median(values)
 
-    def spread(values: list[float]) -> str:
-        return f"rounds: {', '.join(f'{v:.2f}' for v in values)}" if len(values) > 1 else ""
+    def spread(values: list[float], target: str = "") -> str:
+        rounds = f"rounds: {', '.join(f'{v:.2f}' for v in values)}" if len(values) > 1 else ""
+        return "; ".join(part for part in (target, rounds) if part)
 
     converges = [r.converge for r in rounds]
     floors = [r.floor_converge for r in rounds]
@@ -383,14 +384,14 @@ def run(tmp: Path, host: str, args: argparse.Namespace) -> list[tuple[str, float
         ("tags", float(count), f"{args.envs} environments x {args.items} items"),
         ("first converge: `reconciler apply` process", med(converges), spread(converges)),
         ("  floor: PUT + HEAD every tag (http.client)", med(floors), ""),
-        ("  converge / floor", med(c_ratio), f"target <= 1.5; {spread(c_ratio)}"),
+        ("  converge / floor", med(c_ratio), spread(c_ratio, "target <= 1.5")),
         (f"  skopeo copy loop ({sample} sampled, scaled)", skopeo, ""),
         ("  skopeo / converge", skopeo / med(converges), "target >= 8"),
         (f"  crane copy loop ({sample} sampled, scaled)", crane, ""),
         ("  crane / converge", crane / med(converges), ""),
         ("no-op: `reconciler apply` process", med([x.noop for x in rounds]), ""),
         ("  floor: HEAD every tag (http.client)", med([x.floor_noop for x in rounds]), ""),
-        ("  no-op / floor", med(n_ratio), f"target <= 1.5; {spread(n_ratio)}"),
+        ("  no-op / floor", med(n_ratio), spread(n_ratio, "target <= 1.5")),
         ("  floor with requests.Session (the old bench's)", floor_noop_requests, ""),
         (
             "  no-op / requests floor",
