@@ -17,7 +17,7 @@ _TOOLS = ROOT / ".tools" / "bin"
 if _TOOLS.is_dir() and str(_TOOLS) not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + str(_TOOLS)
 
-pytest_plugins = ["tests.support.registry_servers", "tests.support.gitea"]
+pytest_plugins = ["tests.support.registry_servers", "tests.support.gitea", "tests.support.daemon"]
 
 
 @pytest.fixture(autouse=True)

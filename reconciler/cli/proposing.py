@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from reconciler.cli.commands import make_reconciler, progress
 from reconciler.cli.render import _dump, table
@@ -43,42 +43,54 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """``promote ENV RELEASE``: a branch and commit for a merge request; nothing is applied."""
-    reconciler = make_reconciler(args)
-    try:
-        with progress(args, f"promote {args.environment}"):
-            _forge_first(args, reconciler)
-            proposal = Workflows(reconciler).promote(
-                args.environment,
-                args.release,
-                branch=args.branch,
-                message=args.message,
-                push=args.push or args.open,
-                reuse=args.open,
-            )
-            opened = _open_mr(args, reconciler, proposal, ("promote", args.environment))
-    finally:
-        reconciler.close()
-    _print_proposal(args, proposal, opened)
-    return 0
+    return _propose(
+        args,
+        f"promote {args.environment}",
+        ("promote", args.environment),
+        lambda flows: flows.promote(
+            args.environment,
+            args.release,
+            branch=args.branch,
+            message=args.message,
+            push=args.push or args.open,
+            reuse=args.open,
+        ),
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """``rollback ENV``: a branch reverting the environment's last promotion, for a merge
     request."""
-    reconciler = make_reconciler(args)
+    return _propose(
+        args,
+        f"rollback {args.environment}",
+        ("rollback", args.environment),
+        lambda flows: flows.rollback(
+            args.environment,
+            to=args.to,
+            branch=args.branch,
+            push=args.push or args.open,
+            reuse=args.open,
+        ),
+    )
+
+
+def _propose(
+    args: argparse.Namespace,
+    title: str,
+    kind: tuple[str, str],
+    make: Callable[[Workflows], Proposal],
+) -> int:
+    """One proposal: the forge checked first (``--open``), the branch made by ``make``, its
+    merge request opened or updated, and what was done printed."""
+    flows = Workflows(make_reconciler(args))
     try:
-        with progress(args, f"rollback {args.environment}"):
-            _forge_first(args, reconciler)
-            proposal = Workflows(reconciler).rollback(
-                args.environment,
-                to=args.to,
-                branch=args.branch,
-                push=args.push or args.open,
-                reuse=args.open,
-            )
-            opened = _open_mr(args, reconciler, proposal, ("rollback", args.environment))
+        with progress(args, title):
+            _forge_first(args, flows.reconciler)
+            proposal = make(flows)
+            opened = _open_mr(args, flows.reconciler, proposal, kind)
     finally:
-        reconciler.close()
+        flows.reconciler.close()
     _print_proposal(args, proposal, opened)
     return 0
 
@@ -96,26 +108,22 @@ def cmd_release_add(args: argparse.Namespace) -> int:
     """``release add CATALOG RELEASE ITEM=REF…``: a branch adding the release, its tags
     resolved to digests and verified first."""
     items = _unique(args.items, "item")
-    flows = Workflows(make_reconciler(args))
-    try:
-        with progress(args, f"release {args.release}"):
-            _forge_first(args, flows.reconciler)
-            proposal = flows.release_add(
-                args.catalog,
-                args.release,
-                items,
-                hazards=_unique(args.hazard, "hazard"),
-                metadata=_unique(args.metadata, "metadata key"),
-                branch=args.branch,
-                message=args.message,
-                push=args.push or args.open,
-                reuse=args.open,
-            )
-            opened = _open_mr(args, flows.reconciler, proposal, ("release", args.catalog))
-    finally:
-        flows.reconciler.close()
-    _print_proposal(args, proposal, opened)
-    return 0
+    return _propose(
+        args,
+        f"release {args.release}",
+        ("release", args.catalog),
+        lambda flows: flows.release_add(
+            args.catalog,
+            args.release,
+            items,
+            hazards=_unique(args.hazard, "hazard"),
+            metadata=_unique(args.metadata, "metadata key"),
+            branch=args.branch,
+            message=args.message,
+            push=args.push or args.open,
+            reuse=args.open,
+        ),
+    )
 
 
 def _forge_first(args: argparse.Namespace, reconciler: Reconciler) -> None:

@@ -451,12 +451,17 @@ class CueCache:
 def schema_key(doc: Any) -> str:
     """Identifies one schema check: the merged document, the JSON Schema and the
     reconciler's version (a check is a pure function of them)."""
-    _, json_schema = schema_texts()
     h = hashlib.sha256()
-    for part in (_CACHE_FORMAT, __version__, json.dumps(json_schema, sort_keys=True)):
+    for part in (_CACHE_FORMAT, __version__, _json_schema_text()):
         h.update(part.encode() + b"\0")
     h.update(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
+
+
+@cache
+def _json_schema_text() -> str:
+    """The JSON Schema as one canonical text, made once per process."""
+    return json.dumps(schema_texts()[1], sort_keys=True)
 
 
 def cache_key(tree_id: str, files: StateFiles) -> str:

@@ -53,12 +53,23 @@ def merge_request(doc: dict[str, Any]) -> MergeRequest:
 
 
 class GitHubShaped:
-    """What Gitea and GitHub answer alike: issue comments and the combined status.
-    ``page`` names the page-size parameter (Gitea ``limit``, GitHub ``per_page``)."""
+    """What Gitea and GitHub answer alike: creating and editing pull requests, issue
+    comments and the combined status. ``page`` names the page-size parameter (Gitea
+    ``limit``, GitHub ``per_page``)."""
 
     api: Api
     _repo: str
     page = "limit"
+
+    def create(self, branch: str, base: str, title: str, body: str) -> MergeRequest:
+        """A new pull request."""
+        doc = {"head": branch, "base": base, "title": title, "body": body}
+        return merge_request(self.api.call("POST", f"{self._repo}/pulls", doc))
+
+    def update(self, number: int, title: str, body: str) -> MergeRequest:
+        """New title and description."""
+        doc = {"title": title, "body": body}
+        return merge_request(self.api.call("PATCH", f"{self._repo}/pulls/{number}", doc))
 
     def comment(self, number: int, body: str) -> None:
         """A comment on the pull request (an issue comment)."""
@@ -111,16 +122,6 @@ class Gitea(GitHubShaped):
             (m for m in self.list_open() if m.head_branch == branch and m.base_branch == base),
             None,
         )
-
-    def create(self, branch: str, base: str, title: str, body: str) -> MergeRequest:
-        """A new pull request."""
-        doc = {"head": branch, "base": base, "title": title, "body": body}
-        return merge_request(self.api.call("POST", f"{self._repo}/pulls", doc))
-
-    def update(self, number: int, title: str, body: str) -> MergeRequest:
-        """New title and description."""
-        doc = {"title": title, "body": body}
-        return merge_request(self.api.call("PATCH", f"{self._repo}/pulls/{number}", doc))
 
     def add_labels(self, number: int, labels: tuple[str, ...]) -> None:
         """Labels by name, created in the repository when missing."""

@@ -57,16 +57,6 @@ class GitHub(GitHubShaped):
         found = self.api.call("GET", f"{self._repo}/pulls", params=params) or []
         return merge_request(found[0]) if found else None
 
-    def create(self, branch: str, base: str, title: str, body: str) -> MergeRequest:
-        """A new pull request."""
-        doc = {"head": branch, "base": base, "title": title, "body": body}
-        return merge_request(self.api.call("POST", f"{self._repo}/pulls", doc))
-
-    def update(self, number: int, title: str, body: str) -> MergeRequest:
-        """New title and description."""
-        doc = {"title": title, "body": body}
-        return merge_request(self.api.call("PATCH", f"{self._repo}/pulls/{number}", doc))
-
     def add_labels(self, number: int, labels: tuple[str, ...]) -> None:
         """Labels by name (GitHub creates missing ones)."""
         self.api.call("POST", f"{self._repo}/issues/{number}/labels", {"labels": list(labels)})

@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,14 +35,6 @@ from tests.support.registry_servers import (
 from tests.support.world import ITEMS, World, build_world, desired_only, expected_tags
 
 SECRET = "a-webhook-secret-0123456789"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ from tests.support.world import World, build_world, desired_only, expected_tags
 
 TOKEN_ENV = "RECONCILER_FORGE_TOKEN"
 HOOK_SECRET = "a-gitea-webhook-secret-0123456789"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def forge_cue(gitea: GiteaServer, repository: str) -> str:

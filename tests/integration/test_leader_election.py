@@ -74,16 +74,6 @@ def world(proxy: FaultProxy, tmp_path: Path, cue_bin: str) -> World:
     return build_world(proxy.host, tmp_path)
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.send_signal(signal.SIGCONT)
-        daemon.kill()
-
-
 def elected(
     cluster: KubeCluster, remote: Remote, tmp_path: Path, name: str, *extra: str
 ) -> DaemonProcess:

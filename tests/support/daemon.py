@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pygit2
@@ -159,3 +159,14 @@ def eventually(
 def converged(world: World, **releases: str) -> Callable[[], bool]:
     expected = expected_tags(world, **releases)
     return lambda: desired_only(world.tags()) == expected
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test starts; each is killed at the end, a stopped one (SIGSTOP) too."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGCONT)
+        daemon.kill()
